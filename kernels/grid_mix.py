@@ -1,0 +1,104 @@
+"""Triton kernel for ``patchmix::grid_mix`` on CUDA devices (also runs under ``TRITON_INTERPRET=1``).
+
+Tiling: a program owns ``ROWS`` image rows x ``BLOCK_L`` elements of a row. A "row" is one channel's ``W``
+pixels (contiguous layout) or all ``C`` channels of ``W`` pixels interleaved (channels_last). Integer
+divisions are done per row (``ROWS`` of them) and per column (``BLOCK_L``), never per element, so the
+kernel stays a pure copy: each output element is one load from exactly one source and one store.
+Programs of the first column also compute ``lam`` for ``ROWS`` samples, so ``lam`` comes from the same launch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from patchmix.ops.grid_mix import check_grid_mix_args, check_index_range, output_memory_format
+
+
+@triton.jit
+def _grid_mix_kernel(
+    x_ptr, mask_ptr, ia_ptr, ib_ptr, out_ptr, lam_ptr,
+    N, C, H, W, P, total_rows, rows_per_image, row_len, image_numel, hw,
+    CHANNELS_LAST: tl.constexpr, HAS_A: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_PP: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    pid_l = tl.program_id(1)
+    rows = pid_r * ROWS + tl.arange(0, ROWS)  # (ROWS,)
+    row_ok = rows < total_rows
+    n = rows // rows_per_image
+    row_in_image = rows % rows_per_image
+    if CHANNELS_LAST:
+        h = row_in_image
+    else:
+        h = row_in_image % H
+    cell_r = (h * P) // H
+
+    cols = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
+    col_ok = cols < row_len
+    if CHANNELS_LAST:
+        w = cols // C
+    else:
+        w = cols
+    cell_c = (w * P) // W
+
+    ok = row_ok[:, None] & col_ok[None, :]
+    from_a = tl.load(mask_ptr + (n * P * P + cell_r * P)[:, None] + cell_c[None, :], mask=ok, other=0)
+    if HAS_A:
+        src_a = tl.load(ia_ptr + n, mask=row_ok, other=0)
+    else:
+        src_a = n.to(tl.int64)
+    src_b = tl.load(ib_ptr + n, mask=row_ok, other=0)
+    src = tl.where(from_a != 0, src_a[:, None], src_b[:, None])
+    in_image = (row_in_image.to(tl.int64) * row_len)[:, None] + cols[None, :]
+    vals = tl.load(x_ptr + src * image_numel + in_image, mask=ok)
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * row_len + cols[None, :], vals, mask=ok)
+
+    if pid_l == 0:
+        # lam for samples pid_r * ROWS ... + ROWS: area of the True cells; cell r spans rows
+        # [ceil(r*H/P), ceil((r+1)*H/P)), the same integer rule as the copy above.
+        samples = pid_r * ROWS + tl.arange(0, ROWS)
+        s_ok = samples < N
+        k = tl.arange(0, BLOCK_PP)
+        k_ok = k < P * P
+        r = k // P
+        q = k % P
+        rh = ((r + 1) * H + P - 1) // P - (r * H + P - 1) // P
+        cw = ((q + 1) * W + P - 1) // P - (q * W + P - 1) // P
+        m = tl.load(mask_ptr + samples[:, None] * P * P + k[None, :], mask=s_ok[:, None] & k_ok[None, :], other=0)
+        area = tl.sum(tl.where(m != 0, (rh * cw)[None, :], 0), axis=1)
+        tl.store(lam_ptr + samples, area.to(tl.float32) / hw, mask=s_ok)
+
+
+def grid_mix_cuda(x: torch.Tensor, mask: torch.Tensor, index_a: torch.Tensor | None, index_b: torch.Tensor):
+    """Host launcher: same contract as ``patchmix.ops.grid_mix`` (checks, then one kernel launch)."""
+    check_grid_mix_args(x, mask, index_a, index_b)
+    B, C, H, W = x.shape
+    N, P = mask.shape[0], mask.shape[1]
+    check_index_range("index_b", index_b, B)  # before the kernel reads x: never out of bounds
+    if index_a is not None:
+        check_index_range("index_a", index_a, B)
+    fmt = output_memory_format(x)
+    xc = x.contiguous(memory_format=fmt)
+    out = torch.empty((N, C, H, W), dtype=x.dtype, device=x.device, memory_format=fmt)
+    lam = torch.empty((N,), dtype=torch.float32, device=x.device)
+    if N == 0:
+        return out, lam
+    channels_last = fmt == torch.channels_last
+    rows_per_image = H if channels_last else C * H
+    row_len = W * C if channels_last else W
+    total_rows = N * rows_per_image
+    block_l = min(triton.next_power_of_2(row_len), 1024)
+    rows = max(1, 4096 // block_l)
+    # lam needs ceil(N / ROWS) programs in column 0; total_rows >= N guarantees them.
+    grid = (triton.cdiv(total_rows, rows), triton.cdiv(row_len, block_l))
+    mask_u8 = mask.contiguous().view(torch.uint8)
+    _grid_mix_kernel[grid](
+        xc, mask_u8, (index_a if index_a is not None else index_b).contiguous(), index_b.contiguous(), out, lam,
+        N, C, H, W, P, total_rows, rows_per_image, row_len, C * H * W, float(H * W),
+        CHANNELS_LAST=channels_last, HAS_A=index_a is not None,
+        ROWS=rows, BLOCK_L=block_l, BLOCK_PP=triton.next_power_of_2(P * P),
+        num_warps=4,
+    )
+    return out, lam

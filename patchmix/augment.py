@@ -1,0 +1,230 @@
+"""Mixing modules: Random PatchMix, Mixup and CutMix, all returning one :class:`MixedBatch`.
+
+Convention for every mixer: output sample ``i`` pairs ``x[i]`` (source *a*) with ``x[perm[i]]`` (source
+*b*); ``lam[i]`` is the weight of ``target_a[i] = y[i]`` and ``1 - lam[i]`` that of ``target_b[i] = y[perm[i]]``.
+For Random PatchMix and CutMix ``lam`` is the realised pixel fraction from ``x[i]`` (exact, never the
+drawn Beta value). Sampling is vectorised on the input's device, per sample, and reproducible with a
+``torch.Generator`` (its device decides where the random numbers are drawn).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .ops import grid_mix, patch_targets, soft_targets
+
+
+@dataclass
+class MixedBatch:
+    """A mixed batch.
+
+    Attributes:
+        images: ``(N, C, H, W)`` mixed images.
+        target_a: int64 ``(N,)`` labels weighted by ``lam``.
+        target_b: int64 ``(N,)`` labels weighted by ``1 - lam``.
+        lam: float32 ``(N,)`` weight of ``target_a`` (1 for an unmixed sample).
+        mask: bool ``(N, P, P)`` grid mask (True cells come from the ``target_a`` image) or ``None``
+            for mixers without a grid (Mixup, CutMix).
+    """
+
+    images: Tensor
+    target_a: Tensor
+    target_b: Tensor
+    lam: Tensor
+    mask: Tensor | None = None
+
+    def soft_targets(self, num_classes: int, label_smoothing: float = 0.0) -> Tensor:
+        """Soft labels ``(N, num_classes)`` float32."""
+        return soft_targets(self.target_a, self.target_b, self.lam, num_classes, label_smoothing)
+
+    def patch_targets(self) -> Tensor:
+        """Per-patch labels ``(N, P*P)`` int64, row-major; only for grid mixers."""
+        if self.mask is None:
+            raise ValueError("patch_targets() needs a grid mask; this batch was mixed without one (Mixup/CutMix)")
+        return patch_targets(self.target_a, self.target_b, self.mask)
+
+    def to(self, device) -> MixedBatch:
+        """The same batch with every tensor moved to ``device``."""
+        return MixedBatch(*(None if t is None else t.to(device) for t in
+                            (self.images, self.target_a, self.target_b, self.lam, self.mask)))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# random numbers drawn with an optional generator (torch.distributions takes no generator)
+# --------------------------------------------------------------------------------------------------
+
+
+def _device(generator: torch.Generator | None, x: Tensor) -> torch.device:
+    return generator.device if generator is not None else x.device
+
+
+def sample_gamma(concentration: float, n: int, generator=None, device=None) -> Tensor:
+    """``n`` draws of Gamma(concentration, 1), float64, by Marsaglia and Tsang's method, vectorised.
+
+    Each round accepts over 95% of the pending draws, so a handful of rounds finish any batch.
+    """
+    boost = concentration < 1.0  # Gamma(a) = Gamma(a + 1) * U ** (1 / a)
+    a = concentration + 1.0 if boost else concentration
+    d = a - 1.0 / 3.0
+    c = 1.0 / (9.0 * d) ** 0.5
+    out = torch.empty(n, dtype=torch.float64, device=device)
+    pending = torch.ones(n, dtype=torch.bool, device=device)
+    while bool(pending.any()):
+        z = torch.randn(n, dtype=torch.float64, generator=generator, device=device)
+        u = torch.rand(n, dtype=torch.float64, generator=generator, device=device)
+        v = (1 + c * z) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+        take = ok & pending
+        out = torch.where(take, d * v, out)
+        pending = pending & ~take
+    if boost:
+        u = torch.rand(n, dtype=torch.float64, generator=generator, device=device)
+        out = out * u ** (1.0 / concentration)
+    return out
+
+
+def sample_beta(alpha: float, n: int, generator=None, device=None) -> Tensor:
+    """``n`` draws of Beta(alpha, alpha) as float32 ``(n,)``."""
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    g1 = sample_gamma(alpha, n, generator, device)
+    g2 = sample_gamma(alpha, n, generator, device)
+    return (g1 / (g1 + g2).clamp_min(1e-300)).to(torch.float32)
+
+
+def _check_batch(x: Tensor, y: Tensor, *, floating: bool) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be images of shape (B, C, H, W), got {getattr(x, 'shape', type(x))}")
+    if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must be int64 labels of shape (B,) = ({x.shape[0]},), got {getattr(y, 'shape', type(y))}")
+    if y.dtype != torch.int64:
+        raise ValueError(f"y must be int64 class indices, got dtype {y.dtype}")
+    if floating and not x.is_floating_point():
+        raise ValueError(f"x must be a floating tensor for this mixer, got dtype {x.dtype}")
+
+
+class _Mixer(nn.Module):
+    def __init__(self, alpha: float, generator: torch.Generator | None):
+        super().__init__()
+        if alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        self.alpha = float(alpha)
+        self.generator = generator
+
+    def _perm_and_lam(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        dev = _device(self.generator, x)
+        B = x.shape[0]
+        perm = torch.randperm(B, generator=self.generator, device=dev).to(x.device)
+        lam = sample_beta(self.alpha, B, self.generator, dev).to(x.device)
+        return perm, lam
+
+
+class RandomPatchMix(_Mixer):
+    """Random PatchMix (paper section 2.3): per sample ``lam_n ~ Beta(alpha, alpha)``, each of the ``P x P``
+    cells comes from ``x[i]`` with probability ``lam_n``, the rest from ``x[perm[i]]``; the label weight is
+    the realised pixel fraction. With probability ``1 - prob`` a sample is left unmixed (``lam = 1``).
+
+    ``forward(x (B, C, H, W), y (B,)) -> MixedBatch`` with ``images (B, C, H, W)`` and ``mask (B, P, P)``.
+    """
+
+    def __init__(self, grid_size: int = 4, alpha: float = 1.0, prob: float = 1.0, generator: torch.Generator | None = None):
+        super().__init__(alpha, generator)
+        if int(grid_size) != grid_size or grid_size < 1:
+            raise ValueError(f"grid_size must be a positive integer, got {grid_size}")
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], got {prob}")
+        self.grid_size = int(grid_size)
+        self.prob = float(prob)
+
+    def sample_masks(self, batch: int, device) -> Tensor:
+        """Random masks ``(batch, P, P)`` bool, one Beta draw per sample (rows not mixed are all True)."""
+        dev = self.generator.device if self.generator is not None else torch.device(device)
+        P = self.grid_size
+        lam = sample_beta(self.alpha, batch, self.generator, dev)
+        mask = torch.rand(batch, P, P, generator=self.generator, device=dev) < lam[:, None, None]
+        if self.prob < 1.0:
+            keep = torch.rand(batch, generator=self.generator, device=dev) >= self.prob
+            mask = mask | keep[:, None, None]
+        return mask.to(device)
+
+    def forward(self, x: Tensor, y: Tensor) -> MixedBatch:
+        _check_batch(x, y, floating=False)
+        dev = _device(self.generator, x)
+        perm = torch.randperm(x.shape[0], generator=self.generator, device=dev).to(x.device)
+        mask = self.sample_masks(x.shape[0], x.device)
+        images, lam = grid_mix(x, mask, None, perm)
+        return MixedBatch(images, y, y[perm], lam, mask)
+
+    def extra_repr(self) -> str:
+        return f"grid_size={self.grid_size}, alpha={self.alpha}, prob={self.prob}"
+
+
+class Mixup(_Mixer):
+    """Mixup (Zhang et al.): ``images = lam * x + (1 - lam) * x[perm]`` with a per-sample ``lam ~ Beta``.
+
+    ``forward(x (B, C, H, W) floating, y (B,)) -> MixedBatch`` (``mask`` is None).
+    """
+
+    def __init__(self, alpha: float = 1.0, generator: torch.Generator | None = None):
+        super().__init__(alpha, generator)
+
+    def forward(self, x: Tensor, y: Tensor) -> MixedBatch:
+        _check_batch(x, y, floating=True)
+        perm, lam = self._perm_and_lam(x)
+        w = lam.to(x.dtype)[:, None, None, None]
+        images = x * w + x[perm] * (1 - w)
+        return MixedBatch(images, y, y[perm], lam, None)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class CutMix(_Mixer):
+    """CutMix (Yun et al.): a box of area ``(1 - lam0) * H * W`` (``lam0 ~ Beta``, per sample), centred
+    uniformly and clipped to the image, is pasted from ``x[perm]``; ``lam`` is the exact remaining area.
+
+    ``forward(x (B, C, H, W), y (B,)) -> MixedBatch`` (``mask`` is None).
+    """
+
+    def __init__(self, alpha: float = 1.0, generator: torch.Generator | None = None):
+        super().__init__(alpha, generator)
+
+    def boxes(self, batch: int, height: int, width: int, device) -> Tensor:
+        """Clipped boxes ``(batch, 4)`` int64 as ``(top, bottom, left, right)``, bottom/right exclusive."""
+        dev = self.generator.device if self.generator is not None else torch.device(device)
+        lam0 = sample_beta(self.alpha, batch, self.generator, dev).double()
+        ratio = torch.sqrt(1.0 - lam0)
+        cut_h = (height * ratio).long()
+        cut_w = (width * ratio).long()
+        cy = torch.randint(height, (batch,), generator=self.generator, device=dev)
+        cx = torch.randint(width, (batch,), generator=self.generator, device=dev)
+        top = (cy - cut_h // 2).clamp(0, height)
+        bottom = (cy + cut_h // 2).clamp(0, height)
+        left = (cx - cut_w // 2).clamp(0, width)
+        right = (cx + cut_w // 2).clamp(0, width)
+        return torch.stack([top, bottom, left, right], 1).to(device)
+
+    def forward(self, x: Tensor, y: Tensor) -> MixedBatch:
+        _check_batch(x, y, floating=False)
+        B, _, H, W = x.shape
+        dev = _device(self.generator, x)
+        perm = torch.randperm(B, generator=self.generator, device=dev).to(x.device)
+        box = self.boxes(B, H, W, x.device)
+        rows = torch.arange(H, device=x.device)
+        cols = torch.arange(W, device=x.device)
+        in_rows = (rows[None] >= box[:, 0:1]) & (rows[None] < box[:, 1:2])  # (B, H)
+        in_cols = (cols[None] >= box[:, 2:3]) & (cols[None] < box[:, 3:4])  # (B, W)
+        inside = in_rows[:, :, None] & in_cols[:, None, :]  # (B, H, W)
+        images = torch.where(inside[:, None], x[perm], x)
+        area = (box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2])
+        lam = (1.0 - area.double() / (H * W)).to(torch.float32)
+        return MixedBatch(images, y, y[perm], lam, None)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"

@@ -1,0 +1,55 @@
+"""Shared test set-up.
+
+* Without a GPU the Triton launchers run under ``TRITON_INTERPRET=1`` on CPU tensors; the variable must be
+  set before ``triton.jit`` decorates the kernels, i.e. before ``patchmix`` is imported.
+* ``triton_launcher(op)`` returns ``patchmix._kernels.<op>.<op>_cuda`` or skips when Triton is missing.
+* ``devices()``: devices whose kernels the tests call through the dispatcher (``cpu``, plus ``cuda``).
+"""
+
+import importlib
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import patchmix  # noqa: E402
+from patchmix.ops import _registry  # noqa: E402
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def triton_launcher(op: str):
+    """The Triton host launcher of ``op`` (runs on CPU tensors when interpreted)."""
+    if not _registry.HAS_TRITON:
+        pytest.skip("Triton is not installed")
+    module = importlib.import_module(f"patchmix._kernels.{op}")
+    return getattr(module, f"{op}_cuda")
+
+
+def triton_device() -> str:
+    """Where Triton launchers are tested: CUDA when present, else the CPU through the interpreter."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def poison_like(t: torch.Tensor) -> torch.Tensor:
+    """Fill ``t`` with a value no kernel writes (NaN for floats, the max for integers)."""
+    if t.is_floating_point():
+        return t.fill_(float("nan"))
+    if t.dtype == torch.bool:
+        return t
+    return t.fill_(torch.iinfo(t.dtype).max)
+
+
+__all__ = ["INTERPRETED", "devices", "patchmix", "poison_like", "triton_device", "triton_launcher"]
