@@ -36,6 +36,15 @@ class MixedBatch:
     lam: Tensor
     mask: Tensor | None = None
 
+    @classmethod
+    def unmixed(cls, x: Tensor, y: Tensor, grid_size: int | None = None) -> MixedBatch:
+        """A batch of original samples (``lam = 1``, ``target_b = target_a``), with an all-True
+        ``(B, P, P)`` mask when ``grid_size`` is given so that patch supervision applies too."""
+        mask = None
+        if grid_size is not None:
+            mask = torch.ones(x.shape[0], grid_size, grid_size, dtype=torch.bool, device=x.device)
+        return cls(x, y, y, torch.ones(x.shape[0], dtype=torch.float32, device=x.device), mask)
+
     def soft_targets(self, num_classes: int, label_smoothing: float = 0.0) -> Tensor:
         """Soft labels ``(N, num_classes)`` float32."""
         return soft_targets(self.target_a, self.target_b, self.lam, num_classes, label_smoothing)
