@@ -8,6 +8,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common.h"
+
 #include <cstring>
 #include <optional>
 #include <tuple>
@@ -39,23 +41,27 @@ std::tuple<at::Tensor, at::Tensor> grid_mix_cpu(const at::Tensor& x, const at::T
                                                 const at::Tensor& index_b) {
   TORCH_CHECK_VALUE(x.dim() == 4, "grid_mix: x must have shape (B, C, H, W), got ", x.sizes());
   const auto dt = x.scalar_type();
-  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kByte,
-                    "grid_mix: x has dtype ", dt, "; expected one of float32, float16, bfloat16, uint8");
+  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kByte || dt == at::kDouble,
+                    "grid_mix: x has dtype ", dtype_name(dt), "; expected one of float32, float16, bfloat16, uint8 (or float64)");
   TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool, "grid_mix: mask must be a bool tensor, got dtype ",
-                    mask.scalar_type());
+                    dtype_name(mask.scalar_type()));
   TORCH_CHECK_VALUE(mask.dim() == 3 && mask.size(1) == mask.size(2),
                     "grid_mix: mask must have shape (N, P, P), got ", mask.sizes());
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t N = mask.size(0), P = mask.size(1);
   TORCH_CHECK_VALUE(P >= 1 && P <= std::min(H, W), "grid_mix: grid size P = ", P,
                     " must satisfy 1 <= P <= min(H, W) = ", std::min(H, W), " for x of shape ", x.sizes());
-  TORCH_CHECK_VALUE(index_b.scalar_type() == at::kLong && index_b.dim() == 1 && index_b.size(0) == N,
-                    "grid_mix: index_b must be int64 of shape (", N, ",), got ", index_b.scalar_type(), " ",
-                    index_b.sizes());
+  auto check_index_meta = [&](const char* name, const at::Tensor& idx) {
+    TORCH_CHECK_VALUE(idx.scalar_type() == at::kLong, "grid_mix: ", name, " must be int64, got dtype ",
+                      dtype_name(idx.scalar_type()));
+    TORCH_CHECK_VALUE(idx.dim() == 1 && idx.size(0) == N, "grid_mix: ", name, " must have shape (N,) = (", N,
+                      ",) to match mask, got ", idx.sizes());
+  };
+  if (index_a.has_value()) check_index_meta("index_a", *index_a);
+  check_index_meta("index_b", index_b);
   if (index_a.has_value()) {
-    TORCH_CHECK_VALUE(index_a->scalar_type() == at::kLong && index_a->dim() == 1 && index_a->size(0) == N,
-                      "grid_mix: index_a must be int64 of shape (", N, ",), got ", index_a->scalar_type(), " ",
-                      index_a->sizes());
+    TORCH_CHECK_VALUE(index_a->device() == x.device(), "grid_mix: index_a is on ", index_a->device(),
+                      " but x is on ", x.device());
   } else {
     TORCH_CHECK_VALUE(N == B, "grid_mix: index_a is None (meaning arange(B)), so mask must hold B = ", B,
                       " masks, got N = ", N);

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ._registry import define_op
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8)
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.float64)
 
 SCHEMA = "(Tensor x, Tensor mask, Tensor? index_a, Tensor index_b) -> (Tensor, Tensor)"
 
@@ -48,7 +48,7 @@ def check_grid_mix_args(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b
         raise ValueError(f"grid_mix: x must have shape (B, C, H, W), got {tuple(x.shape)}")
     if x.dtype not in SUPPORTED_DTYPES:
         raise ValueError(
-            f"grid_mix: x has dtype {x.dtype}; expected one of float32, float16, bfloat16, uint8"
+            f"grid_mix: x has dtype {x.dtype}; expected one of float32, float16, bfloat16, uint8 (or float64)"
         )
     if mask.dtype != torch.bool:
         raise ValueError(f"grid_mix: mask must be a bool tensor, got dtype {mask.dtype}")
@@ -117,6 +117,12 @@ def grid_mix_reference(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b:
         index_a = torch.arange(N, device=x.device)
     else:
         check_index_range("index_a", index_a, B)
+    return grid_mix_compose(x, mask, index_a, index_b)
+
+
+def grid_mix_compose(x: Tensor, mask: Tensor, index_a: Tensor, index_b: Tensor) -> tuple[Tensor, Tensor]:
+    """The reference's arithmetic without its checks (what the benchmarks hand to ``torch.compile``)."""
+    H, W = x.shape[2], x.shape[3]
     full = upsample_mask(mask, H, W)  # (N, H, W)
     mixed = torch.where(full[:, None], x[index_a], x[index_b]).contiguous(memory_format=output_memory_format(x))
     lam = (full.sum((1, 2), dtype=torch.float64) / (H * W)).to(torch.float32)
@@ -176,7 +182,8 @@ def grid_mix(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor) -
     """Compose pairs of images on a ``P x P`` grid in one pass.
 
     Args:
-        x: images ``(B, C, H, W)``, float32/float16/bfloat16/uint8, contiguous or channels_last.
+        x: images ``(B, C, H, W)``, float32/float16/bfloat16/uint8 (float64 too, for gradcheck),
+            contiguous or channels_last.
         mask: bool ``(N, P, P)``; True cells come from ``x[index_a[n]]``, False cells from ``x[index_b[n]]``.
         index_a: int64 ``(N,)`` into ``x``'s first dimension, or ``None`` for ``arange(B)`` (then ``N == B``).
         index_b: int64 ``(N,)`` into ``x``'s first dimension.
