@@ -1,0 +1,166 @@
+"""Mixing modules and label helpers: RandomPatchMix, Mixup, CutMix, MixedBatch, soft/patch targets."""
+
+import pytest
+import torch
+
+from patchmix import CutMix, MixedBatch, Mixup, RandomPatchMix
+from patchmix.augment import sample_beta
+from patchmix.ops import grid_mix_reference, patch_targets, soft_targets
+from patchmix.ops.grid_mix import upsample_mask
+
+
+def batch(B=7, C=3, H=13, W=11, K=5, dtype=torch.float32):
+    x = (torch.rand(B, C, H, W) * 255).to(dtype)
+    y = torch.randint(0, K, (B,))
+    return x, y
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0, 3.0])
+def test_sample_beta_moments(alpha):
+    g = torch.Generator().manual_seed(1)
+    s = sample_beta(alpha, 40000, g).double()
+    assert s.min() >= 0 and s.max() <= 1
+    var = 1 / (4 * (2 * alpha + 1))  # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1))
+    assert abs(s.mean() - 0.5) < 0.01
+    assert abs(s.var() - var) < 0.05 * var + 2e-3
+
+
+@pytest.mark.parametrize("B", [1, 2, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_random_patchmix_composition_and_labels(B, dtype):
+    x, y = batch(B=B, dtype=dtype)
+    mixer = RandomPatchMix(grid_size=4, generator=torch.Generator().manual_seed(0))
+    out = mixer(x, y)
+    assert isinstance(out, MixedBatch) and len(out) == B
+    assert out.images.shape == x.shape and out.images.dtype == dtype
+    assert out.mask.shape == (B, 4, 4) and out.mask.dtype == torch.bool
+    assert torch.equal(out.target_a, y)
+    # target_b is the partner's label and the False cells come from that partner
+    full = upsample_mask(out.mask, 13, 11)[:, None]
+    assert torch.equal(torch.where(full, out.images, x), x), "True cells come from x[i]"
+    for i in range(B):
+        sources = [j for j in range(B) if y[j] == out.target_b[i]
+                   and torch.equal(torch.where(full[i], x[i], x[j]), out.images[i])]
+        assert sources, f"sample {i}: the False cells must come from an image labelled target_b[{i}]"
+    # lam is the realised pixel fraction
+    torch.testing.assert_close(out.lam, full.float().mean((1, 2, 3)), rtol=0, atol=1e-6)
+
+
+def test_random_patchmix_reproducible_and_per_sample():
+    x, y = batch(B=64)
+    a = RandomPatchMix(generator=torch.Generator().manual_seed(3))(x, y)
+    b = RandomPatchMix(generator=torch.Generator().manual_seed(3))(x, y)
+    c = RandomPatchMix(generator=torch.Generator().manual_seed(4))(x, y)
+    assert torch.equal(a.images, b.images) and torch.equal(a.mask, b.mask) and torch.equal(a.lam, b.lam)
+    assert not torch.equal(a.mask, c.mask)
+    assert a.lam.unique().numel() > 5, "lam is drawn per sample"
+
+
+def test_random_patchmix_matches_grid_mix_with_its_mask():
+    x, y = batch(B=9)
+    g = torch.Generator().manual_seed(5)
+    out = RandomPatchMix(grid_size=3, generator=g)(x, y)
+    g = torch.Generator().manual_seed(5)
+    perm = torch.randperm(9, generator=g)
+    ref, lam = grid_mix_reference(x, out.mask, None, perm)
+    assert torch.equal(out.images, ref) and torch.equal(out.lam, lam) and torch.equal(out.target_b, y[perm])
+
+
+def test_random_patchmix_prob_zero_leaves_batch_unmixed():
+    x, y = batch()
+    out = RandomPatchMix(prob=0.0)(x, y)
+    assert torch.equal(out.images, x) and bool(out.mask.all()) and bool((out.lam == 1).all())
+    out = RandomPatchMix(prob=0.5, generator=torch.Generator().manual_seed(0))(*batch(B=200))
+    frac_unmixed = (out.mask.flatten(1).all(1)).float().mean()
+    assert 0.35 < frac_unmixed < 0.7
+
+
+def test_mixup_is_convex_combination_per_sample():
+    x, y = batch(B=8)
+    g = torch.Generator().manual_seed(2)
+    out = Mixup(alpha=0.4, generator=g)(x, y)
+    g = torch.Generator().manual_seed(2)
+    perm = torch.randperm(8, generator=g)
+    lam = out.lam[:, None, None, None]
+    torch.testing.assert_close(out.images, lam * x + (1 - lam) * x[perm])
+    assert out.mask is None and torch.equal(out.target_b, y[perm])
+    with pytest.raises(ValueError, match="floating"):
+        Mixup()(x.to(torch.uint8), y)
+
+
+def test_cutmix_lam_is_exact_clipped_area():
+    x, y = batch(B=50, H=17, W=23)
+    out = CutMix(alpha=1.0, generator=torch.Generator().manual_seed(0))(x, y)
+    differs_from_self = (out.images != x).any(1)  # (B, H, W): pasted pixels (x has no ties almost surely)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(50, generator=g)
+    same_image = perm == torch.arange(50)
+    area = 1 - differs_from_self.float().mean((1, 2))
+    torch.testing.assert_close(out.lam[~same_image], area[~same_image], rtol=0, atol=1e-6)
+    assert out.lam.min() >= 0 and out.lam.max() <= 1
+    assert out.mask is None
+    pasted = differs_from_self[~same_image]
+    rows, cols = pasted.any(2), pasted.any(1)
+    assert torch.equal(pasted, rows[:, :, None] & cols[:, None, :]), "the pasted region is one box"
+
+
+def test_cutmix_reproducible_uint8():
+    x, y = batch(dtype=torch.uint8)
+    a = CutMix(generator=torch.Generator().manual_seed(9))(x, y)
+    b = CutMix(generator=torch.Generator().manual_seed(9))(x, y)
+    assert torch.equal(a.images, b.images) and torch.equal(a.lam, b.lam) and a.images.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("bad", [
+    (lambda: RandomPatchMix(grid_size=0), "grid_size"),
+    (lambda: RandomPatchMix(alpha=0), "alpha"),
+    (lambda: RandomPatchMix(prob=1.5), "prob"),
+    (lambda: CutMix(alpha=-1), "alpha"),
+])
+def test_mixer_arguments_validated(bad):
+    make, word = bad
+    with pytest.raises(ValueError, match=word):
+        make()
+
+
+def test_mixer_input_validated():
+    x, y = batch()
+    with pytest.raises(ValueError, match=r"y must be int64 labels of shape \(B,\)"):
+        RandomPatchMix()(x, y[:3])
+    with pytest.raises(ValueError, match="int64"):
+        RandomPatchMix()(x, y.int())
+    with pytest.raises(ValueError, match=r"x must be images of shape \(B, C, H, W\)"):
+        CutMix()(x[0], y)
+    with pytest.raises(ValueError, match="grid size P = 16"):
+        RandomPatchMix(grid_size=16)(x, y)
+
+
+def test_soft_targets_definition_and_smoothing():
+    ta, tb = torch.tensor([0, 2, 1]), torch.tensor([1, 2, 0])
+    lam = torch.tensor([0.25, 0.5, 1.0])
+    soft = soft_targets(ta, tb, lam, 4)
+    want = lam[:, None] * torch.nn.functional.one_hot(ta, 4) + (1 - lam[:, None]) * torch.nn.functional.one_hot(tb, 4)
+    torch.testing.assert_close(soft, want.float())
+    smooth = soft_targets(ta, tb, lam, 4, label_smoothing=0.1)
+    torch.testing.assert_close(smooth, 0.9 * want.float() + 0.1 / 4)
+    torch.testing.assert_close(smooth.sum(1), torch.ones(3))
+    with pytest.raises(ValueError, match=r"target_a holds label 4, outside \[0, 4\)"):
+        soft_targets(torch.tensor([4, 0, 0]), tb, lam, 4)
+
+
+def test_patch_targets_row_major():
+    ta, tb = torch.tensor([7, 3]), torch.tensor([1, 9])
+    mask = torch.tensor([[[True, False], [False, False]], [[False, False], [False, True]]])
+    assert patch_targets(ta, tb, mask).tolist() == [[7, 1, 1, 1], [9, 9, 9, 3]]
+
+
+def test_mixed_batch_helpers():
+    x, y = batch()
+    out = Mixup()(x, y)
+    with pytest.raises(ValueError, match="needs a grid mask"):
+        out.patch_targets()
+    plain = MixedBatch.unmixed(x, y, grid_size=2)
+    assert bool((plain.lam == 1).all()) and plain.patch_targets().tolist() == [[int(t)] * 4 for t in y]
+    torch.testing.assert_close(plain.soft_targets(5), torch.nn.functional.one_hot(y, 5).float())
+    moved = out.to("cpu")
+    assert moved.mask is None and torch.equal(moved.images, out.images)
