@@ -58,6 +58,8 @@ CASES = [  # (B, C, H, W, P, N)
     (4, 3, 13, 11, 4, 7),  # N != B, uneven cells
     (2, 1, 9, 9, 9, 3),  # P == H == W
     (3, 4, 6, 10, 5, 0),  # empty
+    (2, 3, 12, 16, 4, 3),  # Triton moves 4-byte words of uint8
+    (1, 2, 8, 24, 3, 2),  # ... and 8-byte words
 ]
 
 
