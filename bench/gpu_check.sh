@@ -33,10 +33,24 @@ MAX_JOBS=16 "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | t
 "$PY" -c "import patchmix, json; print(json.dumps(patchmix.backends()['ops'], indent=1))" || exit 1
 echo "build: $(( $(date +%s) - start )) s"
 
+echo "== an error raised inside the C++ kernel must reach Python as ValueError =="
+"$PY" -X faulthandler -c "
+import torch, patchmix
+x = torch.rand(3, 2, 8, 8); m = torch.ones(3, 2, 2, dtype=torch.bool); bad = torch.tensor([0, 3, 1])
+for name, call in [('torch.ops', lambda: torch.ops.patchmix.grid_mix(x, m, None, bad)),
+                   ('no autograd', lambda: torch.ops.patchmix.grid_mix.default.redispatch(
+                       torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), x, m, None, bad))]:
+    try:
+        call(); print(name, 'did not raise')
+    except Exception as e:
+        print(name, 'raised', type(e).__name__, str(e).splitlines()[0])
+" 2>&1 | tail -12
+
 echo "== CUDA tests =="
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider -x \
+# xdist: a crashing test is reported as failed and the other tests still run
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider -n 8 -rfE \
   tests/test_grid_mix.py $(ls tests/test_patchmix_cross_entropy.py tests/test_population_fitness.py 2>/dev/null) \
-  2>&1 | tee "$OUT/tests.log" | tail -15
+  2>&1 | tee "$OUT/tests.log" | grep -E "passed|failed|FAILED|ERROR|crashed|Error" | tail -30
 echo "tests: $(( $(date +%s) - start )) s"
 
 echo "== benchmarks (CUDA rows) =="
