@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
