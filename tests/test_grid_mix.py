@@ -240,7 +240,8 @@ def test_fallback_without_extension_warns_once_and_works():
         "assert torch.equal(out, ref) and torch.equal(lam, rl)\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, PATCHMIX_DISABLE_EXTENSION="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PATCHMIX_DISABLE_EXTENSION="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
 

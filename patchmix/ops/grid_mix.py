@@ -83,7 +83,8 @@ def check_index_range(name: str, index: Tensor, batch: int) -> None:
     """Data check: every entry of ``index`` lies in ``[0, batch)``. Reads ``index`` (syncs on CUDA)."""
     if index.numel() == 0:
         return
-    lo, hi = int(index.min()), int(index.max())
+    lo, hi = torch.aminmax(index)
+    lo, hi = torch.stack([lo, hi]).tolist()  # one device sync for both bounds
     if lo < 0 or hi >= batch:
         bad = lo if lo < 0 else hi
         raise ValueError(f"grid_mix: {name} holds {bad}, out of range for x with batch size B = {batch} (expected 0 <= {name} < {batch})")
@@ -193,4 +194,10 @@ def grid_mix(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor) -
         fraction of pixels taken from ``x[index_a]``. Differentiable w.r.t. floating ``x``.
     """
     check_grid_mix_args(x, mask, index_a, index_b)
+    if not torch.compiler.is_compiling():
+        # Eager calls check the data here too, so an error never has to cross from C++: on torch 2.11
+        # (CUDA build) an exception thrown inside patchmix._C was seen to crash the process.
+        check_index_range("index_b", index_b, x.shape[0])
+        if index_a is not None:
+            check_index_range("index_a", index_a, x.shape[0])
     return grid_mix_op(x, mask, index_a, index_b)
