@@ -1,0 +1,227 @@
+"""Guided PatchMix (paper sections 2.3-2.4, phases three and four): training samples from a searched policy.
+
+* :class:`GuidedPatchMix` draws guided samples: a policy pair ``(c_i, c_j)`` (uniformly, or by
+  ``pair_weights``), one pool image of class ``c_i`` and one of ``c_j`` (uniformly), composed with that
+  pair's mask by ``patchmix.ops.grid_mix`` with ``index_a``/``index_b`` into the pool. True cells come from the
+  ``c_i`` image, which is ``target_a`` of the returned :class:`~patchmix.MixedBatch`.
+* :class:`MixedBatchSampler` + :class:`MixedCollate` (or :func:`mixed_loader`) serve one batch with three
+  parts, in this order: original samples (``lam = 1``), Random-PatchMix samples (mixed within that part) and
+  guided samples, for phase four (``L_O`` over all of them).
+
+Randomness comes from the ``torch.Generator`` passed in (draws are made on its device, indices returned on
+the CPU; reproducible).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .augment import MixedBatch, RandomPatchMix
+from .ops import grid_mix
+from .search.policy import Policy, PolicyError
+
+
+def concat_batches(batches: Sequence[MixedBatch]) -> MixedBatch:
+    """One :class:`MixedBatch` from several with grid masks of the same size (order kept)."""
+    batches = [b for b in batches if len(b)]
+    if not batches:
+        raise ValueError("concat_batches: nothing to concatenate")
+    if any(b.mask is None for b in batches):
+        raise ValueError("concat_batches: every part needs a grid mask (use MixedBatch.unmixed(x, y, grid_size))")
+    return MixedBatch(*(torch.cat([getattr(b, f) for b in batches]) for f in
+                        ("images", "target_a", "target_b", "lam", "mask")))
+
+
+class GuidedPatchMix(nn.Module):
+    """Guided samples from a :class:`~patchmix.search.Policy`.
+
+    Args:
+        policy: the searched pairs and masks (``len(policy) = M`` pairs, ``P x P`` masks).
+        labels: int64 ``(L,)`` labels of the pool the indices refer to (e.g. the whole training set).
+            Every class used by the policy needs at least one image in the pool.
+        pair_weights: optional ``(M,)`` non-negative sampling weights of the pairs (default uniform).
+        generator: ``torch.Generator`` for reproducible draws (any device; indices come back on the CPU).
+
+    ``sample(n) -> (slot (n,), index_a (n,), index_b (n,))``: pair slots of the policy and pool indices.
+    ``forward(images (L, C, H, W), n) -> MixedBatch`` of ``n`` guided samples (``mask`` = the policy masks).
+    """
+
+    def __init__(self, policy: Policy, labels: Tensor, *, pair_weights: Tensor | None = None,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if not isinstance(policy, Policy):
+            raise TypeError(f"GuidedPatchMix: policy must be a patchmix.search.Policy, got {type(policy).__name__}")
+        if len(policy) == 0:
+            raise ValueError("GuidedPatchMix: the policy has no pairs")
+        labels = torch.as_tensor(labels)
+        if labels.dtype != torch.int64 or labels.dim() != 1:
+            raise ValueError(f"GuidedPatchMix: labels must be int64 (L,), got {labels.dtype} {tuple(labels.shape)}")
+        K = policy.num_classes
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= K):
+            raise ValueError(f"GuidedPatchMix: labels must lie in [0, {K}) for the policy's {K} classes")
+        labels = labels.cpu()
+        counts = torch.bincount(labels, minlength=K)
+        used = torch.unique(policy.pair_tensor())
+        empty = used[counts[used] == 0]
+        if empty.numel():
+            names = [policy.class_names[int(c)] for c in empty[:5]]
+            raise ValueError(f"GuidedPatchMix: the pool has no image of classes {names} used by the policy")
+        self.policy = policy
+        self.grid_size = policy.grid_size
+        self.generator = generator
+        self.register_buffer("labels", labels, persistent=False)
+        self.register_buffer("pairs", policy.pair_tensor(), persistent=False)
+        self.register_buffer("masks", policy.mask_tensor(), persistent=False)
+        self.register_buffer("order", torch.argsort(labels, stable=True), persistent=False)
+        self.register_buffer("counts", counts, persistent=False)
+        self.register_buffer("starts", torch.cumsum(counts, 0) - counts, persistent=False)
+        slot_of = torch.full((K, K), -1, dtype=torch.int64)
+        slot_of[self.pairs[:, 0], self.pairs[:, 1]] = torch.arange(len(policy))
+        self.register_buffer("slot_of", slot_of, persistent=False)
+        if pair_weights is not None:
+            w = torch.as_tensor(pair_weights, dtype=torch.float64).cpu()
+            if w.shape != (len(policy),) or (w < 0).any() or not w.sum() > 0:
+                raise ValueError(f"GuidedPatchMix: pair_weights must be ({len(policy)},) non-negative, not all zero")
+            pair_weights = w
+        self.pair_weights = pair_weights
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``n`` guided draws: policy slots and pool indices ``index_a`` (class ``c_i``), ``index_b`` (``c_j``)."""
+        if n < 0:
+            raise ValueError(f"GuidedPatchMix.sample: n must be >= 0, got {n}")
+        g = self.generator
+        dev = g.device if g is not None else torch.device("cpu")  # draw where the generator lives
+        M = len(self.policy)
+        if self.pair_weights is None:
+            slot = torch.randint(M, (n,), generator=g, device=dev).cpu()
+        elif n:
+            slot = torch.multinomial(self.pair_weights.to(dev), n, replacement=True, generator=g).cpu()
+        else:
+            slot = torch.zeros(0, dtype=torch.int64)
+        pairs, counts, starts, order = (t.cpu() for t in (self.pairs, self.counts, self.starts, self.order))
+        idx = []
+        for side in (0, 1):
+            c = pairs[slot, side]
+            u = torch.rand(n, generator=g, dtype=torch.float64, device=dev).cpu()
+            pos = torch.minimum((u * counts[c]).long(), counts[c] - 1)
+            idx.append(order[starts[c] + pos])
+        return slot, idx[0], idx[1]
+
+    def compose(self, images: Tensor, slot: Tensor, index_a: Tensor, index_b: Tensor,
+                labels: Tensor | None = None) -> MixedBatch:
+        """Compose ``images[index_a]`` / ``images[index_b]`` with the masks of ``slot`` (one ``grid_mix`` call).
+        ``labels``: labels of ``images`` (default: the pool labels given at construction)."""
+        dev = images.device
+        labels = self.labels if labels is None else labels
+        mask = self.masks.to(dev)[slot.to(dev)]
+        ia, ib = index_a.to(dev), index_b.to(dev)
+        mixed, lam = grid_mix(images, mask, ia, ib)
+        return MixedBatch(mixed, labels.to(dev)[ia], labels.to(dev)[ib], lam, mask)
+
+    def forward(self, images: Tensor, n: int) -> MixedBatch:
+        """``n`` guided samples composed from the pool ``images (L, C, H, W)`` (``L`` = ``len(labels)``)."""
+        if images.dim() != 4 or images.shape[0] != self.labels.shape[0]:
+            raise ValueError(
+                f"GuidedPatchMix: images must be the pool (L, C, H, W) with L = {self.labels.shape[0]}, "
+                f"got {tuple(images.shape)}"
+            )
+        slot, ia, ib = self.sample(n)
+        return self.compose(images, slot, ia, ib)
+
+    def slots_for(self, target_a: Tensor, target_b: Tensor) -> Tensor:
+        """Policy slot of each ordered class pair (``-1`` when the policy lacks it)."""
+        return self.slot_of.to(target_a.device)[target_a, target_b]
+
+    def extra_repr(self) -> str:
+        return f"pairs={len(self.policy)}, grid_size={self.grid_size}, pool={self.labels.shape[0]}"
+
+
+class MixedBatchSampler(torch.utils.data.Sampler):
+    """Batch sampler for phase four: every batch lists ``n_original + n_random`` dataset indices (a fresh
+    permutation of the dataset per epoch, no repeats within an epoch) followed by ``n_guided`` indices of
+    class-``c_i`` images and ``n_guided`` of class-``c_j`` images drawn by ``guided``. Use with
+    :class:`MixedCollate` (same counts). ``len()`` = ``num_batches`` (default: one pass over the dataset by
+    the first two parts, last incomplete batch dropped)."""
+
+    def __init__(self, guided: GuidedPatchMix, counts: tuple[int, int, int], *, num_batches: int | None = None,
+                 generator: torch.Generator | None = None):
+        n_o, n_r, n_g = (int(c) for c in counts)
+        if min(n_o, n_r, n_g) < 0 or n_o + n_r + n_g == 0:
+            raise ValueError(f"MixedBatchSampler: counts must be three non-negative ints, not all 0, got {counts}")
+        if n_r == 1:
+            raise ValueError("MixedBatchSampler: n_random must be 0 or >= 2 (random mixing pairs samples of that part)")
+        self.guided, self.counts, self.generator = guided, (n_o, n_r, n_g), generator
+        L = guided.labels.shape[0]
+        plain = n_o + n_r
+        if num_batches is None:
+            num_batches = L // plain if plain else 1
+        if num_batches < 1:
+            raise ValueError(f"MixedBatchSampler: num_batches must be >= 1 (pool of {L} images, {plain} per batch)")
+        self.num_batches = int(num_batches)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        n_o, n_r, n_g = self.counts
+        plain = n_o + n_r
+        L = self.guided.labels.shape[0]
+        perm = torch.randperm(L, generator=self.generator)
+        pos = 0
+        for _ in range(self.num_batches):
+            if pos + plain > L:
+                perm, pos = torch.randperm(L, generator=self.generator), 0
+            first = perm[pos:pos + plain]
+            pos += plain
+            _, ia, ib = self.guided.sample(n_g)
+            yield torch.cat([first, ia, ib]).tolist()
+
+
+class MixedCollate:
+    """Collate for :class:`MixedBatchSampler`: stacks the loaded ``(x, y)`` samples and returns one
+    :class:`MixedBatch` with the original part (all-True masks), the Random-PatchMix part and the guided part
+    (mask looked up from the policy by the ordered labels ``(y_a, y_b)``)."""
+
+    def __init__(self, guided: GuidedPatchMix, counts: tuple[int, int, int], *,
+                 random_mixer: RandomPatchMix | None = None):
+        self.guided, self.counts = guided, tuple(int(c) for c in counts)
+        self.random_mixer = random_mixer if random_mixer is not None else RandomPatchMix(guided.grid_size)
+        if self.random_mixer.grid_size != guided.grid_size:
+            raise ValueError(f"MixedCollate: random_mixer grid {self.random_mixer.grid_size} != policy grid {guided.grid_size}")
+
+    def __call__(self, samples) -> MixedBatch:
+        xs = torch.stack([torch.as_tensor(s[0]) for s in samples])
+        ys = torch.tensor([int(s[1]) for s in samples], dtype=torch.int64)
+        n_o, n_r, n_g = self.counts
+        if len(samples) != n_o + n_r + 2 * n_g:
+            raise ValueError(f"MixedCollate: expected {n_o + n_r + 2 * n_g} samples (counts {self.counts}), got {len(samples)}")
+        P = self.guided.grid_size
+        parts = [MixedBatch.unmixed(xs[:n_o], ys[:n_o], P)]
+        if n_r:
+            parts.append(self.random_mixer(xs[n_o:n_o + n_r], ys[n_o:n_o + n_r]))
+        if n_g:
+            g = xs[n_o + n_r:]
+            yg = ys[n_o + n_r:]
+            slot = self.guided.slots_for(yg[:n_g], yg[n_g:])
+            if (slot < 0).any():
+                raise PolicyError("MixedCollate: a guided pair is not in the policy; use MixedBatchSampler's indices")
+            idx = torch.arange(n_g)
+            parts.append(self.guided.compose(g, slot, idx, idx + n_g, labels=yg))
+        return concat_batches(parts)
+
+
+def mixed_loader(dataset, guided: GuidedPatchMix, counts: tuple[int, int, int], *, num_batches: int | None = None,
+                 generator: torch.Generator | None = None, random_mixer: RandomPatchMix | None = None,
+                 **loader_kwargs) -> torch.utils.data.DataLoader:
+    """A ``DataLoader`` over ``dataset`` (items ``(x, y)``; ``guided`` built on its labels) whose batches are
+    :class:`MixedBatch` of ``counts = (n_original, n_random, n_guided)`` samples."""
+    sampler = MixedBatchSampler(guided, counts, num_batches=num_batches, generator=generator)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
+                                       collate_fn=MixedCollate(guided, counts, random_mixer=random_mixer),
+                                       **loader_kwargs)
+
+
+__all__ = ["GuidedPatchMix", "MixedBatchSampler", "MixedCollate", "concat_batches", "mixed_loader"]
