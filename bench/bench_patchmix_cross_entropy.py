@@ -42,20 +42,17 @@ def _compiled_reference(device):
 
 
 def _cpu_peak_and_largest(step) -> tuple[int, int]:
-    """Peak of live bytes allocated during ``step()`` and the largest single allocation, from the profiler's
-    memory events (CPU tensors have no allocator statistics)."""
+    """Peak of live bytes allocated during ``step()`` and the largest allocation, from the profiler's per-op
+    memory accounting (CPU tensors have no allocator statistics; op granularity, so approximate)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     live = peak = largest = 0
-    events = sorted(
-        (e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start
-    )
-    for e in events:
-        live += e.cpu_memory_usage
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += e.self_cpu_memory_usage
         peak = max(peak, live)
-        largest = max(largest, e.cpu_memory_usage)
+        largest = max(largest, e.self_cpu_memory_usage)
     return peak, largest
 
 

@@ -194,9 +194,10 @@ def grid_mix(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor) -
         fraction of pixels taken from ``x[index_a]``. Differentiable w.r.t. floating ``x``.
     """
     check_grid_mix_args(x, mask, index_a, index_b)
-    if not torch.compiler.is_compiling():
-        # Eager calls check the data here too, so an error never has to cross from C++: on torch 2.11
-        # (CUDA build) an exception thrown inside patchmix._C was seen to crash the process.
+    if not torch.compiler.is_compiling() and x.device.type == "cpu":
+        # CPU tensors: check the data here as well, so an error never has to cross from C++ (on torch 2.11,
+        # CUDA build, an exception thrown inside patchmix._C was seen to crash the process). Free on the CPU;
+        # CUDA tensors are checked by the Triton launcher, which raises in Python.
         check_index_range("index_b", index_b, x.shape[0])
         if index_a is not None:
             check_index_range("index_a", index_a, x.shape[0])
