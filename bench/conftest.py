@@ -7,7 +7,7 @@ median beside the eager reference (``eager``) and the bandwidth floor (a provide
 
 from tests.conftest import devices  # noqa: F401  (sets TRITON_INTERPRET before patchmix is imported)
 
-FLOORS = ("clone", "copy", "floor")
+FLOORS = ("clone", "copy", "floor", "plain")  # plain: the training step without mixing
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -5,8 +5,10 @@ Ops live in :mod:`patchmix.ops` (``torch.ops.patchmix.*``); mixing modules in :m
 
 __version__ = "0.1.0"
 
-from . import ops
+from . import models, ops, search
 from .augment import CutMix, MixedBatch, Mixup, RandomPatchMix
+from .guided import GuidedPatchMix
+from .losses import PatchMixLoss
 from .ops import backends
 
-__all__ = ["CutMix", "MixedBatch", "Mixup", "RandomPatchMix", "backends", "ops", "__version__"]
+__all__ = ["CutMix", "GuidedPatchMix", "MixedBatch", "Mixup", "PatchMixLoss", "RandomPatchMix", "backends", "models", "ops", "search", "__version__"]

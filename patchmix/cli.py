@@ -1,0 +1,432 @@
+"""``patchmix``: the command line (also ``python -m patchmix``).
+
+    patchmix run                      the four-phase workflow + comparison methods on the embedded digits
+    patchmix train --method random    one method, one or more seeds
+    patchmix search --model M.pt      phase two on a trained Random PatchMix model (or trains one first)
+    patchmix show                     a PNG of mixed samples (any dataset, any method, or a policy)
+    patchmix eval --checkpoint M.pt   top-1 and FGSM robustness
+
+Every command takes the configuration from ``--preset``/``--config``, then flags, then ``--set key=value``,
+and writes the resolved ``config.json`` next to its results. Exit codes: 0 done, 1 unexpected error,
+2 bad arguments / configuration / missing or malformed data, 130 interrupted (a resumable checkpoint is in
+place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+EPILOG_DATA = """data (--data): 'digits' (scikit-learn's bundled 8x8 digits, the default) or a folder on local disk
+holding CIFAR-10 / CIFAR-100 python pickle batches, Tiny ImageNet (tiny-imagenet-200 layout) or a
+class-per-folder image tree; the format is detected (or name it with --format). Nothing is downloaded."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a default only where the flag has one; the others default to the preset/config file."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool = True) -> None:
+    g = p.add_argument_group("configuration (defaults: the digits preset; see config.json of any run)")
+    g.add_argument("--config", metavar="FILE", help="a config.json written by an earlier run (re-runs it)")
+    g.add_argument("--preset", choices=["digits", "paper-cifar"],
+                   help="digits: the quick CPU demo (default); paper-cifar: the paper's recipe (400 epochs, batch "
+                        "100, SGD Nesterov 0.9, wd 5e-4, lr 0.1 cosine, P=4, alpha=1, ResNet-32)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, e.g. --set train.warmup_epochs=5 --set search.draws=64 (repeatable)")
+    g = p.add_argument_group("data and model")
+    g.add_argument("--data", metavar="PATH", help="'digits' or a dataset folder (see below)")
+    g.add_argument("--format", choices=["auto", "digits", "cifar10", "cifar100", "tinyimagenet", "folder"],
+                   help="dataset format (default: detected)")
+    g.add_argument("--image-size", type=int, help="resize image-file datasets to this side")
+    g.add_argument("--model", help="resnet32, preact_resnet56, preact_resnet164, mobilenetv2, resnet50, small_cnn "
+                                   "(default: chosen from the image size)")
+    g.add_argument("--grid-size", "-P", type=int, help="P, the mixing grid and patch-head grid")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="global batch size (split over torchrun processes)")
+    g.add_argument("--lr", type=float, help="initial learning rate (cosine annealing by default)")
+    g.add_argument("--alpha", type=float, help="Beta(alpha, alpha) of Random PatchMix, Mixup, CutMix")
+    if seeds:
+        g.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (run: default 0,1,2; train: default 0)")
+        g.add_argument("--seed", type=int, help="a single seed (same as --seeds N)")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", help="auto (CUDA when available), cpu, cuda, cuda:1")
+    g.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA devices")
+    g.add_argument("--channels-last", choices=["auto", "on", "off"], help="memory format (auto: on for CUDA)")
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--workers", type=int, help="data-loader processes for image files")
+    if out_default is not None:
+        g.add_argument("--out", default=out_default, help="output folder")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages (results still print)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="patchmix", formatter_class=_Formatter,
+        description="PatchMix: grid-mask mixing with patch-level supervision and a guided genetic search.\n\n"
+                    "`patchmix run` with no arguments runs the paper's four-phase workflow (section 2.4) and the\n"
+                    "comparison methods (base, Mixup, CutMix, Random PatchMix, Guided PatchMix) on the embedded\n"
+                    "digits data, prints the accuracy table and writes a report to runs/latest.",
+        epilog=EPILOG_DATA + "\n\nMore than one process: torchrun --nproc_per_node=K -m patchmix train ...")
+    parser.add_argument("--version", action="version", version=f"patchmix {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", formatter_class=_Formatter, epilog=EPILOG_DATA,
+                       help="the four-phase workflow + comparison methods, with a report",
+                       description="Phase 1: train f_T with Random PatchMix and L_T. Phase 2: cache its validation\n"
+                                   "patch logits, run the genetic search. Phase 3: build guided samples from the\n"
+                                   "policy. Phase 4: train f_O on original + random + guided samples with L_O.\n"
+                                   "Also trains base, mixup and cutmix with the same budget and seeds. Writes\n"
+                                   "metrics.json, config.json, checkpoints/, policy.json, search/, figures/ and\n"
+                                   "report.md; prints the accuracy table (mean ± std over seeds).")
+    _common(p, out_default="runs/latest")
+    p.add_argument("--methods", help="comma-separated subset of base,mixup,cutmix,random,guided")
+    p.add_argument("--population", type=int, help="search population")
+    p.add_argument("--generations", type=int, help="search generations")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out: finished jobs are kept, the interrupted one continues")
+
+    p = sub.add_parser("train", formatter_class=_Formatter, epilog=EPILOG_DATA, help="train one method",
+                       description="Train one model per seed with one method; checkpoints every epoch to\n"
+                                   "<out>/checkpoints/<method>-seed<s>.pt, results to <out>/metrics.json.\n"
+                                   "Works under torchrun (DDP: each rank mixes its own batch, metrics reduced).")
+    _common(p, out_default=None)
+    p.add_argument("--out", help="output folder (default: runs/train-<method>)")
+    p.add_argument("--method", required=True, choices=["base", "mixup", "cutmix", "random", "guided"])
+    p.add_argument("--policy", metavar="FILE", help="policy.json for --method guided (from `patchmix search`)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+
+    p = sub.add_parser("search", formatter_class=_Formatter, epilog=EPILOG_DATA,
+                       help="genetic search for class pairs and masks (phase two)",
+                       description="Cache the validation patch logits of a Random PatchMix model and run the DEAP\n"
+                                   "genetic search; writes policy.json, search/logbook.json and figures. Without\n"
+                                   "--model, trains the Random PatchMix model first (phase one).")
+    _common(p, out_default="runs/search", seeds=False)
+    p.add_argument("--model-checkpoint", "--checkpoint", dest="checkpoint", metavar="FILE",
+                   help="a checkpoint of `patchmix train --method random`")
+    p.add_argument("--seed", type=int, default=None, help="search seed")
+    p.add_argument("--population", type=int)
+    p.add_argument("--generations", type=int)
+    p.add_argument("--pairs", type=int, help="N, the maximum number of active class pairs (default 2K)")
+    p.add_argument("--objective", choices=["logprob", "accuracy"])
+    p.add_argument("--maximize", action="store_true", default=None,
+                   help="prefer easy interpolations (default: minimise, hardest first)")
+    p.add_argument("--resume", action="store_true", help="continue the search checkpoint in --out")
+
+    p = sub.add_parser("show", formatter_class=_Formatter, epilog=EPILOG_DATA, help="render mixed samples to a PNG",
+                       description="Draw a grid of mixed samples, each titled with its soft label.")
+    _common(p, out_default=None, seeds=False)
+    p.add_argument("--method", default="random", choices=["base", "mixup", "cutmix", "random", "guided"])
+    p.add_argument("--policy", metavar="FILE", help="policy.json (implies --method guided)")
+    p.add_argument("-n", "--num", type=int, default=16, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--output", "-o", default="runs/show.png", help="PNG file to write")
+
+    p = sub.add_parser("eval", formatter_class=_Formatter, help="top-1 and FGSM robustness of a checkpoint",
+                       description="Top-1 accuracy of a trained checkpoint, and top-1 under the FGSM white-box\n"
+                                   "attack at each epsilon (pixel units, images in [0, 1]) as in the paper's Table 4.")
+    p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT", help="checkpoint files (.pt)")
+    p.add_argument("--checkpoint", dest="checkpoint_opt", action="append", default=[], metavar="FILE",
+                   help="a checkpoint file (repeatable)")
+    p.add_argument("--epsilons", default="0.05,0.1,0.2", help="comma-separated FGSM epsilons ('' for none)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data", metavar="PATH", help="evaluate on another dataset location than the checkpoint's")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--quiet", "-q", action="store_true")
+    return parser
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _updates(args) -> dict:
+    u: dict = {}
+    m = {"data": "data.source", "format": "data.format", "image_size": "data.image_size", "model": "model.name",
+         "grid_size": "model.grid_size", "epochs": "train.epochs", "batch_size": "train.batch_size",
+         "lr": "train.lr", "alpha": "train.alpha", "device": "run.device", "amp": "run.amp",
+         "channels_last": "run.channels_last", "threads": "run.threads", "workers": "data.workers",
+         "methods": "run.methods", "seeds": "run.seeds", "population": "search.population",
+         "generations": "search.generations", "pairs": "search.max_pairs", "objective": "search.objective",
+         "maximize": "search.maximize"}
+    for attr, key in m.items():
+        v = getattr(args, attr, None)
+        if v is not None:
+            u[key] = v
+    if getattr(args, "seed", None) is not None and args.command in ("run", "train"):
+        u["run.seeds"] = str(args.seed)
+    for item in getattr(args, "overrides", []) or []:
+        if "=" not in item:
+            from .config import ConfigError
+
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        u[k.strip()] = v.strip()
+    return u
+
+
+def _config(args):
+    from . import config
+
+    return config.resolve(getattr(args, "preset", None), getattr(args, "config", None), _updates(args))
+
+
+def _print(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def cmd_run(args) -> int:
+    from .workflow import run_workflow
+
+    cfg = _config(args)
+    try:
+        metrics = run_workflow(cfg, args.out, resume=args.resume, quiet=args.quiet)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if metrics:
+        from .report import format_table
+
+        _print()
+        _print(f"test top-1 accuracy, {metrics['dataset']['description']}, model {metrics['model']}, "
+               f"{cfg.train.epochs} epochs, mean ± std over seeds {','.join(map(str, cfg.run.seeds))}:")
+        _print(format_table(metrics["summary"], metrics.get("fgsm_summary")))
+        _print()
+        _print(f"wall time {metrics['wall_seconds']:.1f} s; report: {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from . import data as data_mod
+    from .report import format_table, summarize
+    from .train import Log, fgsm_evaluate, setup_runtime, teardown_runtime, train_model
+    from .workflow import _write_json
+
+    cfg = _config(args)
+    out = args.out or f"runs/train-{args.method}"
+    rt = setup_runtime(cfg)
+    try:
+        if rt.is_main:
+            os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+            cfg.save(os.path.join(out, "config.json"))
+        log = Log(os.path.join(out, "log.jsonl"), quiet=args.quiet, enabled=rt.is_main)
+        ds = data_mod.from_config(cfg)
+        log.info(f"data  {ds.describe()}" + (f"; {rt.world} processes" if rt.distributed else ""))
+        policy = None
+        if args.method == "guided":
+            if not args.policy:
+                from .config import ConfigError
+
+                raise ConfigError("--method guided needs --policy FILE (a policy.json from `patchmix search` or "
+                                  "`patchmix run`)")
+            from .search import Policy
+
+            policy = Policy.load(args.policy, list(ds.classes), cfg.model.grid_size) if rt.is_main else None
+            policy = rt.broadcast_object(policy)
+        results = []
+        seeds = cfg.run.seeds
+        if args.seeds is None and args.seed is None and not args.config:
+            seeds = seeds[:1]  # one model unless seeds are asked for
+        for seed in seeds:
+            ck = os.path.join(out, "checkpoints", f"{args.method}-seed{seed}.pt")
+            net, res = train_model(cfg, ds, args.method, seed, rt=rt, checkpoint=ck, resume=args.resume,
+                                   policy=policy, log=log, desc=f"{args.method} seed {seed}")
+            if cfg.run.fgsm_epsilons:
+                res["fgsm"] = fgsm_evaluate(net, ds.test, cfg.run.fgsm_epsilons, 256, rt)
+            res["checkpoint"] = ck
+            results.append(res)
+        if rt.is_main:
+            summary = summarize(results, [args.method])
+            _write_json(os.path.join(out, "metrics.json"), {"config": cfg.to_dict(), "results": results,
+                                                            "summary": summary, "world": rt.world})
+            _print(format_table(summary, {args.method: results[0]["fgsm"]} if len(results) == 1 and
+                                results[0].get("fgsm") else None))
+            _print(f"checkpoints and metrics.json in {out}")
+        log.close()
+    finally:
+        teardown_runtime(rt)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from . import data as data_mod
+    from .report import fitness_figure, pairs_figure
+    from .train import Log, model_from_checkpoint, setup_runtime, teardown_runtime, train_model
+    from .workflow import _write_json, render_samples, run_search
+
+    cfg = _config(args)
+    out = args.out
+    rt = setup_runtime(cfg)
+    seed = args.seed if args.seed is not None else cfg.run.seeds[0]
+    try:
+        if rt.is_main:
+            os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+            cfg.save(os.path.join(out, "config.json"))
+        log = Log(os.path.join(out, "log.jsonl"), quiet=args.quiet, enabled=rt.is_main)
+        ds = data_mod.from_config(cfg)
+        if args.checkpoint:
+            net, _, _ = model_from_checkpoint(args.checkpoint, ds)
+            net = net.to(rt.device)
+        else:
+            log.info("no --model-checkpoint: training the Random PatchMix model f_T first (phase one)")
+            net, _ = train_model(cfg, ds, "random", seed, rt=rt, log=log, resume=args.resume,
+                                 checkpoint=os.path.join(out, "checkpoints", f"random-seed{seed}.pt"),
+                                 desc=f"random seed {seed}")
+        result = run_search(cfg, ds, net, seed, rt, checkpoint=os.path.join(out, "checkpoints", "search.pkl"),
+                            resume=args.resume, log=log)
+        if rt.is_main:
+            result.policy.save(os.path.join(out, "policy.json"))
+            os.makedirs(os.path.join(out, "search"), exist_ok=True)
+            _write_json(os.path.join(out, "search", "logbook.json"), result.logbook)
+            figdir = os.path.join(out, "figures")
+            fitness_figure({"search": result.logbook}, os.path.join(figdir, "fitness.png"))
+            pairs_figure([result.policy], list(ds.classes), os.path.join(figdir, "pairs.png"))
+            render_samples(cfg, ds, "guided", os.path.join(figdir, "guided_samples.png"), 16, seed, result.policy)
+            _print(f"best fitness {result.best_fitness:.4f} after {result.generations} generations "
+                   f"({result.time_total:.1f} s, {result.evaluations} evaluations); {len(result.policy)} pairs:")
+            _print("  " + ", ".join(f"{a}+{b}" for a, b in result.policy.named_pairs()))
+            _print(f"policy: {os.path.join(out, 'policy.json')}; figures in {figdir}")
+        log.close()
+    finally:
+        teardown_runtime(rt)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from . import data as data_mod
+    from .workflow import render_samples
+
+    cfg = _config(args)
+    ds = data_mod.from_config(cfg)
+    method = "guided" if args.policy else args.method
+    policy = None
+    if method == "guided":
+        if not args.policy:
+            from .config import ConfigError
+
+            raise ConfigError("--method guided needs --policy FILE")
+        from .search import Policy
+
+        policy = Policy.load(args.policy, list(ds.classes), cfg.model.grid_size)
+    if args.num < 1:
+        from .config import ConfigError
+
+        raise ConfigError("--num must be >= 1")
+    path = render_samples(cfg, ds, method, args.output, args.num, args.seed, policy, split=args.split)
+    _print(path)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from . import data as data_mod
+    from .config import ConfigError
+    from .train import Runtime, evaluate, fgsm_evaluate, load_checkpoint, model_from_checkpoint
+
+    paths = list(args.checkpoints) + list(args.checkpoint_opt)
+    if not paths:
+        raise ConfigError("eval: name at least one checkpoint (patchmix eval runs/latest/checkpoints/random-seed0.pt)")
+    try:
+        eps = [float(e) for e in args.epsilons.split(",") if e.strip()]
+    except ValueError:
+        raise ConfigError(f"--epsilons must be comma-separated numbers, got {args.epsilons!r}") from None
+    dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    rt = Runtime(torch.device(dev))
+    rows, cache = [], {}
+    for path in paths:
+        ckpt = load_checkpoint(path)
+        from .config import Config
+
+        cfg = Config().override(ckpt["config"])
+        if args.data:
+            cfg = cfg.override({"data.source": args.data})
+        key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
+        if key not in cache:
+            cache[key] = data_mod.from_config(cfg)
+        ds = cache[key]
+        net, _, _ = model_from_checkpoint(path, ds)
+        net = net.to(rt.device)
+        split = getattr(ds, args.split)
+        row = {"checkpoint": path, "method": ckpt["method"], "seed": ckpt["seed"], "epoch": ckpt["epoch"],
+               "complete": bool(ckpt.get("complete")), "split": args.split}
+        if eps:
+            acc = fgsm_evaluate(net, split, eps, args.batch_size, rt)
+            row["top1"] = acc["0"]
+            row["fgsm"] = {k: v for k, v in acc.items() if k != "0"}
+        else:
+            row["top1"] = evaluate(net, split, args.batch_size, rt)["acc"]
+        rows.append(row)
+    head = f"{'checkpoint':<40} {'method':>7} {'seed':>4} {'top-1':>7}" + "".join(f" {'eps=' + f'{e:g}':>9}" for e in eps)
+    _print(head)
+    for r in rows:
+        line = f"{r['checkpoint'][-40:]:<40} {r['method']:>7} {r['seed']:>4} {100 * r['top1']:>6.2f}%"
+        line += "".join(f" {100 * r['fgsm'][f'{e:g}']:>8.2f}%" for e in eps)
+        _print(line)
+    if args.json:
+        from .config import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "search": cmd_search, "show": cmd_show, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    warnings.filterwarnings("ignore", message=".*C\\+\\+ extension patchmix._C is not available.*")
+    from .config import ConfigError
+    from .data import DatasetError
+
+    try:
+        from .search import PolicyError
+    except ImportError:  # the search package is optional for base/mixup/cutmix/random
+        class PolicyError(Exception):
+            pass
+    from .train import Interrupted
+
+    try:
+        return COMMANDS[args.command](args)
+    except Interrupted as exc:
+        print(f"patchmix: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("patchmix: interrupted; the last epoch's checkpoint is in place (continue with --resume)",
+              file=sys.stderr)
+        return 130
+    except (ConfigError, DatasetError, PolicyError) as exc:
+        print(f"patchmix {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"patchmix {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        if "checkpoint" in str(exc):
+            print(f"patchmix {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

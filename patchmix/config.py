@@ -1,0 +1,332 @@
+"""Run configuration: one nested dataclass, resolved as defaults <- preset <- config file <- flags.
+
+Every command writes the resolved configuration to ``<out>/config.json``; ``patchmix <cmd> --config
+<out>/config.json`` runs the same thing again. Keys are dotted on the command line
+(``--set train.epochs=10``) and nested in the file (``{"train": {"epochs": 10}}``).
+
+Presets:
+
+* ``digits`` (the default): scikit-learn's bundled 8x8 digits, the small CNN, a budget that runs the whole
+  four-phase workflow with five methods and three seeds in a few minutes on a 2-core CPU.
+* ``paper-cifar``: the paper's CIFAR recipe (section 4.2): 400 epochs, batch 100, SGD with Nesterov
+  momentum 0.9, weight decay 5e-4, learning rate 0.1 with cosine annealing, ``P = 4``, ``alpha = 1``,
+  ResNet-32, and the paper's search (population 500, 250 generations, crossover 0.5, mutation 0.3).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("base", "mixup", "cutmix", "random", "guided")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run (unknown key, bad value); the CLI prints it and exits with 2."""
+
+
+@dataclass
+class DataConfig:
+    #: "digits" (scikit-learn's bundled images) or a path on local disk.
+    source: str = "digits"
+    #: auto | digits | cifar10 | cifar100 | tinyimagenet | folder
+    format: str = "auto"
+    #: Side length images of folder datasets are resized to (None: 64 for Tiny ImageNet, else 32).
+    image_size: int | None = None
+    #: Fraction of the training split held out as the validation set (used by the search) when the
+    #: dataset has no separate validation split.
+    val_fraction: float = 0.1
+    #: Seed of the fixed train/val split (independent of the training seed, so every seed sees one split).
+    split_seed: int = 0
+    #: auto (random crop + horizontal flip for natural images, none for digits) | crop-flip | crop | none
+    augment: str = "auto"
+    #: Data-loader worker processes for image files on disk (in-memory datasets never need any).
+    workers: int = 0
+    #: Use only the first n training images (None: all); handy for smoke tests.
+    limit_train: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    #: auto (small_cnn for digits, resnet32 for 32x32, resnet50 for larger) or a name from patchmix.models.
+    name: str = "auto"
+    #: P, the side of the mixing grid and of the patch head.
+    grid_size: int = 4
+    #: Channel width of small_cnn (None: the model's default); ignored by the other models.
+    width: int | None = None
+    #: The patch classifier has its own weights (True) or shares the image classifier (False).
+    separate_patch_classifier: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    #: cosine | step | constant (per-step cosine annealing to 0; step: x0.1 at 50% and 75%)
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    #: Beta(alpha, alpha) for Random PatchMix, Mixup and CutMix.
+    alpha: float = 1.0
+    #: Probability that a sample of a batch is mixed (Random PatchMix).
+    mix_prob: float = 1.0
+    label_smoothing: float = 0.0
+    #: L_T = image_weight * L_O + patch_weight * L_P / P^2 (phase one, "random").
+    image_weight: float = 0.5
+    patch_weight: float = 0.5
+    #: Phase four: share of each batch that is original / random-mixed / guided samples.
+    guided_fractions: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+    #: Test-set evaluation every n epochs (0: only at the end); validation accuracy is logged each epoch.
+    eval_every: int = 0
+
+
+@dataclass
+class SearchConfig:
+    population: int = 200
+    generations: int = 100
+    cx_prob: float = 0.5
+    mut_prob: float = 0.3
+    #: N, the maximum number of active class pairs (None: twice the number of classes).
+    max_pairs: int | None = None
+    #: forced | allowed | excluded: how same-class pairs (c, c) are treated (paper Table 6).
+    same_class: str = "forced"
+    #: logprob | accuracy: the patch-level score of the cached fitness.
+    objective: str = "logprob"
+    #: minimise the score (hardest interpolations first, the paper's choice) or maximise it.
+    maximize: bool = False
+    #: S, validation pairs drawn per class pair.
+    draws: int = 32
+    #: Stop when the best fitness has not improved for this many generations (0: never).
+    patience: int = 30
+    #: Save a search checkpoint every n generations.
+    checkpoint_every: int = 5
+
+
+@dataclass
+class RunConfig:
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    #: auto (cuda when available) | cpu | cuda | cuda:1 ...
+    device: str = "auto"
+    #: Automatic mixed precision (bfloat16/float16 autocast) on CUDA devices; ignored on the CPU.
+    amp: bool = False
+    #: channels_last memory format: auto (on CUDA devices) | on | off
+    channels_last: str = "auto"
+    #: FGSM epsilons (in [0, 1] pixel units) evaluated by `patchmix eval` and at the end of `run`.
+    fgsm_epsilons: tuple[float, ...] = (0.05, 0.1, 0.2)
+    #: Number of mixed samples drawn in the report's sample grid.
+    show_samples: int = 16
+    #: torch.set_num_threads (None: leave torch's default).
+    threads: int | None = None
+
+
+@dataclass
+class Config:
+    preset: str = "digits"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # ----------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def copy(self) -> Config:
+        return copy.deepcopy(self)
+
+    def override(self, updates: dict[str, Any]) -> Config:
+        """A copy with ``updates`` (nested dict or dotted keys) applied, validated."""
+        cfg = self.copy()
+        for key, value in _flatten(updates).items():
+            _set(cfg, key, value)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        d, t, s, r = self.data, self.train, self.search, self.run
+        _choice("data.format", d.format, ("auto", "digits", "cifar10", "cifar100", "tinyimagenet", "folder"))
+        _choice("data.augment", d.augment, ("auto", "crop-flip", "crop", "none"))
+        _choice("train.schedule", t.schedule, ("cosine", "step", "constant"))
+        _choice("search.same_class", s.same_class, ("forced", "allowed", "excluded"))
+        _choice("search.objective", s.objective, ("logprob", "accuracy"))
+        _choice("run.channels_last", r.channels_last, ("auto", "on", "off"))
+        if not 0.0 < d.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+        if self.model.grid_size < 1:
+            raise ConfigError(f"model.grid_size must be >= 1, got {self.model.grid_size}")
+        for name in ("epochs", "batch_size"):
+            if getattr(t, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        if t.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+        if t.alpha <= 0:
+            raise ConfigError(f"train.alpha must be > 0, got {t.alpha}")
+        if not 0.0 <= t.mix_prob <= 1.0:
+            raise ConfigError(f"train.mix_prob must be in [0, 1], got {t.mix_prob}")
+        if len(t.guided_fractions) != 3 or min(t.guided_fractions) < 0 or sum(t.guided_fractions) <= 0:
+            raise ConfigError(f"train.guided_fractions must be 3 non-negative numbers (original, random, guided), "
+                              f"got {t.guided_fractions}")
+        if s.population < 2 or s.generations < 1 or s.draws < 1:
+            raise ConfigError("search.population must be >= 2, search.generations >= 1 and search.draws >= 1")
+        bad = [m for m in r.methods if m not in METHODS]
+        if bad or not r.methods:
+            raise ConfigError(f"run.methods: unknown {bad}; choose from {', '.join(METHODS)}")
+        if not r.seeds:
+            raise ConfigError("run.seeds must name at least one seed")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # tiny 8x8 convolutions: one intra-op thread beats two (and is far faster on a busy machine)
+    "digits": {"model": {"width": 16}, "run": {"threads": 1}},
+    "paper-cifar": {
+        "data": {"augment": "crop-flip"},
+        "model": {"name": "resnet32", "grid_size": 4},
+        "train": {"epochs": 400, "batch_size": 100, "lr": 0.1, "momentum": 0.9, "nesterov": True,
+                  "weight_decay": 5e-4, "schedule": "cosine", "alpha": 1.0},
+        "search": {"population": 500, "generations": 250, "cx_prob": 0.5, "mut_prob": 0.3},
+    },
+}
+
+
+def preset(name: str) -> Config:
+    """The configuration of a named preset (on top of the defaults)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    cfg = Config(preset=name)
+    return cfg.override(PRESETS[name])
+
+
+def load(path: str | os.PathLike) -> Config:
+    """Load a config file written by a run (or by hand): its ``preset`` is applied first, then its values."""
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    raw = dict(raw)
+    base = preset(raw.pop("preset", "digits"))
+    return base.override(raw)
+
+
+def resolve(preset_name: str | None = None, config_file: str | None = None,
+            updates: dict[str, Any] | None = None) -> Config:
+    """defaults <- preset <- config file <- updates (from flags)."""
+    if config_file:
+        if preset_name:
+            raise ConfigError("pass either --preset or --config: a config file already names its preset")
+        cfg = load(config_file)
+    else:
+        cfg = preset(preset_name or "digits")
+    return cfg.override(updates or {})
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and "." not in k and key.count(".") < 1 and key in _SECTIONS:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+_SECTIONS = ("data", "model", "train", "search", "run")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a kill never leaves half a file."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fields(obj) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    if key == "preset":
+        cfg.preset = str(value)
+        return
+    section, _, name = key.partition(".")
+    if section not in _SECTIONS or not name:
+        raise ConfigError(f"unknown config key {key!r}; keys look like train.epochs, search.population, "
+                          f"data.source (sections: {', '.join(_SECTIONS)})")
+    sub = getattr(cfg, section)
+    fields = _fields(sub)
+    if name not in fields:
+        raise ConfigError(f"unknown config key {key!r}; {section} has: {', '.join(fields)}")
+    setattr(sub, name, _coerce(key, fields[name], getattr(sub, name), value))
+
+
+def _coerce(key: str, fld: dataclasses.Field, current: Any, value: Any) -> Any:
+    """Convert ``value`` (possibly a string from the command line) to the field's type."""
+    typ = str(fld.type)
+    try:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "None" in typ):
+            if "None" not in typ:
+                raise ConfigError(f"{key} cannot be None")
+            return None
+        if typ.startswith("tuple"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            items = [i.strip() if isinstance(i, str) else i for i in items if not (isinstance(i, str) and not i.strip())]
+            if "int" in typ:
+                return tuple(int(i) for i in items)
+            if "float" in typ:
+                return tuple(float(i) for i in items)
+            return tuple(str(i) for i in items)
+        if typ.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if typ.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if typ.startswith("float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad value for {key}: {value!r} (expected {typ})") from None
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")

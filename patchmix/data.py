@@ -1,0 +1,493 @@
+"""Datasets from local disk (never downloaded) and the embedded digits, as train / val / test splits.
+
+Formats (``load_dataset(source, format="auto")``):
+
+* ``digits``: scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes, installed with
+  scikit-learn). A fixed stratified split: 1079 train / 359 val / 359 test.
+* ``cifar10`` / ``cifar100``: the "python version" pickle batches, as unpacked from the official archives.
+* ``tinyimagenet``: the ``tiny-imagenet-200`` folder layout (its labelled ``val`` split is our test split).
+* ``folder``: any class-per-folder image tree, optionally already split into ``train/`` + ``val/`` + ``test/``.
+
+The expected layouts are spelled out in :data:`LAYOUTS`; a missing or malformed dataset raises
+:class:`DatasetError` carrying that text. When a dataset has no separate validation split, a stratified
+``val_fraction`` of its training split (fixed by ``split_seed``) becomes the validation set, which the
+search scores on; the test split is only used for the reported accuracy.
+
+Images are kept as uint8 ``(C, H, W)``: in memory for digits and CIFAR, as files (decoded with Pillow on
+demand, resized to ``image_size``) for Tiny ImageNet and folder trees. :func:`batches` yields them as uint8
+batches in a reproducible order; :func:`to_float` turns a batch into ``[0, 1]`` floats on the device, and
+:func:`augment` applies the random crop / flip with an explicit generator.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+LAYOUTS = {
+    "cifar10": """CIFAR-10, python version (cifar-10-python.tar.gz, unpacked):
+    <path>/                      (the folder itself, or a folder holding cifar-10-batches-py/)
+      batches.meta               pickle: {b'label_names': [10 names]}
+      data_batch_1 ... data_batch_5   pickle: {b'data': uint8 (n, 3072) rows = R(1024) G(1024) B(1024) of 32x32,
+                                               b'labels': [n ints in 0..9]}
+      test_batch                 same format""",
+    "cifar100": """CIFAR-100, python version (cifar-100-python.tar.gz, unpacked):
+    <path>/                      (the folder itself, or a folder holding cifar-100-python/)
+      meta                       pickle: {b'fine_label_names': [100 names], ...}
+      train                      pickle: {b'data': uint8 (n, 3072), b'fine_labels': [n ints in 0..99], ...}
+      test                       same format""",
+    "tinyimagenet": """Tiny ImageNet (tiny-imagenet-200.zip, unpacked):
+    <path>/                      (the folder itself, or a folder holding tiny-imagenet-200/)
+      wnids.txt                  one class id (wnid) per line
+      words.txt                  optional: "<wnid>\\t<name>" per line
+      train/<wnid>/images/*.JPEG
+      val/images/*.JPEG
+      val/val_annotations.txt    "<file>\\t<wnid>\\t..." per line (this labelled split is used as the test set)""",
+    "folder": """class-per-folder image tree:
+    <path>/<class name>/*.png|jpg|jpeg|bmp|...        (split into train/val by data.val_fraction; test likewise)
+  or, already split:
+    <path>/train/<class name>/*.png ...
+    <path>/val/<class name>/*.png ...                  (optional; else carved from train)
+    <path>/test/<class name>/*.png ...                 (optional; else carved from train)""",
+    "digits": """digits: scikit-learn's bundled 8x8 digits (no files needed; pass --data digits)""",
+}
+
+
+class DatasetError(RuntimeError):
+    """A dataset that is missing or malformed; the message says what layout was expected."""
+
+
+def _error(fmt: str, path: str, problem: str) -> DatasetError:
+    return DatasetError(f"{problem}\n\nExpected layout for {fmt}:\n  {LAYOUTS[fmt]}")
+
+
+# --------------------------------------------------------------------------------------------------
+# splits
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    """One split: labels plus either in-memory uint8 images ``(N, C, H, W)`` or image files."""
+
+    labels: Tensor
+    images: Tensor | None = None
+    files: list[str] | None = None
+    image_size: int = 32
+    channels: int = 3
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: Sequence[int] | Tensor) -> Split:
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return Split(self.labels[idx].clone(),
+                     None if self.images is None else self.images[idx].clone(),
+                     None if self.files is None else [self.files[i] for i in idx.tolist()],
+                     self.image_size, self.channels)
+
+    def load(self, i: int) -> Tensor:
+        """Image ``i`` as uint8 ``(C, H, W)``."""
+        if self.images is not None:
+            return self.images[i]
+        return _read_image(self.files[i], self.image_size, self.channels)
+
+    def get(self, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
+        """A batch: uint8 images ``(n, C, H, W)`` and int64 labels ``(n,)``."""
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        if self.images is not None:
+            return self.images[idx], self.labels[idx]
+        return torch.stack([self.load(i) for i in idx.tolist()]), self.labels[idx]
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+    #: whether random crop + horizontal flip suit the images (natural photos yes, digits no)
+    natural: bool = True
+    #: per-channel mean and std of the training images in [0, 1] units
+    mean: tuple[float, ...] = field(default_factory=tuple)
+    std: tuple[float, ...] = field(default_factory=tuple)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return self.train.channels
+
+    @property
+    def image_size(self) -> int:
+        return self.train.image_size
+
+    def describe(self) -> str:
+        return (f"{self.name}: {self.num_classes} classes, {self.channels}x{self.image_size}x{self.image_size}, "
+                f"train {len(self.train)} / val {len(self.val)} / test {len(self.test)}")
+
+
+def _read_image(path: str, size: int, channels: int) -> Tensor:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise DatasetError(f"cannot read image {path}: {exc}") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices ``(keep, held_out)``: ``fraction`` of each class held out, fixed by ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    keep, held = [], []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        n_held = int(round(idx.numel() * fraction))
+        if idx.numel() > 1:
+            n_held = min(max(n_held, 1), idx.numel() - 1)
+        else:
+            n_held = 0
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
+
+
+# --------------------------------------------------------------------------------------------------
+# the formats
+# --------------------------------------------------------------------------------------------------
+
+
+def load_digits_dataset(split_seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 digits as uint8 (values 0..16 scaled to 0..255), split 60/20/20 stratified."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]  # (1797, 1, 8, 8)
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    rest, test = stratified_split(labels, 0.2, split_seed)
+    tr, va = stratified_split(labels[rest], 0.25, split_seed + 1)
+    train_idx, val_idx = rest[tr], rest[va]
+    full = Split(labels, images, None, 8, 1)
+    return Dataset("digits", [str(i) for i in range(10)], full.subset(train_idx), full.subset(val_idx),
+                   full.subset(test), natural=False)
+
+
+def _unpickle(path: str, fmt: str, root: str) -> dict:
+    if not os.path.isfile(path):
+        raise _error(fmt, root, f"{fmt}: missing file {path}")
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="bytes")
+    except Exception as exc:
+        raise _error(fmt, root, f"{fmt}: cannot unpickle {path}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise _error(fmt, root, f"{fmt}: {path} does not hold a dict")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def _cifar_arrays(obj: dict, label_key: str, path: str, fmt: str, root: str, num_classes: int):
+    if "data" not in obj or label_key not in obj:
+        raise _error(fmt, root, f"{fmt}: {path} lacks the keys 'data' and '{label_key}' (has {sorted(obj)})")
+    data = np.asarray(obj["data"])
+    labels = np.asarray(obj[label_key], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+        raise _error(fmt, root, f"{fmt}: {path}: 'data' must be (n, 3072) with n labels, got data "
+                                f"{data.shape} and {labels.shape[0]} labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise _error(fmt, root, f"{fmt}: {path}: labels outside 0..{num_classes - 1}")
+    images = torch.from_numpy(data.astype(np.uint8).reshape(-1, 3, 32, 32).copy())
+    return images, torch.from_numpy(labels)
+
+
+def _find_root(path: str, inner: str, marker: str) -> str:
+    if os.path.exists(os.path.join(path, marker)):
+        return path
+    if os.path.exists(os.path.join(path, inner, marker)):
+        return os.path.join(path, inner)
+    return path
+
+
+def load_cifar(path: str, num_classes: int, val_fraction: float, split_seed: int) -> Dataset:
+    fmt = "cifar10" if num_classes == 10 else "cifar100"
+    if num_classes == 10:
+        root = _find_root(path, "cifar-10-batches-py", "batches.meta")
+        meta = _unpickle(os.path.join(root, "batches.meta"), fmt, path)
+        names = meta.get("label_names")
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        test_files, label_key = ["test_batch"], "labels"
+    else:
+        root = _find_root(path, "cifar-100-python", "meta")
+        meta = _unpickle(os.path.join(root, "meta"), fmt, path)
+        names = meta.get("fine_label_names")
+        train_files, test_files, label_key = ["train"], ["test"], "fine_labels"
+    if not isinstance(names, (list, tuple)) or len(names) != num_classes:
+        raise _error(fmt, path, f"{fmt}: the meta file must list {num_classes} class names")
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+    def read(files):
+        parts = [_cifar_arrays(_unpickle(os.path.join(root, f), fmt, path), label_key, os.path.join(root, f), fmt,
+                               path, num_classes) for f in files]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    train_x, train_y = read(train_files)
+    test_x, test_y = read(test_files)
+    keep, held = stratified_split(train_y, val_fraction, split_seed)
+    full = Split(train_y, train_x, None, 32, 3)
+    return Dataset(fmt, classes, full.subset(keep), full.subset(held), Split(test_y, test_x, None, 32, 3))
+
+
+def load_tinyimagenet(path: str, val_fraction: float, split_seed: int, image_size: int | None) -> Dataset:
+    fmt = "tinyimagenet"
+    root = _find_root(path, "tiny-imagenet-200", "wnids.txt")
+    wnids_file = os.path.join(root, "wnids.txt")
+    if not os.path.isfile(wnids_file):
+        raise _error(fmt, path, f"tinyimagenet: missing {wnids_file}")
+    with open(wnids_file) as f:
+        wnids = [line.strip() for line in f if line.strip()]
+    if not wnids:
+        raise _error(fmt, path, f"tinyimagenet: {wnids_file} lists no classes")
+    index = {w: i for i, w in enumerate(wnids)}
+    names = dict.fromkeys(wnids)
+    words = os.path.join(root, "words.txt")
+    if os.path.isfile(words):
+        with open(words) as f:
+            for line in f:
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) >= 2 and parts[0] in names:
+                    names[parts[0]] = parts[1].split(",")[0].strip()
+    classes = [names[w] or w for w in wnids]
+    files, labels = [], []
+    for w in wnids:
+        d = os.path.join(root, "train", w, "images")
+        if not os.path.isdir(d):
+            raise _error(fmt, path, f"tinyimagenet: missing folder {d}")
+        imgs = sorted(x for x in os.listdir(d) if x.lower().endswith(IMAGE_EXTENSIONS))
+        if not imgs:
+            raise _error(fmt, path, f"tinyimagenet: no images in {d}")
+        files += [os.path.join(d, x) for x in imgs]
+        labels += [index[w]] * len(imgs)
+    ann = os.path.join(root, "val", "val_annotations.txt")
+    if not os.path.isfile(ann):
+        raise _error(fmt, path, f"tinyimagenet: missing {ann}")
+    test_files, test_labels = [], []
+    with open(ann) as f:
+        for n, line in enumerate(f, 1):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 2 or parts[1] not in index:
+                raise _error(fmt, path, f"tinyimagenet: {ann} line {n}: expected '<file>\\t<wnid>\\t...' with a wnid "
+                                        f"from wnids.txt, got {line.strip()!r}")
+            p = os.path.join(root, "val", "images", parts[0])
+            if not os.path.isfile(p):
+                raise _error(fmt, path, f"tinyimagenet: {ann} names {parts[0]} but {p} does not exist")
+            test_files.append(p)
+            test_labels.append(index[parts[1]])
+    size = image_size or 64
+    full = Split(torch.tensor(labels, dtype=torch.int64), None, files, size, 3)
+    keep, held = stratified_split(full.labels, val_fraction, split_seed)
+    test = Split(torch.tensor(test_labels, dtype=torch.int64), None, test_files, size, 3)
+    return Dataset(fmt, classes, full.subset(keep), full.subset(held), test)
+
+
+def _scan_class_tree(root: str, path: str, classes: list[str] | None = None) -> tuple[list[str], list[str], list[int]]:
+    if classes is None:
+        classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+        if len(classes) < 2:
+            raise _error("folder", path, f"folder: {root} must hold one sub-folder per class (found {len(classes)})")
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        d = os.path.join(root, c)
+        if not os.path.isdir(d):
+            raise _error("folder", path, f"folder: class {c!r} has no folder {d}")
+        imgs = sorted(x for x in os.listdir(d) if x.lower().endswith(IMAGE_EXTENSIONS))
+        files += [os.path.join(d, x) for x in imgs]
+        labels += [i] * len(imgs)
+    if not files:
+        raise _error("folder", path, f"folder: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    return classes, files, labels
+
+
+def load_folder(path: str, val_fraction: float, split_seed: int, image_size: int | None) -> Dataset:
+    size = image_size or 32
+    pre_split = os.path.isdir(os.path.join(path, "train"))
+    train_root = os.path.join(path, "train") if pre_split else path
+    classes, files, labels = _scan_class_tree(train_root, path)
+    # channels: 1 when every probed image is greyscale, else 3
+    from PIL import Image
+
+    try:
+        with Image.open(files[0]) as im:
+            channels = 1 if im.mode in ("L", "1", "I;16", "I") else 3
+    except Exception as exc:
+        raise DatasetError(f"cannot read image {files[0]}: {exc}") from None
+    full = Split(torch.tensor(labels, dtype=torch.int64), None, files, size, channels)
+    held_frac = val_fraction
+    splits = {}
+    for name in ("val", "test"):
+        d = os.path.join(path, name)
+        if pre_split and os.path.isdir(d):
+            _, f2, l2 = _scan_class_tree(d, path, classes)
+            splits[name] = Split(torch.tensor(l2, dtype=torch.int64), None, f2, size, channels)
+    train = full
+    for name in ("test", "val"):
+        if name not in splits:
+            keep, held = stratified_split(train.labels, held_frac, split_seed + (name == "val"))
+            splits[name] = train.subset(held)
+            train = train.subset(keep)
+    return Dataset("folder:" + os.path.basename(os.path.normpath(path)), classes, train, splits["val"], splits["test"])
+
+
+def detect_format(path: str) -> str:
+    """Guess the format of a dataset folder; raises :class:`DatasetError` listing every layout."""
+    if path == "digits":
+        return "digits"
+    if not os.path.exists(path):
+        raise DatasetError(f"dataset not found: {path}\n\nExpected one of these layouts:\n  "
+                           + "\n  ".join(LAYOUTS.values()))
+    checks = [("cifar10", ("batches.meta", "cifar-10-batches-py/batches.meta")),
+              ("cifar100", ("meta", "cifar-100-python/meta")),
+              ("tinyimagenet", ("wnids.txt", "tiny-imagenet-200/wnids.txt"))]
+    for fmt, markers in checks:
+        if any(os.path.exists(os.path.join(path, m)) for m in markers):
+            return fmt
+    if os.path.isdir(path) and any(os.path.isdir(os.path.join(path, d)) for d in os.listdir(path)):
+        return "folder"
+    raise DatasetError(f"cannot tell the format of {path}\n\nExpected one of these layouts:\n  "
+                       + "\n  ".join(LAYOUTS.values()))
+
+
+def load_dataset(source: str = "digits", format: str = "auto", *, val_fraction: float = 0.1, split_seed: int = 0,
+                 image_size: int | None = None, limit_train: int | None = None) -> Dataset:
+    """Load a dataset (see the module docstring); raises :class:`DatasetError` with the expected layout."""
+    fmt = detect_format(source) if format == "auto" else format
+    if fmt != "digits" and not os.path.exists(source):
+        raise _error(fmt, source, f"dataset not found: {source}")
+    if fmt == "digits":
+        ds = load_digits_dataset(split_seed)
+    elif fmt == "cifar10":
+        ds = load_cifar(source, 10, val_fraction, split_seed)
+    elif fmt == "cifar100":
+        ds = load_cifar(source, 100, val_fraction, split_seed)
+    elif fmt == "tinyimagenet":
+        ds = load_tinyimagenet(source, val_fraction, split_seed, image_size)
+    elif fmt == "folder":
+        ds = load_folder(source, val_fraction, split_seed, image_size)
+    else:
+        raise DatasetError(f"unknown dataset format {fmt!r}; choose from {', '.join(LAYOUTS)}")
+    for name in ("train", "val", "test"):
+        if len(getattr(ds, name)) == 0:
+            raise _error(fmt if fmt in LAYOUTS else "folder", source, f"{ds.name}: the {name} split is empty")
+    if limit_train:
+        ds.train = ds.train.subset(torch.arange(min(limit_train, len(ds.train))))
+    ds.mean, ds.std = channel_stats(ds.train)
+    return ds
+
+
+def channel_stats(split: Split, max_images: int = 2000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units over (at most ``max_images`` evenly spaced) training images."""
+    n = len(split)
+    idx = torch.linspace(0, n - 1, min(n, max_images)).long().unique()
+    x, _ = split.get(idx)
+    x = x.double() / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def from_config(cfg) -> Dataset:
+    """``load_dataset`` with the ``data`` section of a :class:`patchmix.config.Config`."""
+    d = cfg.data
+    return load_dataset(d.source, d.format, val_fraction=d.val_fraction, split_seed=d.split_seed,
+                        image_size=d.image_size, limit_train=d.limit_train)
+
+
+# --------------------------------------------------------------------------------------------------
+# batches
+# --------------------------------------------------------------------------------------------------
+
+
+def epoch_order(n: int, generator: torch.Generator | None, rank: int = 0, world: int = 1) -> Tensor:
+    """The sample order of one epoch: a permutation (or ``arange`` without a generator), padded by wrapping
+    to a multiple of ``world`` and strided so each rank takes a disjoint, equally long share."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    if world > 1:
+        total = -(-n // world) * world
+        if total > n:
+            order = torch.cat([order, order[: total - n]])
+        order = order[rank::world]
+    return order
+
+
+class _Batches(torch.utils.data.Dataset):
+    def __init__(self, split: Split, chunks: list[Tensor]):
+        self.split, self.chunks = split, chunks
+
+    def __len__(self):
+        return len(self.chunks)
+
+    def __getitem__(self, i):
+        return self.split.get(self.chunks[i])
+
+
+def batches(split: Split, batch_size: int, order: Tensor, drop_last: bool = False,
+            workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    """uint8 images ``(b, C, H, W)`` and labels in the given ``order``; files are decoded by ``workers``."""
+    chunks = list(order.split(batch_size))
+    if drop_last and chunks and chunks[-1].numel() < batch_size and len(chunks) > 1:
+        chunks = chunks[:-1]
+    if split.images is not None or workers == 0:
+        for c in chunks:
+            yield split.get(c)
+        return
+    loader = torch.utils.data.DataLoader(_Batches(split, chunks), batch_size=None, shuffle=False,
+                                         num_workers=workers, persistent_workers=False)
+    yield from loader
+
+
+def to_float(x: Tensor, device, channels_last: bool = False) -> Tensor:
+    """uint8 batch -> float32 in ``[0, 1]`` on ``device`` (channels_last on request)."""
+    x = x.to(device, non_blocking=True).float().div_(255.0)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def augment(x: Tensor, mode: str, generator: torch.Generator, pad: int | None = None) -> Tensor:
+    """Random crop (zero padding ``pad``, default ``H // 8``) and, for ``crop-flip``, horizontal flips.
+
+    Per sample, vectorised, drawn from ``generator`` (a CPU generator: the draws do not depend on the device).
+    """
+    if mode == "none":
+        return x
+    B, C, H, W = x.shape
+    pad = max(1, H // 8) if pad is None else pad
+    if mode in ("crop", "crop-flip"):
+        dy = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(x.device)
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        rows = (torch.arange(H, device=x.device)[None] + dy[:, None])  # (B, H)
+        cols = (torch.arange(W, device=x.device)[None] + dx[:, None])  # (B, W)
+        bidx = torch.arange(B, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if mode == "crop-flip":
+        flip = (torch.rand(B, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x.contiguous()

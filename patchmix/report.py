@@ -1,0 +1,285 @@
+"""Figures (matplotlib, Agg backend: no display needed) and the run's ``report.md``.
+
+* :func:`mixed_samples_figure`: a grid of mixed samples, each titled with its soft label.
+* :func:`fitness_figure`: the search's best / mean / worst fitness per generation.
+* :func:`pairs_figure`: the discovered class pairs as a ``K x K`` heat map (how many seeds chose each pair).
+* :func:`accuracy_figure`: test accuracy per method, mean with the spread over seeds, every seed as a dot.
+* :func:`curves_figure`: validation accuracy per epoch, per method (mean over seeds).
+* :func:`summarize`, :func:`format_table`, :func:`write_report`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Sequence
+
+import numpy as np
+
+METHOD_LABELS = {"base": "Base", "mixup": "Mixup", "cutmix": "CutMix", "random": "Random PatchMix",
+                 "guided": "Guided PatchMix"}
+METHOD_COLORS = {"base": "#7f7f7f", "mixup": "#1f77b4", "cutmix": "#2ca02c", "random": "#ff7f0e",
+                 "guided": "#d62728"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    _plt().close(fig)
+    return path
+
+
+def _label_text(a: int, b: int, lam: float, names: Sequence[str]) -> str:
+    na, nb = names[a], names[b]
+    if a == b or lam >= 0.995:
+        return na
+    if lam <= 0.005:
+        return f"{nb}"
+    return f"{lam:.2f} {na}\n{1 - lam:.2f} {nb}"
+
+
+def mixed_samples_figure(batch, class_names: Sequence[str], path: str, title: str = "", columns: int = 8,
+                         grid_lines: bool = True) -> str:
+    """A grid of the samples of a :class:`patchmix.MixedBatch` (images in ``[0, 1]``), each titled with its
+    soft label ``lam * a + (1 - lam) * b``; grid masks are outlined when present."""
+    plt = _plt()
+    images = batch.images.detach().float().cpu().clamp(0, 1)
+    n = images.shape[0]
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.85 * rows + 0.5), squeeze=False)
+    H, W = images.shape[-2:]
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        img = images[k]
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap="gray_r" if H <= 16 else "gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+        if grid_lines and batch.mask is not None:
+            P = batch.mask.shape[-1]
+            for i in range(1, P):
+                ax.axhline(i * H / P - 0.5, color="#00a0ff", lw=0.5, alpha=0.6)
+                ax.axvline(i * W / P - 0.5, color="#00a0ff", lw=0.5, alpha=0.6)
+        lam = float(batch.lam[k])
+        ax.set_title(_label_text(int(batch.target_a[k]), int(batch.target_b[k]), lam, class_names), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(hspace=0.3, wspace=0.15, top=1 - 0.5 / (1.85 * rows + 0.5))
+    return _save(fig, path)
+
+
+def fitness_figure(logbooks: dict, path: str, title: str = "Genetic search: fitness per generation") -> str:
+    """``logbooks``: ``{label: [{"gen", "best", "mean", "worst"}, ...]}`` (one curve set per seed)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    styles = {"best": ("#d62728", "-"), "mean": ("#1f77b4", "--"), "worst": ("#7f7f7f", ":")}
+    for i, (_label, book) in enumerate(logbooks.items()):
+        gens = [r["gen"] for r in book]
+        for key, (color, ls) in styles.items():
+            vals = [r[key] for r in book]
+            ax.plot(gens, vals, color=color, ls=ls, lw=1.4, alpha=1.0 if i == 0 else 0.45,
+                    label=f"{key}" if i == 0 else None)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("fitness (f_T's mean patch score)")
+    ax.set_title(title + (f" ({len(logbooks)} seeds)" if len(logbooks) > 1 else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pairs_figure(policies: Sequence, class_names: Sequence[str], path: str,
+                 title: str = "Discovered class pairs") -> str:
+    """Heat map ``K x K``: cell ``(i, j)`` counts the policies (seeds) whose active set holds pair ``{i, j}``;
+    the number in a cell is the mean share of the mask taken from row class ``i``."""
+    plt = _plt()
+    K = len(class_names)
+    count = np.zeros((K, K))
+    share = np.zeros((K, K))
+    for pol in policies:
+        pairs = np.asarray(pol.pairs).reshape(-1, 2)
+        masks = np.asarray(pol.masks, dtype=bool)
+        for (a, b), m in zip(pairs, masks, strict=False):
+            f = float(m.mean())
+            count[a, b] += 1
+            share[a, b] += f
+            if a != b:
+                count[b, a] += 1
+                share[b, a] += 1 - f
+    fig, ax = plt.subplots(figsize=(0.45 * K + 2.2, 0.45 * K + 1.6))
+    im = ax.imshow(count, cmap="magma_r", vmin=0, vmax=max(1, len(policies)))
+    ax.set_xticks(range(K))
+    ax.set_yticks(range(K))
+    ax.set_xticklabels(class_names, rotation=90 if K > 10 or max(len(c) for c in class_names) > 3 else 0, fontsize=8)
+    ax.set_yticklabels(class_names, fontsize=8)
+    ax.set_xlabel("class c_j")
+    ax.set_ylabel("class c_i")
+    if K <= 20:
+        for i in range(K):
+            for j in range(K):
+                if count[i, j]:
+                    v = share[i, j] / count[i, j]
+                    ax.text(j, i, f"{v:.2f}"[1:] if v < 1 else "1", ha="center", va="center", fontsize=6,
+                            color="white" if count[i, j] > 0.6 * max(1, len(policies)) else "black")
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cb.set_label("policies (seeds) choosing the pair", fontsize=8)
+    ax.set_title(title + "\n(number: mean share of the image from c_i)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def accuracy_figure(summary: dict, results: Sequence[dict], path: str, title: str = "Test top-1 accuracy") -> str:
+    """Bars: mean test accuracy per method; error bars: standard deviation over seeds; dots: each seed."""
+    plt = _plt()
+    methods = list(summary)
+    fig, ax = plt.subplots(figsize=(1.3 * len(methods) + 2, 3.8))
+    means = [100 * summary[m]["mean"] for m in methods]
+    stds = [100 * summary[m]["std"] for m in methods]
+    x = np.arange(len(methods))
+    ax.bar(x, means, yerr=stds, capsize=5, color=[METHOD_COLORS.get(m, "#999999") for m in methods], alpha=0.8)
+    all_acc = []
+    for i, m in enumerate(methods):
+        accs = [100 * r["test_acc"] for r in results if r["method"] == m]
+        all_acc += accs
+        jitter = np.linspace(-0.12, 0.12, len(accs)) if len(accs) > 1 else [0.0]
+        ax.scatter(x[i] + np.asarray(jitter), accs, color="black", s=12, zorder=3)
+        ax.text(x[i] + 0.2, means[i], f"{means[i]:.2f}", ha="left", va="bottom", fontsize=8)
+    lo = min(all_acc + means) if all_acc else 0
+    hi = max(all_acc + [m + s for m, s in zip(means, stds, strict=False)]) if all_acc else 100
+    pad = max(0.5, (hi - lo) * 0.3)
+    ax.set_ylim(max(0, lo - pad), min(100.5, hi + pad))
+    ax.set_xticks(x)
+    ax.set_xticklabels([METHOD_LABELS.get(m, m) for m in methods], fontsize=8)
+    ax.set_ylabel("test top-1 (%)")
+    n = max((summary[m]["n"] for m in methods), default=0)
+    ax.set_title(f"{title} (mean ± std over {n} seed{'s' if n != 1 else ''})", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def curves_figure(results: Sequence[dict], path: str, title: str = "Validation accuracy per epoch") -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    by_method: dict[str, list] = {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append([h["val_acc"] for h in r.get("history", [])])
+    for m, runs in by_method.items():
+        L = min(len(h) for h in runs)
+        if not L:
+            continue
+        arr = 100 * np.array([h[:L] for h in runs])
+        ax.plot(np.arange(1, L + 1), arr.mean(0), color=METHOD_COLORS.get(m), label=METHOD_LABELS.get(m, m), lw=1.4)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title(title + " (mean over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    lo = ax.get_ylim()
+    ax.set_ylim(max(lo[0], 50), 100.5)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------------
+
+
+def summarize(results: Sequence[dict], methods: Sequence[str], key: str = "test_acc") -> dict:
+    """Per method: ``mean``, ``std`` (sample standard deviation, 0 for one seed), ``min``, ``max``, ``n``."""
+    out = {}
+    for m in methods:
+        vals = [float(r[key]) for r in results if r["method"] == m and r.get(key) is not None]
+        if not vals:
+            continue
+        out[m] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                  "min": min(vals), "max": max(vals), "n": len(vals)}
+    return out
+
+
+def format_table(summary: dict, fgsm: dict | None = None, markdown: bool = False) -> str:
+    """The accuracy table (percent), one row per method; FGSM columns when given (``{method: {eps: mean}}``)."""
+    eps = sorted({e for v in (fgsm or {}).values() for e in v if e != "0"}, key=float)
+    head = ["method", "test top-1 (%)", "min", "max", "seeds"] + [f"FGSM eps={e}" for e in eps]
+    rows = []
+    for m, s in summary.items():
+        row = [METHOD_LABELS.get(m, m), f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}", f"{100 * s['min']:.2f}",
+               f"{100 * s['max']:.2f}", str(s["n"])]
+        row += [f"{100 * fgsm[m][e]:.1f}" if fgsm and m in fgsm and e in fgsm[m] else "-" for e in eps]
+        rows.append(row)
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(out: str, metrics: dict, figures: dict[str, str]) -> str:
+    """``report.md`` in ``out``, linking the figures (paths relative to ``out``) and files."""
+    cfg = metrics.get("config", {})
+    lines = ["# PatchMix run report", ""]
+    ds = metrics.get("dataset", {})
+    lines += [f"- data: {ds.get('description', '?')}",
+              f"- model: `{metrics.get('model', '?')}`, grid P = {cfg.get('model', {}).get('grid_size')}, "
+              f"{cfg.get('train', {}).get('epochs')} epochs, batch {cfg.get('train', {}).get('batch_size')}, "
+              f"lr {cfg.get('train', {}).get('lr')} ({cfg.get('train', {}).get('schedule')})",
+              f"- seeds: {', '.join(str(s) for s in cfg.get('run', {}).get('seeds', []))}; "
+              f"wall time {metrics.get('wall_seconds', 0):.0f} s on {metrics.get('device', '?')}",
+              f"- re-run: `patchmix run --config {os.path.join(out, 'config.json')}`", ""]
+    lines += ["## Test accuracy", "", format_table(metrics.get("summary", {}), metrics.get("fgsm_summary"),
+                                                   markdown=True), "",
+              "Top-1 on the test split, mean ± sample standard deviation over the seeds (every method: same "
+              "epochs, steps, batch size and seeds). FGSM columns: top-1 under the FGSM white-box attack at that "
+              "epsilon (pixel units, images in [0, 1]), mean over seeds (paper Table 4). Random PatchMix is "
+              "phase one's f_T (trained with L_T); Guided PatchMix is phase four's f_O (L_O on original + "
+              "random + guided samples).", ""]
+    if "accuracy" in figures:
+        lines += [f"![accuracy]({figures['accuracy']})", ""]
+    if "curves" in figures:
+        lines += [f"![validation curves]({figures['curves']})", ""]
+    search = metrics.get("search", {})
+    if search:
+        lines += ["## Guided search (phase two)", ""]
+        for seed, s in search.items():
+            pairs = ", ".join(f"{a}+{b}" for a, b in s.get("pairs", [])[:12])
+            more = "" if len(s.get("pairs", [])) <= 12 else f" (+{len(s['pairs']) - 12} more)"
+            lines.append(f"- seed {seed}: fitness {s.get('fitness'):.4f} after {s.get('generations')} generations "
+                         f"({s.get('seconds', 0):.1f} s); pairs: {pairs}{more}")
+        lines.append("")
+        for key, text in (("fitness", "fitness per generation"), ("pairs", "discovered class pairs")):
+            if key in figures:
+                lines += [f"![{text}]({figures[key]})", ""]
+    if "samples" in figures or "guided_samples" in figures:
+        lines += ["## Mixed samples", ""]
+        for key in ("samples", "guided_samples"):
+            if key in figures:
+                lines += [f"![{key}]({figures[key]})", ""]
+    files = metrics.get("files", {})
+    if files:
+        lines += ["## Files", ""] + [f"- {k}: [{v}]({v})" for k, v in files.items()] + [""]
+    text = "\n".join(lines)
+    path = os.path.join(out, "report.md")
+    from .config import atomic_write_text
+
+    atomic_write_text(path, text)
+    return path
+

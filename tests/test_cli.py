@@ -1,0 +1,196 @@
+"""The command line: the main job end to end at a tiny budget, every sub-command, help, and clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from patchmix.cli import main
+
+TINY = ["--epochs", "1", "--set", "data.limit_train=160", "--set", "model.width=8", "--batch-size", "32",
+        "--quiet"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny convolutions: one thread is faster, and far faster on a busy machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _run(args, capsys):
+    rc = main(args)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """`patchmix run` end to end (tiny budget, two seeds): the files a person looks at."""
+    out = str(tmp_path_factory.mktemp("run") / "latest")
+    rc = main(["run", *TINY, "--seeds", "0,1", "--population", "8", "--generations", "3", "--out", out,
+               "--set", "run.show_samples=8", "--set", "run.fgsm_epsilons=0.1"])
+    assert rc == 0
+    return out
+
+
+def test_run_end_to_end(finished_run, capsys):
+    out = finished_run
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert set(m["summary"]) == {"base", "mixup", "cutmix", "random", "guided"}
+    assert all(s["n"] == 2 for s in m["summary"].values())
+    assert len(m["results"]) == 10 and set(m["search"]) == {"0", "1"}
+    for f in ("config.json", "report.md", "policy.json", "log.jsonl", "figures/accuracy.png", "figures/pairs.png",
+              "figures/fitness.png", "figures/samples.png", "figures/guided_samples.png"):
+        path = os.path.join(out, f)
+        assert os.path.isfile(path) and os.path.getsize(path) > 0, f
+        if f.endswith(".png"):
+            assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    for line in open(os.path.join(out, "log.jsonl")):
+        json.loads(line)  # JSON lines
+
+
+def test_config_file_reruns_and_resume_keeps_results(finished_run, capsys):
+    cfg = json.load(open(os.path.join(finished_run, "config.json")))
+    assert cfg["run"]["seeds"] == [0, 1] and cfg["train"]["epochs"] == 1
+    rc, out, _ = _run(["run", "--config", os.path.join(finished_run, "config.json"), "--out", finished_run,
+                       "--resume", "--quiet"], capsys)
+    assert rc == 0 and "Guided PatchMix" in out and "Base" in out and "±" in out
+
+
+def test_train_show_search_eval(tmp_path, capsys):
+    out = str(tmp_path / "t")
+    rc, text, _ = _run(["train", "--method", "random", *TINY, "--seed", "3", "--out", out], capsys)
+    assert rc == 0 and "Random PatchMix" in text
+    ck = os.path.join(out, "checkpoints", "random-seed3.pt")
+    assert os.path.isfile(ck) and os.path.isfile(os.path.join(out, "config.json"))
+    rc, text, _ = _run(["search", "--model-checkpoint", ck, "--population", "8", "--generations", "2", "--quiet",
+                        "--out", str(tmp_path / "s")], capsys)
+    assert rc == 0 and "best fitness" in text
+    pol = str(tmp_path / "s" / "policy.json")
+    assert os.path.isfile(pol) and os.path.isfile(str(tmp_path / "s" / "figures" / "fitness.png"))
+    rc, text, _ = _run(["train", "--method", "guided", "--policy", pol, *TINY, "--out", str(tmp_path / "g")], capsys)
+    assert rc == 0
+    png = str(tmp_path / "show.png")
+    rc, text, _ = _run(["show", "--policy", pol, "-n", "6", "-o", png], capsys)
+    assert rc == 0 and os.path.isfile(png)
+    rc, text, _ = _run(["show", "--method", "cutmix", "-n", "4", "-o", png], capsys)
+    assert rc == 0
+    rc, text, _ = _run(["eval", ck, "--epsilons", "0.05,0.2", "--json", str(tmp_path / "e.json")], capsys)
+    assert rc == 0 and "eps=0.05" in text and "eps=0.2" in text
+    rows = json.load(open(tmp_path / "e.json"))
+    assert rows[0]["method"] == "random" and set(rows[0]["fgsm"]) == {"0.05", "0.2"}
+
+
+def test_help_for_every_command(capsys):
+    for cmd in ([], ["run"], ["train"], ["search"], ["show"], ["eval"]):
+        with pytest.raises(SystemExit) as info:
+            main([*cmd, "--help"])
+        assert info.value.code == 0
+        assert "usage: patchmix" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert "patchmix" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--method", "base", "--data", "/nonexistent/cifar"], "Expected one of these layouts"),
+    (["train", "--method", "base", "--data", "/tmp", "--format", "cifar10"], "data_batch_1"),
+    (["train", "--method", "guided"], "needs --policy"),
+    (["train", "--method", "base", "--set", "train.bogus=1"], "unknown config key"),
+    (["train", "--method", "base", "--set", "train.epochs"], "KEY=VALUE"),
+    (["run", "--config", "/nonexistent.json"], "config file not found"),
+    (["run", "--preset", "digits", "--config", "x.json"], "either --preset or --config"),
+    (["eval"], "name at least one checkpoint"),
+    (["eval", "/nonexistent.pt"], "checkpoint not found"),
+    (["show", "--policy", "/nonexistent.json"], "No such file"),
+])
+def test_bad_arguments_exit_non_zero_with_a_message(args, needle, capsys):
+    rc, out, err = _run(args, capsys)
+    assert rc == 2 and needle in err, err
+
+
+@pytest.mark.parametrize("args", [["train"], ["train", "--method", "foo"], ["run", "--epochs", "x"], ["bogus"]])
+def test_argparse_errors(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_python_dash_m_and_console_script(tmp_path):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    r = subprocess.run([sys.executable, "-m", "patchmix", "show", "--method", "random", "-n", "4", "-o",
+                        str(tmp_path / "a.png")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert os.path.isfile(tmp_path / "a.png")
+    r = subprocess.run([sys.executable, "-m", "patchmix", "train", "--method", "base", "--data", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "Expected" in r.stderr
+
+
+def test_ctrl_c_leaves_a_checkpoint_that_resumes_to_the_uninterrupted_result(tmp_path, capsys):
+    import signal
+    import time
+
+    from patchmix.train import load_checkpoint
+
+    args = ["train", "--method", "random", "--epochs", "12", "--set", "data.limit_train=64", "--set",
+            "model.width=8", "--batch-size", "32", "--threads", "1", "--seed", "1", "--set", "run.fgsm_epsilons="]
+    out = tmp_path / "killed"
+    ck = out / "checkpoints" / "random-seed1.pt"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "patchmix", *args, "--quiet", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not ck.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    saved = load_checkpoint(str(ck))
+    assert not saved["complete"] and 0 < saved["epoch"] * 2 + saved["step"] < 24
+    assert main([*args, "--quiet", "--out", str(out), "--resume"]) == 0
+    assert main([*args, "--quiet", "--out", str(tmp_path / "straight")]) == 0
+    capsys.readouterr()
+    a = load_checkpoint(str(ck))
+    b = load_checkpoint(str(tmp_path / "straight" / "checkpoints" / "random-seed1.pt"))
+    assert a["complete"] and b["complete"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    assert a["result"]["test_acc"] == b["result"]["test_acc"]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_table(tmp_path, capsys):
+    import signal
+    import time
+
+    args = ["run", "--epochs", "3", "--seeds", "0", "--set", "data.limit_train=128", "--set", "model.width=8",
+            "--batch-size", "32", "--population", "8", "--generations", "4", "--set", "run.show_samples=4",
+            "--set", "run.fgsm_epsilons=0.1"]
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "patchmix", *args, "--quiet", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    marker = out / "checkpoints" / "mixup-seed0.pt"  # base is done, mixup under way
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    partial = json.load(open(out / "metrics.json"))
+    assert partial.get("partial") and len(partial["results"]) < 5
+    assert main([*args, "--quiet", "--out", str(out), "--resume"]) == 0
+    assert main([*args, "--quiet", "--out", str(tmp_path / "straight")]) == 0
+    capsys.readouterr()
+    a = json.load(open(out / "metrics.json"))
+    b = json.load(open(tmp_path / "straight" / "metrics.json"))
+    key = lambda r: (r["method"], r["seed"])  # noqa: E731
+    assert {key(r): r["test_acc"] for r in a["results"]} == {key(r): r["test_acc"] for r in b["results"]}
+    assert a["summary"] == b["summary"] and a["search"]["0"]["pairs"] == b["search"]["0"]["pairs"]

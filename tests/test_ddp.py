@@ -1,0 +1,49 @@
+"""Two processes with gloo on the CPU through torchrun (torch.distributed.run): DDP training with reduced
+metrics; the whole workflow with the search's population split across ranks and the policy broadcast."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch.distributed as dist
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+TINY = ["--epochs", "2", "--set", "data.limit_train=128", "--set", "model.width=8", "--batch-size", "32",
+        "--threads", "1", "--quiet", "--device", "cpu", "--set", "run.fgsm_epsilons=0.1"]
+
+
+def torchrun(args, tmp_path, timeout=240):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           "-m", "patchmix", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=str(tmp_path))
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return r
+
+
+def test_ddp_train(tmp_path):
+    out = str(tmp_path / "ddp")
+    r = torchrun(["train", "--method", "cutmix", *TINY, "--seed", "0", "--out", out], tmp_path)
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    res = m["results"][0]
+    assert m["world"] == 2 and res["world"] == 2 and len(res["history"]) == 2
+    assert 0.0 <= res["test_acc"] <= 1.0 and "CutMix" in r.stdout
+    # only rank 0 writes: one log, one checkpoint; the table is printed once
+    assert os.listdir(os.path.join(out, "checkpoints")) == ["cutmix-seed0.pt"]
+    assert r.stdout.count("CutMix") == 1
+    events = [json.loads(line)["event"] for line in open(os.path.join(out, "log.jsonl"))]
+    assert events.count("epoch") == 2
+
+
+def test_ddp_workflow_random_search_guided(tmp_path):
+    out = str(tmp_path / "run")
+    torchrun(["run", "--methods", "random,guided", *TINY, "--seeds", "0", "--population", "8",
+              "--generations", "2", "--set", "run.show_samples=4", "--out", out], tmp_path)
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert set(m["summary"]) == {"random", "guided"} and m["device"].endswith("x2")
+    assert all(r["world"] == 2 for r in m["results"])
+    assert json.load(open(os.path.join(out, "policy.json")))["format"] == "patchmix-policy"

@@ -1,0 +1,200 @@
+"""Training loop: config and presets, every method, determinism, kill/Ctrl-C + resume, FGSM, the workflow."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from patchmix import config, data, train
+
+TINY = {"data.limit_train": 192, "train.epochs": 2, "train.batch_size": 32, "model.width": 8,
+        "run.fgsm_epsilons": "", "run.seeds": "0"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny convolutions: one thread is faster, and far faster on a busy machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_dataset("digits", limit_train=192)
+
+
+def tiny_cfg(**extra):
+    return config.resolve(None, None, {**TINY, **extra})
+
+
+def tiny_policy(ds, P=4):
+    from patchmix.search import Policy
+
+    rng = np.random.default_rng(0)
+    pairs = np.array([[0, 0], [1, 7], [3, 8], [4, 9]])
+    return Policy(pairs, rng.random((4, P, P)) < 0.5, ds.classes, P)
+
+
+# --------------------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------------------
+
+
+def test_paper_cifar_preset_is_the_papers_recipe():
+    cfg = config.preset("paper-cifar")
+    t = cfg.train
+    assert (t.epochs, t.batch_size, t.lr, t.momentum, t.nesterov, t.weight_decay, t.schedule) == \
+        (400, 100, 0.1, 0.9, True, 5e-4, "cosine")
+    assert cfg.model.grid_size == 4 and t.alpha == 1.0 and cfg.model.name == "resnet32"
+    assert (cfg.search.population, cfg.search.generations, cfg.search.cx_prob, cfg.search.mut_prob) == \
+        (500, 250, 0.5, 0.3)
+    # flags still override the preset
+    assert config.resolve("paper-cifar", None, {"train.epochs": "2"}).train.epochs == 2
+    # the schedule of the preset: cosine from 0.1 to 0 over 400 epochs
+    assert train.lr_at(cfg, 0, 400 * 500, 500) == pytest.approx(0.1)
+    assert train.lr_at(cfg, 200 * 500, 400 * 500, 500) == pytest.approx(0.05)
+    assert train.lr_at(cfg, 400 * 500 - 1, 400 * 500, 500) < 1e-6
+
+
+def test_config_file_round_trip_and_errors(tmp_path):
+    cfg = config.resolve("paper-cifar", None, {"run.seeds": "3,4", "train.guided_fractions": "0.5,0.25,0.25"})
+    cfg.save(tmp_path / "c.json")
+    again = config.resolve(None, str(tmp_path / "c.json"))
+    assert again == cfg and again.run.seeds == (3, 4)
+    assert config.resolve(None, str(tmp_path / "c.json"), {"train.lr": 0.2}).train.lr == 0.2
+    for bad in ({"train.nope": 1}, {"nope.x": 1}, {"train.epochs": "ten"}, {"train.epochs": 0},
+                {"run.methods": "base,foo"}, {"data.format": "mnist"}, {"train.alpha": -1}):
+        with pytest.raises(config.ConfigError):
+            config.resolve(None, None, bad)
+    with pytest.raises(config.ConfigError):
+        config.resolve("nope")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(config.ConfigError, match="not valid JSON"):
+        config.load(tmp_path / "bad.json")
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.load(tmp_path / "missing.json")
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["base", "mixup", "cutmix", "random", "guided"])
+def test_every_method_trains(digits, method):
+    cfg = tiny_cfg()
+    policy = tiny_policy(digits) if method == "guided" else None
+    net, res = train.train_model(cfg, digits, method, 0, policy=policy)
+    assert len(res["history"]) == 2 and 0.0 <= res["test_acc"] <= 1.0
+    assert all(np.isfinite(h["train_loss"]) for h in res["history"])
+    out = net(torch.rand(3, 1, 8, 8))
+    assert out[0].shape == (3, 10) and out[1].shape == (3, 10, 4, 4)
+
+
+def test_guided_batches_hold_three_parts(digits):
+    cfg = tiny_cfg(**{"train.guided_fractions": "0.25,0.25,0.5"})
+    policy = tiny_policy(digits)
+    mixer = train.make_mixer("guided", cfg, digits, torch.Generator().manual_seed(0), policy)
+    assert mixer.counts(32) == (8, 8, 16) and mixer.plain(32) == 16
+    x, y = digits.train.get(torch.arange(16))
+    x = data.to_float(x, "cpu")
+    mb = mixer(x, y, 32, lambda i: (data.to_float(digits.train.get(i)[0], "cpu"), digits.train.get(i)[1]))
+    assert len(mb) == 32 and mb.mask.shape == (32, 4, 4)
+    assert torch.all(mb.lam[:8] == 1) and torch.equal(mb.images[:8], x[:8])
+    pairs = {tuple(p) for p in policy.pairs.tolist()}
+    for a, b, m in zip(mb.target_a[16:].tolist(), mb.target_b[16:].tolist(), mb.mask[16:], strict=False):
+        assert (a, b) in pairs
+        k = policy.pairs.tolist().index([a, b])
+        assert torch.equal(m, torch.from_numpy(policy.masks[k]))
+
+
+def _weights(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deterministic_with_seed_and_different_across_seeds(digits):
+    cfg = tiny_cfg(**{"train.epochs": 1})
+    a, ra = train.train_model(cfg, digits, "random", 0)
+    b, rb = train.train_model(cfg, digits, "random", 0)
+    c, _ = train.train_model(cfg, digits, "random", 1)
+    assert _same(_weights(a), _weights(b)) and ra["test_acc"] == rb["test_acc"]
+    assert not _same(_weights(a), _weights(c))
+
+
+@pytest.mark.parametrize("method,stop", [("random", 3), ("guided", 6), ("cutmix", 12)])
+def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(digits, tmp_path, method, stop):
+    """stop=3: mid-epoch (the Ctrl-C path: generators' states saved); stop=6: at an epoch boundary
+    (6 steps per epoch); stop=12 kills after the 2nd epoch's boundary checkpoint of a 3-epoch run."""
+    cfg = tiny_cfg(**{"train.epochs": 3, "data.limit_train": 192})
+    policy = tiny_policy(digits) if method == "guided" else None
+    ref, ref_res = train.train_model(cfg, digits, method, 5, policy=policy)
+    ck = str(tmp_path / "ck.pt")
+    with pytest.raises(train.Interrupted):
+        train.train_model(cfg, digits, method, 5, policy=policy, checkpoint=ck, stop_after_steps=stop)
+    saved = train.load_checkpoint(ck)
+    assert not saved["complete"] and saved["epoch"] * 6 + saved["step"] == stop
+    net, res = train.train_model(cfg, digits, method, 5, policy=policy, checkpoint=ck, resume=True)
+    assert _same(_weights(ref), _weights(net))
+    assert res["test_acc"] == ref_res["test_acc"]
+    assert [h["train_loss"] for h in res["history"]] == [h["train_loss"] for h in ref_res["history"]]
+    # a finished checkpoint resumes to its result at once
+    _, again = train.train_model(cfg, digits, method, 5, policy=policy, checkpoint=ck, resume=True)
+    assert again["test_acc"] == ref_res["test_acc"]
+    # and the checkpoint rebuilds the model
+    model, _, meta = train.model_from_checkpoint(ck, digits)
+    assert meta["complete"] and _same(_weights(model), _weights(ref))
+
+
+def test_resume_refuses_another_methods_checkpoint(digits, tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 1})
+    ck = str(tmp_path / "ck.pt")
+    train.train_model(cfg, digits, "base", 0, checkpoint=ck)
+    with pytest.raises(ValueError, match="holds method base"):
+        train.train_model(cfg, digits, "mixup", 0, checkpoint=ck, resume=True)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        train.load_checkpoint(str(tmp_path / "junk.pt"))
+
+
+def test_fgsm_and_evaluate(digits):
+    cfg = tiny_cfg(**{"train.epochs": 1})
+    net, _ = train.train_model(cfg, digits, "base", 0)
+    rt = train.Runtime(torch.device("cpu"))
+    clean = train.evaluate(net, digits.test, 100, rt)
+    res = train.fgsm_evaluate(net, digits.test, [0.0, 0.1, 0.3], 100, rt)
+    assert res["0"] == pytest.approx(clean["acc"]) and res["0"] == pytest.approx(res["0"])
+    assert res["0.3"] <= res["0"]
+    assert clean["n"] == len(digits.test)
+
+
+def test_workflow_writes_everything(tmp_path):
+    from patchmix.workflow import run_workflow
+
+    cfg = tiny_cfg(**{"train.epochs": 1, "search.population": 8, "search.generations": 3, "run.show_samples": 4,
+                      "run.fgsm_epsilons": "0.1"})
+    out = str(tmp_path / "run")
+    m = run_workflow(cfg, out, quiet=True)
+    assert set(m["summary"]) == {"base", "mixup", "cutmix", "random", "guided"}
+    for f in ("metrics.json", "config.json", "log.jsonl", "report.md", "policy.json", "policies/seed0.json",
+              "search/seed0-logbook.json", "checkpoints/guided-seed0.pt", "checkpoints/search-seed0.pkl",
+              "figures/samples.png", "figures/guided_samples.png", "figures/fitness.png", "figures/pairs.png",
+              "figures/accuracy.png", "figures/curves.png"):
+        assert os.path.isfile(os.path.join(out, f)), f
+    report = open(os.path.join(out, "report.md")).read()
+    for f in m["figures"].values():
+        assert f"]({f})" in report
+    book = json.load(open(os.path.join(out, "search", "seed0-logbook.json")))
+    assert [r["gen"] for r in book] == [0, 1, 2, 3] and all({"best", "mean", "worst"} <= set(r) for r in book)
+    events = [json.loads(line)["event"] for line in open(os.path.join(out, "log.jsonl"))]
+    assert events[0] == "start" and events[-1] == "done" and "search" in events and events.count("trained") == 5
+    # resume of a finished run trains nothing and gives the same table
+    m2 = run_workflow(config.load(os.path.join(out, "config.json")), out, resume=True, quiet=True)
+    assert m2["summary"] == m["summary"]
