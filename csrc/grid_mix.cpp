@@ -10,8 +10,12 @@
 
 #include "common.h"
 
+#include <cstdint>
 #include <cstring>
 #include <optional>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 #include <tuple>
 #include <vector>
 
@@ -24,6 +28,22 @@ std::vector<int64_t> cell_starts(int64_t size, int64_t P) {
   std::vector<int64_t> starts(P + 1);
   for (int64_t r = 0; r <= P; ++r) starts[r] = (r * size + P - 1) / P;
   return starts;
+}
+
+// Ask Linux to back a large fresh output with transparent huge pages before its first touch. Writing a
+// new 154 MB output (256x3x224x224 float32) otherwise costs ~37,000 page faults, which on the 2-core dev
+// machine took longer than the copy itself. A hint only: ignored where THP is off.
+void advise_huge_pages(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (bytes < int64_t(4 * kHuge)) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + uintptr_t(bytes)) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
 }
 
 void check_index(const char* name, const int64_t* idx, int64_t n, int64_t batch) {
@@ -81,6 +101,7 @@ std::tuple<at::Tensor, at::Tensor> grid_mix_cpu(const at::Tensor& x, const at::T
   if (index_a.has_value()) check_index("index_a", ia.data_ptr<int64_t>(), N, B);
 
   at::Tensor out = at::empty({N, C, H, W}, x.options().memory_format(fmt));
+  advise_huge_pages(out.data_ptr(), out.numel() * out.element_size());
   at::Tensor lam = at::empty({N}, x.options().dtype(at::kFloat));
   if (N == 0) return {out, lam};
 

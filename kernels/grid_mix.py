@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from patchmix.ops.grid_mix import check_grid_mix_args, check_index_range, output_memory_format
+from patchmix.ops.grid_mix import check_grid_mix_args, check_index_ranges, output_memory_format
 
 
 @triton.jit
@@ -72,9 +72,7 @@ def grid_mix_cuda(x: torch.Tensor, mask: torch.Tensor, index_a: torch.Tensor | N
     check_grid_mix_args(x, mask, index_a, index_b)
     B, C, H, W = x.shape
     N, P = mask.shape[0], mask.shape[1]
-    check_index_range("index_b", index_b, B)  # before the kernel reads x: never out of bounds
-    if index_a is not None:
-        check_index_range("index_a", index_a, B)
+    check_index_ranges(B, index_a, index_b)  # before the kernel reads x: never out of bounds
     fmt = output_memory_format(x)
     xc = x.contiguous(memory_format=fmt)
     out = torch.empty((N, C, H, W), dtype=x.dtype, device=x.device, memory_format=fmt)
