@@ -158,7 +158,8 @@ class Log:
     def progress(self, **kw):
         from tqdm import tqdm
 
-        return tqdm(disable=self.quiet or not self.enabled, dynamic_ncols=True, leave=False, file=sys.stderr, **kw)
+        return tqdm(disable=True if (self.quiet or not self.enabled) else None,  # None: off when not a terminal
+                    dynamic_ncols=True, leave=False, file=sys.stderr, **kw)
 
     def close(self) -> None:
         if self._file is not None:

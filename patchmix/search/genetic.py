@@ -459,7 +459,7 @@ class GeneticSearch:
                 state = {"best": rec["best_ever"], "stall": 0, "stopped_early": False,
                          "prev_best": self._pairs_of(self.hof[0])}
                 self._save(0, population, state)
-            bar = tqdm(total=c.generations, initial=min(gen, c.generations), disable=not self.progress,
+            bar = tqdm(total=c.generations, initial=min(gen, c.generations), disable=None if self.progress else True,
                        desc="guided search", unit="gen")
             try:
                 while gen < c.generations and not state["stopped_early"]:
