@@ -14,13 +14,7 @@ TINY = ["--epochs", "1", "--set", "data.limit_train=160", "--set", "model.width=
         "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions: one thread is faster, and far faster on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(args, capsys):

@@ -43,14 +43,7 @@ FEATURES = {"resnet32": 64, "preact_resnet56": 64, "preact_resnet164": 256, "mob
             "resnet50": 2048, "small_cnn": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny; one intra-op thread avoids OpenMP barrier stalls on a busy 2-core machine
-    (measured: a small_cnn step went from ~1 s to ~10 ms when other processes held the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_model_names():

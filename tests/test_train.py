@@ -13,13 +13,7 @@ TINY = {"data.limit_train": 192, "train.epochs": 2, "train.batch_size": 32, "mod
         "run.fgsm_epsilons": "", "run.seeds": "0"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions: one thread is faster, and far faster on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
