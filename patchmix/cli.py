@@ -399,11 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DatasetError
 
-    try:
-        from .search import PolicyError
-    except ImportError:  # the search package is optional for base/mixup/cutmix/random
-        class PolicyError(Exception):
-            pass
+    from .search import PolicyError
     from .train import Interrupted
 
     try:
