@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 
 EPILOG_DATA = """data (--data): 'digits' (scikit-learn's bundled 8x8 digits, the default) or a folder on local disk
 holding CIFAR-10 / CIFAR-100 python pickle batches, Tiny ImageNet (tiny-imagenet-200 layout) or a
@@ -395,10 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    warnings.filterwarnings("ignore", message=".*C\\+\\+ extension patchmix._C is not available.*")
     from .config import ConfigError
     from .data import DatasetError
-
     from .search import PolicyError
     from .train import Interrupted
 
