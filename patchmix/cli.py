@@ -192,13 +192,14 @@ def cmd_run(args) -> int:
     from .workflow import run_workflow
 
     cfg = _config(args)
+    from .train import shutdown_distributed
+
+    clean = False
     try:
         metrics = run_workflow(cfg, args.out, resume=args.resume, quiet=args.quiet)
+        clean = True
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed(clean)
     if metrics:
         from .report import format_table
 
@@ -220,6 +221,7 @@ def cmd_train(args) -> int:
     cfg = _config(args)
     out = args.out or f"runs/train-{args.method}"
     rt = setup_runtime(cfg)
+    clean = False  # after an error the other ranks may never reach a barrier
     try:
         if rt.is_main:
             os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
@@ -258,8 +260,9 @@ def cmd_train(args) -> int:
                                 results[0].get("fgsm") else None))
             _print(f"checkpoints and metrics.json in {out}")
         log.close()
+        clean = True
     finally:
-        teardown_runtime(rt)
+        teardown_runtime(rt, clean)
     return 0
 
 
@@ -273,6 +276,7 @@ def cmd_search(args) -> int:
     out = args.out
     rt = setup_runtime(cfg)
     seed = args.seed if args.seed is not None else cfg.run.seeds[0]
+    clean = False  # after an error the other ranks may never reach a barrier
     try:
         if rt.is_main:
             os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
@@ -302,8 +306,9 @@ def cmd_search(args) -> int:
             _print("  " + ", ".join(f"{a}+{b}" for a, b in result.policy.named_pairs()))
             _print(f"policy: {os.path.join(out, 'policy.json')}; figures in {figdir}")
         log.close()
+        clean = True
     finally:
-        teardown_runtime(rt)
+        teardown_runtime(rt, clean)
     return 0
 
 

@@ -125,12 +125,22 @@ def setup_runtime(cfg: Config) -> Runtime:
     return Runtime(device, rank, world, amp=bool(cfg.run.amp and cuda), channels_last=cl)
 
 
-def teardown_runtime(rt: Runtime) -> None:
-    if rt.distributed:
-        import torch.distributed as dist
+def shutdown_distributed(clean: bool = True) -> None:
+    """Destroy the process group, if any. ``clean``: every rank got here normally, so they first meet at a
+    barrier and no rank tears the group down while another still talks to it (seen without it: a rank of
+    the 2-process gloo test aborting with "terminate called without an active exception"). After an error
+    the barrier is skipped: the other rank may never arrive."""
+    import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    if dist.is_available() and dist.is_initialized():
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def teardown_runtime(rt: Runtime, clean: bool = True) -> None:
+    if rt.distributed:
+        shutdown_distributed(clean)
 
 
 class Log:
