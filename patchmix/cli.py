@@ -402,8 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DatasetError
     from .search import PolicyError
-    from .train import Interrupted
+    from .train import Interrupted, reset_stop_request
 
+    reset_stop_request()
     try:
         return COMMANDS[args.command](args)
     except Interrupted as exc:

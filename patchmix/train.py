@@ -446,10 +446,16 @@ def model_from_checkpoint(path: str, ds: data_mod.Dataset | None = None) -> tupl
 
 
 class _StopFlag:
-    """First Ctrl-C: finish the current step, checkpoint, stop. Second Ctrl-C: stop at once."""
+    """First Ctrl-C: finish the current step, checkpoint, stop. Second Ctrl-C: stop at once.
+
+    The request is process-wide and sticky (a class attribute): a Ctrl-C that lands after one training's
+    last step check (during its final evaluation, say) stops the next training at its first step instead
+    of being forgotten, and the workflow checks it between trainings (``stop_requested``).
+    """
+
+    requested = False
 
     def __init__(self):
-        self.requested = False
         self._old = None
 
     def __enter__(self):
@@ -459,9 +465,9 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if _StopFlag.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        _StopFlag.requested = True
         try:
             sys.stderr.write("\n[patchmix] interrupt: finishing this step and writing a checkpoint "
                              "(Ctrl-C again to stop at once)\n")
@@ -472,6 +478,16 @@ class _StopFlag:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
         return False
+
+
+def stop_requested() -> bool:
+    """Whether Ctrl-C asked this process to stop (see ``_StopFlag``)."""
+    return _StopFlag.requested
+
+
+def reset_stop_request() -> None:
+    """Forget an earlier Ctrl-C (each CLI command starts with none)."""
+    _StopFlag.requested = False
 
 
 class Interrupted(RuntimeError):

@@ -31,7 +31,17 @@ import torch
 from . import data as data_mod
 from . import report
 from .config import Config, atomic_write_text
-from .train import Interrupted, Log, Runtime, derive_seed, fgsm_evaluate, model_name, setup_runtime, train_model
+from .train import (
+    Interrupted,
+    Log,
+    Runtime,
+    derive_seed,
+    fgsm_evaluate,
+    model_name,
+    setup_runtime,
+    stop_requested,
+    train_model,
+)
 
 
 class DistributedFitness:
@@ -209,6 +219,8 @@ def run_workflow(cfg: Config, out: str, *, resume: bool = False, quiet: bool = F
                 record(res, net)
                 done.add(key)
                 log.info(f"{desc}: test top-1 {100 * res['test_acc']:.2f}%  ({res['train_seconds']:.1f} s)")
+                if stop_requested():  # Ctrl-C after this training's last step: its checkpoint is complete
+                    raise Interrupted(ck)
     except Interrupted:
         log.info("interrupted: checkpoints are in place; continue with `patchmix run --resume --out " + out + "`")
         raise
