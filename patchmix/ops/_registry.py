@@ -90,7 +90,10 @@ def define_op(
     qualname = f"{NAMESPACE}::{name}"
     expected = torch._C.parse_schema(qualname + schema)
     if _C is not None:
-        compiled = getattr(getattr(torch.ops, NAMESPACE), name).default._schema
+        try:
+            compiled = getattr(getattr(torch.ops, NAMESPACE), name).default._schema
+        except (AttributeError, RuntimeError):
+            compiled = "nothing (the op is missing)"
         if str(compiled) != str(expected):
             raise ImportError(
                 f"patchmix._C defines {compiled}, but this Python package expects {expected}: "
