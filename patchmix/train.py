@@ -623,6 +623,8 @@ def train_model(cfg: Config, ds: data_mod.Dataset, method: str, seed: int, *, rt
                     mb = mixer(x, y)
                 with _autocast(rt):
                     out = train_model_ddp(mb.images)
+                    if out[0].dtype == torch.float16:  # float16 autocast: keep the loss's saved gradient in float32
+                        out = tuple(o.float() for o in out)
                     # L_O methods: the image term only (the patch logits would be weighted by 0)
                     loss = loss_fn(out if method == "random" else out[0], mb)
                 opt.zero_grad(set_to_none=True)

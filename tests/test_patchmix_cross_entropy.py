@@ -525,3 +525,22 @@ def test_bad_data_message(field, value, match, device):
         OP(img, pat, ta, tb, lam, mask, 0.5, 0.5, 0.0, "mean", False)
     with pytest.raises(ValueError, match=match):
         patchmix_cross_entropy_reference(img, pat, ta, tb, lam, mask)
+
+
+def test_float16_backward_survives_a_loss_scale():
+    """GradScaler starts at 65536, which is not a finite float16: the scale must be applied in float32."""
+    torch.manual_seed(0)
+    N, K, P = 8, 50, 2
+    logits = torch.randn(N, K, P, P).half().requires_grad_(True)
+    image = torch.randn(N, K).half().requires_grad_(True)
+    ta, tb = torch.randint(0, K, (N,)), torch.randint(0, K, (N,))
+    mask = torch.rand(N, P, P) < 0.5
+    lam = mask.float().mean((1, 2))
+    loss = patchmix_cross_entropy(image, logits, ta, tb, lam, mask)
+    (loss * 65536.0).backward()
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(image.grad).all()
+    ref_p = logits.detach().float().requires_grad_(True)
+    ref_i = image.detach().float().requires_grad_(True)
+    (patchmix_cross_entropy(ref_i, ref_p, ta, tb, lam, mask) * 65536.0).backward()
+    torch.testing.assert_close(logits.grad.float(), ref_p.grad, rtol=2e-3, atol=1e-2)
+    torch.testing.assert_close(image.grad.float(), ref_i.grad, rtol=2e-3, atol=1e-2)
