@@ -93,7 +93,8 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
         fitness = DistributedFitness(fitness, rt)
     t_cache = time.perf_counter() - t0
     result = genetic_search(
-        fitness, class_names=list(ds.classes), checkpoint=checkpoint if rt.is_main else None,
+        # every rank resumes from the same checkpoint (each scores its share of the same population); rank 0 writes
+        fitness, class_names=list(ds.classes), checkpoint=checkpoint, save_checkpoint=rt.is_main,
         checkpoint_every=s.checkpoint_every, resume=resume, progress=not log.quiet and rt.is_main,
         population=s.population, generations=s.generations, num_pairs=s.max_pairs, same_class=s.same_class,
         direction="max" if s.maximize else "min", cxpb=s.cx_prob, mutpb=s.mut_prob,

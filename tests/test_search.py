@@ -474,3 +474,12 @@ def test_policy_rejections(tmp_path):
             Policy.from_dict({**d, **change})
     with pytest.raises(PolicyError, match="outside the 3 classes"):
         Policy([[0, 5]], np.zeros((1, 4, 4)), ["a", "b", "c"], 4)
+
+
+def test_default_pair_count_fits_two_classes():
+    """N = 2K by default, capped by the pairs that exist: 2 classes have 3 unordered pairs."""
+    from patchmix.search import SearchConfig
+
+    assert SearchConfig().resolved_pairs(2) == 3
+    assert SearchConfig(same_class="excluded").resolved_pairs(2) == 1
+    assert SearchConfig().resolved_pairs(10) == 20

@@ -418,10 +418,15 @@ class CachedFitness:
         return OptimumResult(float(vals[chosen].mean()), chosen, masks[chosen])
 
 
+def available_pairs(num_classes: int, same_class: str) -> int:
+    """How many unordered class pairs ``c_i <= c_j`` a policy may use (same-class ones unless excluded)."""
+    total = num_classes * (num_classes + 1) // 2
+    return total - (num_classes if same_class == "excluded" else 0)
+
+
 def check_num_pairs(num_pairs: int, num_classes: int, same_class: str) -> None:
     """``num_pairs`` (``N``) must fit the forced pairs and the available ones."""
-    total = num_classes * (num_classes + 1) // 2
-    available = total - (num_classes if same_class == "excluded" else 0)
+    available = available_pairs(num_classes, same_class)
     low = num_classes if same_class == "forced" else 1
     if not low <= num_pairs <= available:
         raise ValueError(

@@ -44,7 +44,15 @@ import numpy as np
 import torch
 from deap import algorithms, base, creator, tools
 
-from .fitness import DIRECTIONS, SAME_CLASS, CachedFitness, _check_choice, check_num_pairs, pair_classes
+from .fitness import (
+    DIRECTIONS,
+    SAME_CLASS,
+    CachedFitness,
+    _check_choice,
+    available_pairs,
+    check_num_pairs,
+    pair_classes,
+)
 from .policy import Policy
 
 MUTATIONS = ("flip_tails", "transpose", "flip_heads", "random_tails")
@@ -239,7 +247,10 @@ class SearchConfig:
         check_num_pairs(self.resolved_pairs(num_classes), num_classes, self.same_class)
 
     def resolved_pairs(self, num_classes: int) -> int:
-        return 2 * num_classes if self.num_pairs is None else int(self.num_pairs)
+        """``num_pairs``, or the paper's default ``2 K`` capped by the pairs that exist (3 for 2 classes)."""
+        if self.num_pairs is not None:
+            return int(self.num_pairs)
+        return min(2 * num_classes, available_pairs(num_classes, self.same_class))
 
 
 @dataclass
@@ -275,7 +286,7 @@ class GeneticSearch:
     def __init__(self, fitness: CachedFitness, config: SearchConfig | None = None, *,
                  class_names: list[str] | None = None, checkpoint=None, checkpoint_every: int = 10,
                  resume: bool = False, progress: bool = True,
-                 callback: Callable[[int, dict], bool | None] | None = None):
+                 callback: Callable[[int, dict], bool | None] | None = None, save_checkpoint: bool = True):
         self.fitness = fitness
         self.config = config or SearchConfig()
         K = fitness.num_classes
@@ -289,6 +300,7 @@ class GeneticSearch:
         self.P = fitness.grid_size
         self.forced, self.optional = slot_pools(K, self.config.same_class)
         self.checkpoint = checkpoint
+        self.save_checkpoint = save_checkpoint  # False: read on resume, never write (DDP ranks other than 0)
         self.checkpoint_every = int(checkpoint_every)
         self.resume = resume
         self.progress = progress
@@ -378,7 +390,7 @@ class GeneticSearch:
         return d
 
     def _save(self, gen: int, population: list, state: dict) -> None:
-        if self.checkpoint is None:
+        if self.checkpoint is None or not self.save_checkpoint:
             return
         blob = {
             "format": CHECKPOINT_FORMAT,
@@ -507,20 +519,22 @@ class GeneticSearch:
 
 def search(fitness: CachedFitness, *, class_names: list[str] | None = None, checkpoint=None,
            checkpoint_every: int = 10, resume: bool = False, progress: bool = True,
-           callback: Callable[[int, dict], bool | None] | None = None, **config) -> SearchResult:
+           callback: Callable[[int, dict], bool | None] | None = None, save_checkpoint: bool = True,
+           **config) -> SearchResult:
     """Run the genetic search on ``fitness``; ``**config`` are :class:`SearchConfig` fields.
 
     ``checkpoint``: a file written every ``checkpoint_every`` generations (and at the end); with
     ``resume=True`` an existing checkpoint is continued (same settings required; ``generations`` and
     ``patience`` may change), giving the same result as an uninterrupted run. ``callback(gen, record)``
-    runs after each generation; returning True stops the search.
+    runs after each generation; returning True stops the search. ``save_checkpoint=False`` only reads the
+    checkpoint on resume (the DDP ranks other than 0, which must resume from the same generation).
     """
     unknown = set(config) - set(SearchConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"search: unknown settings {sorted(unknown)}; see SearchConfig")
     return GeneticSearch(fitness, SearchConfig(**config), class_names=class_names, checkpoint=checkpoint,
                          checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                         callback=callback).run()
+                         callback=callback, save_checkpoint=save_checkpoint).run()
 
 
 __all__ = ["GeneticSearch", "Genome", "MUTATIONS", "SearchConfig", "SearchResult", "clone", "crossover",
