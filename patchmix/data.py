@@ -171,6 +171,22 @@ def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
 
 
+def balanced_subset(labels: Tensor, n: int, seed: int) -> Tensor:
+    """Exactly ``min(n, len(labels))`` sorted indices with the classes as even as their sizes allow, fixed by
+    ``seed`` (class-ordered splits would lose whole classes to a plain "first n")."""
+    n = min(int(n), labels.numel())
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(labels.numel(), generator=g)
+    lab = labels[perm]
+    grouped = torch.argsort(lab, stable=True)  # by class, keeping the random order inside each class
+    counts = torch.bincount(lab)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(grouped)
+    rank[grouped] = torch.arange(lab.numel()) - starts[lab[grouped]]  # position within its class
+    round_robin = torch.argsort(rank * counts.numel() + lab)  # first of every class, then second, ...
+    return torch.sort(perm[round_robin[:n]]).values
+
+
 # --------------------------------------------------------------------------------------------------
 # the formats
 # --------------------------------------------------------------------------------------------------
@@ -396,7 +412,7 @@ def load_dataset(source: str = "digits", format: str = "auto", *, val_fraction: 
         if len(getattr(ds, name)) == 0:
             raise _error(fmt if fmt in LAYOUTS else "folder", source, f"{ds.name}: the {name} split is empty")
     if limit_train:
-        ds.train = ds.train.subset(torch.arange(min(limit_train, len(ds.train))))
+        ds.train = ds.train.subset(balanced_subset(ds.train.labels, limit_train, split_seed))
     ds.mean, ds.std = channel_stats(ds.train)
     return ds
 

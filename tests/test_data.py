@@ -238,3 +238,15 @@ def test_batches_and_augment_are_reproducible(tmp_path):
     seq = [b[0] for b in data.batches(fds.train, 3, o)]
     par = [b[0] for b in data.batches(fds.train, 3, o, workers=1)]
     assert all(torch.equal(p, q) for p, q in zip(seq, par, strict=True))
+
+
+def test_limit_train_keeps_every_class():
+    """limit_train takes a class-balanced subset, never "the first n" of a class-ordered split."""
+    from patchmix.data import balanced_subset
+
+    labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 3)
+    idx = balanced_subset(labels, 9, seed=0)
+    assert torch.bincount(labels[idx]).tolist() == [3, 3, 3]
+    idx = balanced_subset(labels, 20, seed=0)
+    assert torch.bincount(labels[idx]).tolist() == [9, 8, 3] or torch.bincount(labels[idx]).tolist() == [8, 9, 3]
+    assert torch.equal(idx, balanced_subset(labels, 20, seed=0)) and len(idx.unique()) == 20
