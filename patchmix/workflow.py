@@ -30,7 +30,7 @@ import torch
 
 from . import data as data_mod
 from . import report
-from .config import Config, atomic_write_text
+from .config import Config, ConfigError, atomic_write_text
 from .train import (
     Interrupted,
     Log,
@@ -118,6 +118,34 @@ def _write_json(path: str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
 
 
+# settings that may change between a run and its resume without changing its results
+RESUME_FREE = {"run.threads", "data.workers", "run.show_samples"}
+
+
+def check_resume_config(cfg: Config, out: str) -> None:
+    """Refuse ``--resume`` when the settings differ from the run in ``out`` (its ``config.json``): finished
+    jobs would otherwise be reused beside jobs trained with other settings, in one table."""
+    saved = _read_json(os.path.join(out, "config.json"), None)
+    if saved is None:
+        return
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    old, new = dict(flat(saved)), dict(flat(json.loads(json.dumps(cfg.to_dict()))))  # both as JSON reads them
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in RESUME_FREE and old.get(k) != new.get(k)]
+    if diff:
+        raise ConfigError(
+            f"--resume: the settings differ from the run in {out} ({'; '.join(diff)}); resume with the same "
+            f"flags, e.g. --config {os.path.join(out, 'config.json')}, or start a new --out"
+        )
+
+
 def run_workflow(cfg: Config, out: str, *, resume: bool = False, quiet: bool = False) -> dict:
     """Run every configured method for every seed, the search included; write the output folder.
 
@@ -127,6 +155,8 @@ def run_workflow(cfg: Config, out: str, *, resume: bool = False, quiet: bool = F
     rt = setup_runtime(cfg)
     main = rt.is_main
     ckdir = os.path.join(out, "checkpoints")
+    if resume:
+        check_resume_config(cfg, out)
     if main:
         os.makedirs(ckdir, exist_ok=True)
         if not resume:

@@ -188,3 +188,14 @@ def test_killed_run_resumes_to_the_uninterrupted_table(tmp_path, capsys):
     key = lambda r: (r["method"], r["seed"])  # noqa: E731
     assert {key(r): r["test_acc"] for r in a["results"]} == {key(r): r["test_acc"] for r in b["results"]}
     assert a["summary"] == b["summary"] and a["search"]["0"]["pairs"] == b["search"]["0"]["pairs"]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, capsys):
+    args = ["run", "--epochs", "1", "--seeds", "0", "--methods", "base", "--set", "data.limit_train=64",
+            "--set", "model.width=4", "--batch-size", "32", "--set", "run.show_samples=0",
+            "--set", "run.fgsm_epsilons=", "--quiet", "--out", str(tmp_path / "r")]
+    assert main(args) == 0
+    assert main([*args, "--resume"]) == 0  # same settings: fine (nothing left to do)
+    capsys.readouterr()
+    assert main([*args[:2], "2", *args[3:], "--resume"]) == 2  # --epochs 2
+    assert "train.epochs: 1 -> 2" in capsys.readouterr().err
