@@ -544,6 +544,8 @@ def train_model(cfg: Config, ds: data_mod.Dataset, method: str, seed: int, *, rt
         if rt.device.type == "cuda" else None
 
     start_epoch, start_step, history, mid = 0, 0, [], None
+    if resume and checkpoint:
+        rt.barrier()  # rank 0 writes checkpoints: every rank reads only once the last write is complete
     if resume and checkpoint and os.path.isfile(checkpoint):
         ckpt = load_checkpoint(checkpoint)
         if ckpt["method"] != method or ckpt["seed"] != seed:
@@ -599,6 +601,12 @@ def train_model(cfg: Config, ds: data_mod.Dataset, method: str, seed: int, *, rt
             sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
             first = 0
             if mid is not None and epoch == start_epoch:
+                if "ranks" in mid or rt.distributed:
+                    ranks = mid.get("ranks", [mid])
+                    if len(ranks) != rt.world:
+                        raise ValueError(f"{checkpoint} was interrupted mid-epoch with {len(ranks)} process(es); "
+                                         f"resume it with the same number, not {rt.world}")
+                    mid = ranks[rt.rank]
                 g_aug.set_state(mid["g_aug"])
                 g_mix.set_state(mid["g_mix"])
                 torch.set_rng_state(mid["torch"])
@@ -650,8 +658,15 @@ def train_model(cfg: Config, ds: data_mod.Dataset, method: str, seed: int, *, rt
                 if rt.distributed:
                     want_stop = bool(rt.all_reduce_sum(torch.tensor([float(want_stop)]))[0] > 0)
                 if want_stop and step + 1 < steps_per_epoch:
-                    save(epoch, step + 1, mid_state={"g_aug": g_aug.get_state(), "g_mix": g_mix.get_state(),
-                                                     "torch": torch.get_rng_state(), "sums": sums.clone()})
+                    state = {"g_aug": g_aug.get_state(), "g_mix": g_mix.get_state(),
+                             "torch": torch.get_rng_state(), "sums": sums.clone()}
+                    if rt.distributed:  # every rank's own streams and partial sums, saved by rank 0
+                        import torch.distributed as dist
+
+                        states = [None] * rt.world
+                        dist.all_gather_object(states, state)
+                        state = {"ranks": states}
+                    save(epoch, step + 1, mid_state=state)
                     bar.close()
                     log.event("interrupted", method=method, seed=seed, epoch=epoch, step=step + 1,
                               checkpoint=checkpoint)
