@@ -188,7 +188,9 @@ class MixedCollate:
     def __init__(self, guided: GuidedPatchMix, counts: tuple[int, int, int], *,
                  random_mixer: RandomPatchMix | None = None):
         self.guided, self.counts = guided, tuple(int(c) for c in counts)
-        self.random_mixer = random_mixer if random_mixer is not None else RandomPatchMix(guided.grid_size)
+        # default: draw from the guided sampler's generator, so a seeded loader is reproducible end to end
+        self.random_mixer = random_mixer if random_mixer is not None else RandomPatchMix(
+            guided.grid_size, generator=guided.generator)
         if self.random_mixer.grid_size != guided.grid_size:
             raise ValueError(f"MixedCollate: random_mixer grid {self.random_mixer.grid_size} != policy grid {guided.grid_size}")
 

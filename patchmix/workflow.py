@@ -168,6 +168,15 @@ def run_workflow(cfg: Config, out: str, *, resume: bool = False, quiet: bool = F
         cfg.save(os.path.join(out, "config.json"))
     rt.barrier()
     log = Log(os.path.join(out, "log.jsonl"), quiet=quiet, enabled=main)
+    try:
+        return _run_workflow(cfg, out, rt, log, resume=resume, t_start=t_start)
+    finally:
+        log.close()  # also when interrupted or failing: the JSON-lines log is flushed and closed
+
+
+def _run_workflow(cfg: Config, out: str, rt: Runtime, log: Log, *, resume: bool, t_start: float) -> dict:
+    main = rt.is_main
+    ckdir = os.path.join(out, "checkpoints")
     ds = data_mod.from_config(cfg)
     log.info(f"data  {ds.describe()}")
     log.info(f"model {model_name(cfg, ds)} (P = {cfg.model.grid_size}), {cfg.train.epochs} epochs, "
@@ -280,7 +289,6 @@ def run_workflow(cfg: Config, out: str, *, resume: bool = False, quiet: bool = F
         _write_json(os.path.join(out, "metrics.json"), metrics)
         report.write_report(out, metrics, figures)
         log.event("done", summary=summary, wall_seconds=metrics["wall_seconds"])
-    log.close()
     return metrics
 
 
