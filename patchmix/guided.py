@@ -31,6 +31,8 @@ def concat_batches(batches: Sequence[MixedBatch]) -> MixedBatch:
         raise ValueError("concat_batches: nothing to concatenate")
     if any(b.mask is None for b in batches):
         raise ValueError("concat_batches: every part needs a grid mask (use MixedBatch.unmixed(x, y, grid_size))")
+    if len(batches) == 1:
+        return batches[0]
     return MixedBatch(*(torch.cat([getattr(b, f) for b in batches]) for f in
                         ("images", "target_a", "target_b", "lam", "mask")))
 

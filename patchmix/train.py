@@ -329,16 +329,9 @@ class GuidedMixer:
             images, labels = load(torch.cat([ia, ib]))
             idx = torch.arange(n_guid, device=images.device)
             parts.append(self.guided.compose(images, slot, idx, idx + n_guid, labels=labels))
+        from .guided import concat_batches
+
         return concat_batches(parts)
-
-
-def concat_batches(parts: list[MixedBatch]) -> MixedBatch:
-    if len(parts) == 1:
-        return parts[0]
-    masks = [p.mask for p in parts]
-    mask = None if any(m is None for m in masks) else torch.cat(masks)
-    return MixedBatch(torch.cat([p.images for p in parts]), torch.cat([p.target_a for p in parts]),
-                      torch.cat([p.target_b for p in parts]), torch.cat([p.lam for p in parts]), mask)
 
 
 # --------------------------------------------------------------------------------------------------
