@@ -447,8 +447,7 @@ class ExactFitness:
     image logits against the soft label with the exact pixel ``lam``. Measures how faithful the cache is.
 
     ``__call__(pairs (I, N), masks (I, N, P, P)) -> (I,)`` float64. Cost: ``I * N_active * S`` forward passes
-    (``max_draws`` caps ``S``; the cached value is then compared on the same subset only if you build the
-    ``CachedFitness`` with that ``num_draws``).
+    (build the ``CachedFitness`` with a smaller ``num_draws`` to make it cheaper; both then use the same draws).
     """
 
     def __init__(self, model: nn.Module, images: Tensor, fitness: CachedFitness, *, batch_size: int = 256,
