@@ -395,10 +395,7 @@ class CachedFitness:
             raise ValueError("optimum: the image-level term is not linear in the masks; use image_weight = 0")
         _check_choice("same_class", same_class, SAME_CLASS)
         masks, vals = self.best_masks(direction)
-        cls = self.classes.numpy()
-        same = cls[:, 0] == cls[:, 1]
-        forced = np.flatnonzero(same) if same_class == "forced" else np.zeros(0, np.int64)
-        optional = np.flatnonzero(~same) if same_class != "allowed" else np.arange(len(vals))
+        forced, optional = slot_pools(self.num_classes, same_class)
         check_num_pairs(num_pairs, self.num_classes, same_class)
         sign = 1.0 if direction == "min" else -1.0
         order = optional[np.argsort(sign * vals[optional], kind="stable")]
@@ -416,6 +413,16 @@ class CachedFitness:
             chosen = np.concatenate([forced, order[:best_m]])
         chosen = chosen.astype(np.int64)
         return OptimumResult(float(vals[chosen].mean()), chosen, masks[chosen])
+
+
+def slot_pools(num_classes: int, same_class: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(forced, optional)`` pair ids: the pairs every individual holds, and the pairs slots choose from."""
+    _check_choice("same_class", same_class, SAME_CLASS)
+    cls = pair_classes(num_classes).numpy()
+    same = cls[:, 0] == cls[:, 1]
+    forced = np.flatnonzero(same) if same_class == "forced" else np.zeros(0, np.int64)
+    optional = np.arange(len(cls)) if same_class == "allowed" else np.flatnonzero(~same)
+    return forced.astype(np.int64), optional.astype(np.int64)
 
 
 def available_pairs(num_classes: int, same_class: str) -> int:
@@ -535,7 +542,7 @@ def rank_correlation(x, y) -> float:
 def random_population(num_individuals: int, num_pairs: int, fitness: CachedFitness, same_class: str = "forced",
                       seed: int = 0) -> tuple[Tensor, Tensor]:
     """A random population: ``pairs (I, N)`` int64 and ``masks (I, N, P, P)`` bool, as the search initialises it."""
-    from .genetic import random_genome, slot_pools
+    from .genetic import random_genome
 
     rng = np.random.default_rng(seed)
     forced, optional = slot_pools(fitness.num_classes, same_class)

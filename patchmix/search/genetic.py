@@ -51,7 +51,7 @@ from .fitness import (
     _check_choice,
     available_pairs,
     check_num_pairs,
-    pair_classes,
+    slot_pools,
 )
 from .policy import Policy
 
@@ -101,16 +101,6 @@ def clone(ind):
 # --------------------------------------------------------------------------------------------------
 # initialisation and operators (numpy; ``rng`` is a numpy Generator)
 # --------------------------------------------------------------------------------------------------
-
-
-def slot_pools(num_classes: int, same_class: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(forced, optional)`` pair ids: the pairs every individual holds, and the pairs slots choose from."""
-    _check_choice("same_class", same_class, SAME_CLASS)
-    cls = pair_classes(num_classes).numpy()
-    same = cls[:, 0] == cls[:, 1]
-    forced = np.flatnonzero(same) if same_class == "forced" else np.zeros(0, np.int64)
-    optional = np.arange(len(cls)) if same_class == "allowed" else np.flatnonzero(~same)
-    return forced.astype(np.int64), optional.astype(np.int64)
 
 
 def random_genome(rng: np.random.Generator, forced: np.ndarray, optional: np.ndarray, num_pairs: int,
