@@ -33,18 +33,23 @@ MAX_JOBS=16 "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | t
 "$PY" -c "import patchmix, json; print(json.dumps(patchmix.backends()['ops'], indent=1))" || exit 1
 echo "build: $(( $(date +%s) - start )) s"
 
-echo "== an error raised inside the C++ kernel must reach Python as ValueError =="
-"$PY" -X faulthandler -c "
-import torch, patchmix
-x = torch.rand(3, 2, 8, 8); m = torch.ones(3, 2, 2, dtype=torch.bool); bad = torch.tensor([0, 3, 1])
-for name, call in [('torch.ops', lambda: torch.ops.patchmix.grid_mix(x, m, None, bad)),
-                   ('no autograd', lambda: torch.ops.patchmix.grid_mix.default.redispatch(
-                       torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), x, m, None, bad))]:
-    try:
-        call(); print(name, 'did not raise')
-    except Exception as e:
-        print(name, 'raised', type(e).__name__, str(e).splitlines()[0])
-" 2>&1 | tail -12
+echo "== C++ errors must reach Python as exceptions (torch 2.11 + Triton 3.6 was seen to segfault) =="
+# Each probe runs in its own process so that one crash does not hide the others. If torch's own error
+# (view) also crashes, the fault is in the environment (c10's backtrace capture, cf. pytorch issue 117645).
+probe() {  # probe IMPORTS STATEMENT: prints the exception type the statement raised, or the crash
+  "$PY" -c "
+$1
+try:
+    $2
+    print('no error')
+except Exception as e:
+    print(type(e).__name__)
+" > /tmp/probe.out 2>&1
+  echo "probe [$1] [${2:0:50}]: rc=$? $(tail -1 /tmp/probe.out)"
+}
+probe "import torch" "torch.empty(2).view(3)"
+probe "import torch, patchmix" "torch.empty(2).view(3)"
+probe "import torch, patchmix" "torch.ops.patchmix.grid_mix(torch.rand(3, 2, 8, 8), torch.ones(3, 2, 2, dtype=torch.bool), None, torch.tensor([0, 3, 1]))"
 
 echo "== CUDA tests =="
 # xdist: a crashing test is reported as failed and the other tests still run
