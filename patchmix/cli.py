@@ -215,14 +215,12 @@ def cmd_run(args) -> int:
 def cmd_train(args) -> int:
     from . import data as data_mod
     from .report import format_table, summarize
-    from .train import Log, fgsm_evaluate, setup_runtime, teardown_runtime, train_model
+    from .train import Log, fgsm_evaluate, runtime_session, train_model
     from .workflow import _write_json
 
     cfg = _config(args)
     out = args.out or f"runs/train-{args.method}"
-    rt = setup_runtime(cfg)
-    clean = False  # after an error the other ranks may never reach a barrier
-    try:
+    with runtime_session(cfg) as rt:
         if rt.is_main:
             os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
             cfg.save(os.path.join(out, "config.json"))
@@ -260,24 +258,19 @@ def cmd_train(args) -> int:
                                 results[0].get("fgsm") else None))
             _print(f"checkpoints and metrics.json in {out}")
         log.close()
-        clean = True
-    finally:
-        teardown_runtime(rt, clean)
     return 0
 
 
 def cmd_search(args) -> int:
     from . import data as data_mod
     from .report import fitness_figure, pairs_figure
-    from .train import Log, model_from_checkpoint, setup_runtime, teardown_runtime, train_model
+    from .train import Log, model_from_checkpoint, runtime_session, train_model
     from .workflow import _write_json, render_samples, run_search
 
     cfg = _config(args)
     out = args.out
-    rt = setup_runtime(cfg)
     seed = args.seed if args.seed is not None else cfg.run.seeds[0]
-    clean = False  # after an error the other ranks may never reach a barrier
-    try:
+    with runtime_session(cfg) as rt:
         if rt.is_main:
             os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
             cfg.save(os.path.join(out, "config.json"))
@@ -306,9 +299,6 @@ def cmd_search(args) -> int:
             _print("  " + ", ".join(f"{a}+{b}" for a, b in result.policy.named_pairs()))
             _print(f"policy: {os.path.join(out, 'policy.json')}; figures in {figdir}")
         log.close()
-        clean = True
-    finally:
-        teardown_runtime(rt, clean)
     return 0
 
 

@@ -143,6 +143,19 @@ def teardown_runtime(rt: Runtime, clean: bool = True) -> None:
         shutdown_distributed(clean)
 
 
+@contextlib.contextmanager
+def runtime_session(cfg: Config):
+    """``with runtime_session(cfg) as rt:`` sets up the device and process group, and tears the group down
+    on leaving: with a barrier when the block finished, without one after an error."""
+    rt = setup_runtime(cfg)
+    clean = False
+    try:
+        yield rt
+        clean = True
+    finally:
+        teardown_runtime(rt, clean)
+
+
 class Log:
     """JSON-lines event log (``log.jsonl``, rank 0 only) plus human messages (suppressed by ``quiet``)."""
 
