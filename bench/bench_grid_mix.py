@@ -10,6 +10,7 @@ a device-to-device copy's bandwidth. ``./dev bench -k grid_mix`` prints the rati
 import pytest
 import torch
 
+from bench.conftest import record_device_time
 from patchmix.ops import grid_mix
 from patchmix.ops.grid_mix import grid_mix_compose, grid_mix_reference
 from tests.conftest import devices
@@ -84,6 +85,8 @@ def test_grid_mix(benchmark, provider, shape, device):
     moved = 2 * x.numel() * x.element_size()
     benchmark.group = f"grid_mix {device} {shape[0]}x{shape[1]}x{shape[2]}x{shape[3]} {str(shape[4])[6:]}"
     benchmark.extra_info["bytes_floor"] = moved
+    if device == "cuda":
+        record_device_time(benchmark, fn)
     benchmark(fn)
     if benchmark.stats is not None:
         benchmark.extra_info["GB/s"] = moved / benchmark.stats.stats.median / 1e9

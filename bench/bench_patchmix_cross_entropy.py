@@ -14,6 +14,7 @@ On CUDA: within 1.5x of the clone floor. ``./dev bench -k patchmix_cross_entropy
 import pytest
 import torch
 
+from bench.conftest import record_device_time
 from patchmix.ops import patchmix_cross_entropy, patchmix_cross_entropy_reference
 from tests.conftest import devices
 
@@ -112,6 +113,8 @@ def test_patchmix_cross_entropy(benchmark, provider, K, device):
             benchmark.extra_info["peak_bytes_allocated"] = peak
             benchmark.extra_info["largest_allocation_bytes"] = largest
             benchmark.extra_info["largest_over_patch_logits"] = largest / (patch.numel() * patch.element_size())
+    if device == "cuda":
+        record_device_time(benchmark, fn)
     benchmark(fn)
     if benchmark.stats is not None:
         benchmark.extra_info["GB/s_vs_floor"] = 2 * logits_bytes / benchmark.stats.stats.median / 1e9

@@ -5,9 +5,33 @@ median beside the eager reference (``eager``) and the bandwidth floor (a provide
 ``copy``), all measured in the same run.
 """
 
+import torch
+
 from tests.conftest import devices  # noqa: F401  (sets TRITON_INTERPRET before patchmix is imported)
 
 FLOORS = ("clone", "copy", "floor", "plain")  # plain: the training step without mixing
+
+
+def cuda_device_ms(fn, reps: int = 20) -> float:
+    """Device time of one ``fn()`` in ms: the summed durations of its CUDA kernels, copies and memsets, from the
+    profiler, averaged over ``reps`` calls. Wall-clock medians of small CUDA steps measure the host (Python,
+    dispatcher, launches, syncs); this measures what the GPU does, which is what a bandwidth target is about."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    cuda = torch.autograd.DeviceType.CUDA
+    return sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == cuda) / reps / 1e3
+
+
+def record_device_time(benchmark, fn) -> None:
+    """``benchmark.extra_info["device_ms"]`` for a CUDA step (see ``cuda_device_ms``); the ratio table prints it."""
+    if not benchmark.disabled:
+        benchmark.extra_info["device_ms"] = cuda_device_ms(fn)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -21,17 +45,24 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         provider = b.params.get("provider")
         if provider is None:
             continue
-        rows.setdefault(b.group or b.fullname.split("[")[0], {})[provider] = stats.median
+        device_ms = (getattr(b, "extra_info", None) or {}).get("device_ms")
+        rows.setdefault(b.group or b.fullname.split("[")[0], {})[provider] = (stats.median, device_ms)
     if not rows:
         return
     tr = terminalreporter
     tr.write_sep("=", "patchmix: ratios measured in this run (median times)")
-    tr.write_line(f"{'group':<48} {'provider':<12} {'median ms':>10} {'x eager':>9} {'x floor':>9}")
+    tr.write_line(
+        f"{'group':<48} {'provider':<12} {'median ms':>10} {'x eager':>9} {'x floor':>9} {'device ms':>10} {'x floor':>9}"
+    )
     for group, provs in sorted(rows.items()):
-        eager = provs.get("eager")
-        floor = next((provs[p] for p in provs if p in FLOORS), None)
-        for p, t in sorted(provs.items(), key=lambda kv: kv[1]):
+        eager, eager_dev = provs.get("eager", (None, None))
+        floor, floor_dev = next((provs[p] for p in provs if p in FLOORS), (None, None))
+        for p, (t, dev) in sorted(provs.items(), key=lambda kv: kv[1][0]):
             speed = f"{eager / t:8.2f}x" if eager else "        -"
             vs_floor = f"{t / floor:8.2f}x" if floor else "        -"
-            tr.write_line(f"{group:<48} {p:<12} {t * 1e3:>10.3f} {speed:>9} {vs_floor:>9}")
+            dev_ms = f"{dev:10.4f}" if dev is not None else "         -"
+            dev_floor = f"{dev / floor_dev:8.2f}x" if dev is not None and floor_dev else "        -"
+            tr.write_line(f"{group:<48} {p:<12} {t * 1e3:>10.3f} {speed:>9} {vs_floor:>9} {dev_ms} {dev_floor:>9}")
     tr.write_line("x eager: speed-up over the eager reference; x floor: time over the bandwidth floor (lower is better)")
+    tr.write_line("device ms (CUDA only): the GPU's own time per call (kernels + copies, from the profiler), and its ratio")
+    tr.write_line("to the floor's device time: what a bandwidth target is about, without host launch overhead")

@@ -8,10 +8,11 @@ the natural layout, where one sample's ``P*P`` patches of a class are contiguous
 
 * pass 1 streams the row in ``BLOCK_K`` chunks with an online max / sum of exponentials (and the sum of
   ``x - max`` for label smoothing, re-based when the max moves), plus two gathered logits;
-* pass 2 (``COMPUTE_GRAD``) streams it again and writes ``gcoef * (softmax - target)`` in the logits' dtype.
+* pass 2 (``COMPUTE_GRAD``) streams it again and writes ``coef * (softmax - target)`` in the logits' dtype.
 
-The row's loss (already weighted) goes to a small ``(N, 1 + P*P)`` buffer that the host sums per sample, so the
-reduction is deterministic (no atomics). Scalars that may equal 1 (``P``, strides) are specialised to
+The row's loss, times ``coef`` (the term's weight, divided by ``N`` for ``mean``, the same factor as the
+gradient's), goes to a small ``(N, 1 + P*P)`` buffer that the host sums (per sample for ``none``, all at once
+in float64 otherwise), so the reduction is deterministic (no atomics). Scalars that may equal 1 (``P``, strides) are specialised to
 constexpr by Triton, so the kernel never calls ``.to()`` on an argument, only on tensors.
 """
 
@@ -34,7 +35,7 @@ def _patchmix_cross_entropy_kernel(
     n_rows, K, P, PP,
     sxn, sxk, sxr, sxc, sgn, sgk, sgr, sgc,
     loss_stride, loss_offset,
-    coef, gcoef, eps, eps_over_k, inv_k,
+    coef, eps, eps_over_k, inv_k,
     IS_PATCH: tl.constexpr, COMPUTE_GRAD: tl.constexpr, ACC: tl.constexpr, ROWS_INNER: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -110,7 +111,7 @@ def _patchmix_cross_entropy_kernel(
                 x = tl.load(x_ptr + x_off[None, :] + cols64 * sxk, mask=ok, other=0).to(ACC)
                 target = eps_over_k + tl.where(cols64 == la[None, :], ta_w[None, :], 0.0)
                 target += tl.where(cols64 == lb[None, :], tb_w[None, :], 0.0)
-                grad = gcoef * (tl.exp(x - lse[None, :]) - target)
+                grad = coef * (tl.exp(x - lse[None, :]) - target)
                 tl.store(g_ptr + g_off[None, :] + cols64 * sgk, grad.to(g_ptr.dtype.element_ty), mask=ok)
             else:
                 ok = row_ok[:, None] & (cols < K)[None, :]
@@ -118,7 +119,7 @@ def _patchmix_cross_entropy_kernel(
                 x = tl.load(x_ptr + x_off[:, None] + cols64 * sxk, mask=ok, other=0).to(ACC)
                 target = eps_over_k + tl.where(cols64 == la[:, None], ta_w[:, None], 0.0)
                 target += tl.where(cols64 == lb[:, None], tb_w[:, None], 0.0)
-                grad = gcoef * (tl.exp(x - lse[:, None]) - target)
+                grad = coef * (tl.exp(x - lse[:, None]) - target)
                 tl.store(g_ptr + g_off[:, None] + cols64 * sgk, grad.to(g_ptr.dtype.element_ty), mask=ok)
 
 
@@ -153,7 +154,9 @@ def patchmix_cross_entropy_cuda(
     acc_tl = tl.float64 if acc == torch.float64 else tl.float32
     PP = P * P if patch_logits is not None else 0
     scale = 1.0 / N if (reduction == "mean" and N > 0) else 1.0
-    row_loss = torch.zeros((N, 1 + PP), dtype=acc, device=ref.device)
+    # every entry is written by a launch below, except column 0 without image logits
+    alloc = torch.empty if image_logits is not None else torch.zeros
+    row_loss = alloc((N, 1 + PP), dtype=acc, device=ref.device)
     grad_image = torch.empty_like(image_logits) if (compute_grad and image_logits is not None) else ref.new_empty((0,))
     grad_patch = torch.empty_like(patch_logits) if (compute_grad and patch_logits is not None) else ref.new_empty((0,))
     ta, tb = target_a.contiguous(), target_b.contiguous()
@@ -167,7 +170,7 @@ def patchmix_cross_entropy_cuda(
             image_logits, g, ta, tb, lam_c, ta, row_loss,
             N, K, 1, 1,
             image_logits.stride(0), image_logits.stride(1), 0, 0, g.stride(0), g.stride(1), 0, 0,
-            1 + PP, 0, float(image_weight), float(image_weight) * scale,
+            1 + PP, 0, float(image_weight) * scale,
             IS_PATCH=False, ROWS_INNER=False, ROWS=rows, BLOCK_K=block_k, **common,
         )
     if N > 0 and patch_logits is not None:
@@ -183,14 +186,11 @@ def patchmix_cross_entropy_cuda(
             patch_logits, g, ta, tb, lam_c, mask_u8, row_loss,
             N * PP, K, P, PP,
             *strides, *_patch_strides(g, P),
-            1 + PP, 1, coef, coef * scale,
+            1 + PP, 1, coef * scale,
             IS_PATCH=True, ROWS_INNER=rows_inner, ROWS=rows, BLOCK_K=block_k, **common,
         )
-    per_sample = row_loss.sum(1)
+    # the rows already carry the 1/N of "mean": the reduction is one float64 sum (two launches, where a
+    # per-sample sum, a cast and a mean took four)
     if reduction == "none":
-        loss = per_sample
-    elif reduction == "sum":
-        loss = per_sample.to(torch.float64).sum().to(acc)
-    else:
-        loss = per_sample.to(torch.float64).mean().to(acc)
-    return loss, grad_image, grad_patch
+        return row_loss.sum(1), grad_image, grad_patch
+    return row_loss.sum(dtype=torch.float64).to(acc), grad_image, grad_patch

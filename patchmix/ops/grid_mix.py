@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import Range, check_ranges
 from ._registry import define_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.float64)
@@ -82,21 +83,14 @@ def check_grid_mix_args(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b
 def check_index_ranges(batch: int, index_a: Tensor | None, index_b: Tensor) -> None:
     """Data check: every entry of ``index_a`` (if given) and ``index_b`` lies in ``[0, batch)``.
 
-    Reads the indices with one device sync for all four bounds (on CUDA each sync also serialises the
-    launch overhead, which dominates at small shapes).
+    One host read for both (see ``_checks``; on CUDA each sync also serialises the launch overhead, which
+    dominates at small shapes); device-side asserts while a CUDA graph is captured.
     """
-    named = [(n, t) for n, t in (("index_b", index_b), ("index_a", index_a)) if t is not None and t.numel()]
-    if not named:
-        return
-    bounds = torch.stack([b for _, t in named for b in torch.aminmax(t)]).tolist()
-    for k, (name, _) in enumerate(named):
-        lo, hi = bounds[2 * k], bounds[2 * k + 1]
-        if lo < 0 or hi >= batch:
-            bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"grid_mix: {name} holds {bad}, out of range for x with batch size B = {batch} "
-                f"(expected 0 <= {name} < {batch})"
-            )
+    check_ranges("grid_mix", [
+        Range(name, t, 0, batch - 1,
+              f"out of range for x with batch size B = {batch} (expected 0 <= {name} < {batch})")
+        for name, t in (("index_b", index_b), ("index_a", index_a)) if t is not None
+    ])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import Range, check_ranges
 from ._registry import define_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -151,23 +152,15 @@ def check_patchmix_cross_entropy_args(
 
 
 def check_patchmix_cross_entropy_data(target_a: Tensor, target_b: Tensor, lam: Tensor, num_classes: int) -> None:
-    """Data checks: labels in ``[0, K)``, ``lam`` in ``[0, 1]``. Reads the tensors (syncs on CUDA); the kernels
-    call it before they read any logit, so a bad label is an error, never an out-of-bounds read."""
-    name = "patchmix_cross_entropy"
-    if target_a.numel() == 0:
-        return
-    # every bound in one small tensor, read with one device sync
-    lam_bad = ~((lam >= 0) & (lam <= 1))
-    stats = torch.stack([target_a.min(), target_a.max(), target_b.min(), target_b.max(), lam_bad.any().long()])
-    a_lo, a_hi, b_lo, b_hi, any_bad_lam = stats.tolist()
-    for arg, lo, hi in (("target_a", a_lo, a_hi), ("target_b", b_lo, b_hi)):
-        if lo < 0 or hi >= num_classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"{name}: {arg} holds {bad}, out of range for K = {num_classes} classes (expected 0 <= {arg} < {num_classes})"
-            )
-    if any_bad_lam:
-        raise ValueError(f"{name}: lam holds {lam[lam_bad][0].item()}, outside [0, 1]")
+    """Data checks: labels in ``[0, K)``, ``lam`` in ``[0, 1]``. Reads the tensors (one sync on CUDA, see
+    ``_checks``); the kernels call it before they read any logit, so a bad label is an error, never an
+    out-of-bounds read."""
+    K = num_classes
+    check_ranges("patchmix_cross_entropy", [
+        Range("target_a", target_a, 0, K - 1, f"out of range for K = {K} classes (expected 0 <= target_a < {K})"),
+        Range("target_b", target_b, 0, K - 1, f"out of range for K = {K} classes (expected 0 <= target_b < {K})"),
+        Range("lam", lam, 0.0, 1.0, "outside [0, 1]"),
+    ])
 
 
 def _patch_rows(patch_logits: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import Range, check_ranges
 from ._registry import define_op
 
 SCHEMA = (
@@ -121,27 +122,23 @@ def check_population_fitness_args(
             )
 
 
-def _check_range(name: str, t: Tensor, lo: int, hi: int, what: str) -> None:
-    if t.numel() == 0:
-        return
-    tmin, tmax = int(t.min()), int(t.max())
-    if tmin < lo or tmax >= hi:
-        bad = tmin if tmin < lo else tmax
-        raise ValueError(f"population_fitness: {name} holds {bad}, out of range {what} (expected {lo} <= {name} < {hi})")
-
-
 def check_population_fitness_ranges(
     table: Tensor, pairs: Tensor, logits: Tensor | None, draws: Tensor | None, pair_classes: Tensor | None,
     image_weight: float,
 ) -> None:
-    """Data checks (read the index tensors; sync on CUDA): pair ids in ``[-1, Q)``; with the image term,
-    ``draws`` in ``[0, V)`` and ``pair_classes`` in ``[0, K)``."""
+    """Data checks (read the index tensors; one sync on CUDA, see ``_checks``): pair ids in ``[-1, Q)``; with
+    the image term, ``draws`` in ``[0, V)`` and ``pair_classes`` in ``[0, K)``."""
     Q = table.shape[0]
-    _check_range("pairs", pairs, -1, Q, f"for a table of Q = {Q} pairs (-1 marks an inactive slot)")
+    ranges = [Range("pairs", pairs, -1, Q - 1,
+                    f"out of range for a table of Q = {Q} pairs (-1 marks an inactive slot) (expected -1 <= pairs < {Q})")]
     if float(image_weight) != 0.0:
         V, K = logits.shape[0], logits.shape[2]
-        _check_range("draws", draws, 0, V, f"for logits of V = {V} validation images")
-        _check_range("pair_classes", pair_classes, 0, K, f"for logits of K = {K} classes")
+        ranges += [
+            Range("draws", draws, 0, V - 1, f"out of range for logits of V = {V} validation images (expected 0 <= draws < {V})"),
+            Range("pair_classes", pair_classes, 0, K - 1,
+                  f"out of range for logits of K = {K} classes (expected 0 <= pair_classes < {K})"),
+        ]
+    check_ranges("population_fitness", ranges)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,84 @@
+"""Data checks shared by the ops: every index, label and weight tensor lies in its range.
+
+The kernels read memory through these values, so they are checked before any kernel runs: an index out of
+range is a ``ValueError`` naming the argument and the value, never an out-of-bounds read.
+
+* ``value_ranges`` reads ``(min, max, NaN count)`` of several tensors with one host sync. On CUDA that is one
+  launch of a small Triton kernel (``patchmix._kernels.value_ranges``) and one 72-byte copy, instead of a
+  reduction, a stack and conversions per tensor (each a launch; on CUDA the launches, not the bytes, are the
+  cost at training batch sizes).
+* While a CUDA graph is being captured (``torch.compile(mode="reduce-overhead")``, ``torch.cuda.graph``) the
+  host may not read the device, so ``check_ranges`` queues one device-side assert per tensor instead
+  (``torch._assert_async``, ahead of the kernel on the same stream): bad data in a replayed graph stops the
+  process with ``device-side assert triggered``, never reads out of bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import _registry
+
+
+class Range(NamedTuple):
+    """``name`` must hold values in ``[lo, hi]`` (inclusive); ``why`` completes "<op>: <name> holds <v>, ..."."""
+
+    name: str
+    tensor: Tensor
+    lo: float
+    hi: float
+    why: str
+
+
+def capturing(t: Tensor) -> bool:
+    """True while ``t``'s device stream is being captured into a CUDA graph (no host reads allowed)."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def value_ranges(tensors: list[Tensor]) -> list[tuple[float, float, int]]:
+    """``(min, max, NaN count)`` of each tensor (at most three, one device), read with one host sync.
+
+    Empty tensors give ``(inf, -inf, 0)``; NaN entries are left out of min and max and counted.
+    """
+    if tensors[0].is_cuda and _registry.HAS_TRITON and len(tensors) <= 3:
+        from patchmix._kernels.value_ranges import value_ranges_cuda
+
+        return value_ranges_cuda(tensors)
+    stats = []
+    for t in tensors:
+        flat = t.reshape(-1)
+        if flat.numel() == 0:
+            stats.append(flat.new_tensor([math.inf, -math.inf, 0.0], dtype=torch.float64))
+            continue
+        if not flat.is_floating_point():
+            stats.append(torch.stack([*torch.aminmax(flat), flat.new_zeros(())]).double())
+            continue
+        flat = flat.double()
+        nan = flat.isnan()
+        lo = torch.where(nan, math.inf, flat).min()
+        hi = torch.where(nan, -math.inf, flat).max()
+        stats.append(torch.stack([lo, hi, nan.sum().double()]))
+    return [(lo, hi, int(n)) for lo, hi, n in torch.stack(stats).tolist()]
+
+
+def check_ranges(op: str, ranges: list[Range]) -> None:
+    """Raise ``ValueError("<op>: <name> holds <value>, <why>")`` for the first tensor with a value outside its
+    ``[lo, hi]`` (NaN counts as outside). One host sync for all; device-side asserts during graph capture."""
+    ranges = [r for r in ranges if r.tensor.numel()]
+    if not ranges:
+        return
+    if capturing(ranges[0].tensor):
+        for r in ranges:
+            ok = ((r.tensor >= r.lo) & (r.tensor <= r.hi)).all()
+            torch._assert_async(ok, f"{op}: {r.name} holds a value {r.why} (checked on the device: CUDA graph)")
+        return
+    for r, (lo, hi, nans) in zip(ranges, value_ranges([r.tensor for r in ranges]), strict=True):
+        if nans or lo < r.lo or hi > r.hi:
+            bad = math.nan if nans else (lo if lo < r.lo else hi)
+            if not r.tensor.is_floating_point():
+                bad = int(bad)
+            raise ValueError(f"{op}: {r.name} holds {bad}, {r.why}")

@@ -1,0 +1,79 @@
+"""The shared data checks (``patchmix.ops._checks``): one host read per op, device asserts under graph capture."""
+
+import math
+
+import pytest
+import torch
+
+from patchmix.ops import _checks, grid_mix, patchmix_cross_entropy
+from patchmix.ops._checks import Range, check_ranges, value_ranges
+from tests.conftest import triton_device, triton_launcher
+
+
+@pytest.mark.parametrize("sizes", [(1,), (5, 1), (1023, 1024, 1025), (3000, 0), (0,)])
+def test_value_ranges_kernel_matches_torch(sizes):
+    """The Triton kernel (interpreted without a GPU) against the PyTorch path: ints, floats with NaN, empty,
+    single elements, lengths around the 1024-element block."""
+    kernel = triton_launcher("value_ranges")
+    dev = triton_device()
+    g = torch.Generator().manual_seed(sum(sizes))
+    tensors = []
+    for k, n in enumerate(sizes):
+        if k % 2 == 0:
+            tensors.append(torch.randint(-(2**40), 2**40, (n,), generator=g).to(dev))
+        else:
+            t = torch.rand(n, generator=g, dtype=torch.float64) * 3 - 1
+            t[:: 7] = math.nan
+            tensors.append(t.to(dev))
+    assert kernel(tensors) == value_ranges([t.cpu() for t in tensors])
+    got = value_ranges([t.cpu() for t in tensors])
+    for t, (lo, hi, nans) in zip(tensors, got, strict=True):
+        t = t.cpu().double()
+        kept = t[~t.isnan()]
+        assert nans == int(t.isnan().sum())
+        assert (lo, hi) == ((kept.min().item(), kept.max().item()) if kept.numel() else (math.inf, -math.inf))
+
+
+def test_value_ranges_multidimensional_and_strided():
+    kernel = triton_launcher("value_ranges")
+    t = torch.arange(24).reshape(2, 3, 4).transpose(0, 2).to(triton_device())  # not contiguous
+    assert kernel([t]) == [(0.0, 23.0, 0)] == value_ranges([t.cpu()])
+
+
+def test_check_ranges_names_first_bad_tensor_and_value():
+    ok = torch.tensor([0, 1, 2])
+    bad = torch.tensor([0, 5, 1])
+    with pytest.raises(ValueError, match=r"^myop: b holds 5, too big$"):
+        check_ranges("myop", [Range("a", ok, 0, 2, "x"), Range("b", bad, 0, 2, "too big")])
+    with pytest.raises(ValueError, match=r"^myop: w holds nan, outside \[0, 1\]$"):
+        check_ranges("myop", [Range("w", torch.tensor([0.5, math.nan]), 0.0, 1.0, "outside [0, 1]")])
+    with pytest.raises(ValueError, match=r"^myop: w holds -0.5, outside"):
+        check_ranges("myop", [Range("w", torch.tensor([-0.5, 0.25]), 0.0, 1.0, "outside [0, 1]")])
+    check_ranges("myop", [Range("a", ok, 0, 2, "x"), Range("e", torch.empty(0, dtype=torch.long), 0, 0, "x")])
+
+
+def test_one_host_read_per_op(monkeypatch):
+    """grid_mix and the loss read their data with one ``tolist`` each (on CUDA: one sync)."""
+    reads = []
+    real = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or real(self))
+    x = torch.rand(4, 3, 8, 8)
+    perm = torch.tensor([1, 0, 3, 2])
+    grid_mix(x, torch.rand(4, 2, 2) < 0.5, perm, perm.flip(0))
+    assert len(reads) == 1
+    reads.clear()
+    patchmix_cross_entropy(torch.randn(4, 5), torch.randn(4, 5, 2, 2), perm, perm, torch.rand(4), torch.rand(4, 2, 2) < 0.5)
+    assert len(reads) == 1
+
+
+def test_graph_capture_uses_device_asserts(monkeypatch):
+    """While a CUDA graph is captured the host may not read the device: the checks become
+    ``torch._assert_async`` (which raises at once on the CPU, where this test runs) and read nothing."""
+    monkeypatch.setattr(_checks, "capturing", lambda t: True)
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: pytest.fail("host read during capture"))
+    check_ranges("myop", [Range("a", torch.tensor([0, 1]), 0, 1, "x")])
+    with pytest.raises(RuntimeError, match=r"myop: b holds a value out of range for B = 2 \(checked on the device"):
+        check_ranges("myop", [Range("a", torch.tensor([0, 1]), 0, 1, "x"),
+                              Range("b", torch.tensor([0, 2]), 0, 1, "out of range for B = 2")])
+    with pytest.raises(RuntimeError, match="lam holds a value outside"):
+        check_ranges("myop", [Range("lam", torch.tensor([math.nan]), 0.0, 1.0, "outside [0, 1]")])
