@@ -54,7 +54,7 @@ probe "import torch, patchmix" "torch.ops.patchmix.grid_mix(torch.rand(3, 2, 8, 
 echo "== CUDA tests =="
 # xdist: a crashing test is reported as failed and the other tests still run
 timeout 240 "$PY" -m pytest -q -p no:cacheprovider -n 8 -rfE \
-  tests/test_grid_mix.py $(ls tests/test_patchmix_cross_entropy.py tests/test_population_fitness.py 2>/dev/null) \
+  tests/test_grid_mix.py tests/test_checks.py $(ls tests/test_patchmix_cross_entropy.py tests/test_population_fitness.py 2>/dev/null) \
   2>&1 | tee "$OUT/tests.log" | grep -E "passed|failed|FAILED|ERROR|crashed|Error" | tail -30
 echo "tests: $(( $(date +%s) - start )) s"
 

@@ -224,40 +224,39 @@ def cmd_train(args) -> int:
         if rt.is_main:
             os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
             cfg.save(os.path.join(out, "config.json"))
-        log = Log(os.path.join(out, "log.jsonl"), quiet=args.quiet, enabled=rt.is_main)
-        ds = data_mod.from_config(cfg)
-        log.info(f"data  {ds.describe()}" + (f"; {rt.world} processes" if rt.distributed else ""))
-        policy = None
-        if args.method == "guided":
-            if not args.policy:
-                from .config import ConfigError
+        with Log(os.path.join(out, "log.jsonl"), quiet=args.quiet, enabled=rt.is_main) as log:
+            ds = data_mod.from_config(cfg)
+            log.info(f"data  {ds.describe()}" + (f"; {rt.world} processes" if rt.distributed else ""))
+            policy = None
+            if args.method == "guided":
+                if not args.policy:
+                    from .config import ConfigError
 
-                raise ConfigError("--method guided needs --policy FILE (a policy.json from `patchmix search` or "
-                                  "`patchmix run`)")
-            from .search import Policy
+                    raise ConfigError("--method guided needs --policy FILE (a policy.json from `patchmix search` or "
+                                      "`patchmix run`)")
+                from .search import Policy
 
-            policy = Policy.load(args.policy, list(ds.classes), cfg.model.grid_size) if rt.is_main else None
-            policy = rt.broadcast_object(policy)
-        results = []
-        seeds = cfg.run.seeds
-        if args.seeds is None and args.seed is None and not args.config:
-            seeds = seeds[:1]  # one model unless seeds are asked for
-        for seed in seeds:
-            ck = os.path.join(out, "checkpoints", f"{args.method}-seed{seed}.pt")
-            net, res = train_model(cfg, ds, args.method, seed, rt=rt, checkpoint=ck, resume=args.resume,
-                                   policy=policy, log=log, desc=f"{args.method} seed {seed}")
-            if cfg.run.fgsm_epsilons:
-                res["fgsm"] = fgsm_evaluate(net, ds.test, cfg.run.fgsm_epsilons, 256, rt)
-            res["checkpoint"] = ck
-            results.append(res)
-        if rt.is_main:
-            summary = summarize(results, [args.method])
-            _write_json(os.path.join(out, "metrics.json"), {"config": cfg.to_dict(), "results": results,
-                                                            "summary": summary, "world": rt.world})
-            _print(format_table(summary, {args.method: results[0]["fgsm"]} if len(results) == 1 and
-                                results[0].get("fgsm") else None))
-            _print(f"checkpoints and metrics.json in {out}")
-        log.close()
+                policy = Policy.load(args.policy, list(ds.classes), cfg.model.grid_size) if rt.is_main else None
+                policy = rt.broadcast_object(policy)
+            results = []
+            seeds = cfg.run.seeds
+            if args.seeds is None and args.seed is None and not args.config:
+                seeds = seeds[:1]  # one model unless seeds are asked for
+            for seed in seeds:
+                ck = os.path.join(out, "checkpoints", f"{args.method}-seed{seed}.pt")
+                net, res = train_model(cfg, ds, args.method, seed, rt=rt, checkpoint=ck, resume=args.resume,
+                                       policy=policy, log=log, desc=f"{args.method} seed {seed}")
+                if cfg.run.fgsm_epsilons:
+                    res["fgsm"] = fgsm_evaluate(net, ds.test, cfg.run.fgsm_epsilons, 256, rt)
+                res["checkpoint"] = ck
+                results.append(res)
+            if rt.is_main:
+                summary = summarize(results, [args.method])
+                _write_json(os.path.join(out, "metrics.json"), {"config": cfg.to_dict(), "results": results,
+                                                                "summary": summary, "world": rt.world})
+                _print(format_table(summary, {args.method: results[0]["fgsm"]} if len(results) == 1 and
+                                    results[0].get("fgsm") else None))
+                _print(f"checkpoints and metrics.json in {out}")
     return 0
 
 
@@ -274,31 +273,30 @@ def cmd_search(args) -> int:
         if rt.is_main:
             os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
             cfg.save(os.path.join(out, "config.json"))
-        log = Log(os.path.join(out, "log.jsonl"), quiet=args.quiet, enabled=rt.is_main)
-        ds = data_mod.from_config(cfg)
-        if args.checkpoint:
-            net, _, _ = model_from_checkpoint(args.checkpoint, ds)
-            net = net.to(rt.device)
-        else:
-            log.info("no --model-checkpoint: training the Random PatchMix model f_T first (phase one)")
-            net, _ = train_model(cfg, ds, "random", seed, rt=rt, log=log, resume=args.resume,
-                                 checkpoint=os.path.join(out, "checkpoints", f"random-seed{seed}.pt"),
-                                 desc=f"random seed {seed}")
-        result = run_search(cfg, ds, net, seed, rt, checkpoint=os.path.join(out, "checkpoints", "search.pkl"),
-                            resume=args.resume, log=log)
-        if rt.is_main:
-            result.policy.save(os.path.join(out, "policy.json"))
-            os.makedirs(os.path.join(out, "search"), exist_ok=True)
-            _write_json(os.path.join(out, "search", "logbook.json"), result.logbook)
-            figdir = os.path.join(out, "figures")
-            fitness_figure({"search": result.logbook}, os.path.join(figdir, "fitness.png"))
-            pairs_figure([result.policy], list(ds.classes), os.path.join(figdir, "pairs.png"))
-            render_samples(cfg, ds, "guided", os.path.join(figdir, "guided_samples.png"), 16, seed, result.policy)
-            _print(f"best fitness {result.best_fitness:.4f} after {result.generations} generations "
-                   f"({result.time_total:.1f} s, {result.evaluations} evaluations); {len(result.policy)} pairs:")
-            _print("  " + ", ".join(f"{a}+{b}" for a, b in result.policy.named_pairs()))
-            _print(f"policy: {os.path.join(out, 'policy.json')}; figures in {figdir}")
-        log.close()
+        with Log(os.path.join(out, "log.jsonl"), quiet=args.quiet, enabled=rt.is_main) as log:
+            ds = data_mod.from_config(cfg)
+            if args.checkpoint:
+                net, _, _ = model_from_checkpoint(args.checkpoint, ds)
+                net = net.to(rt.device)
+            else:
+                log.info("no --model-checkpoint: training the Random PatchMix model f_T first (phase one)")
+                net, _ = train_model(cfg, ds, "random", seed, rt=rt, log=log, resume=args.resume,
+                                     checkpoint=os.path.join(out, "checkpoints", f"random-seed{seed}.pt"),
+                                     desc=f"random seed {seed}")
+            result = run_search(cfg, ds, net, seed, rt, checkpoint=os.path.join(out, "checkpoints", "search.pkl"),
+                                resume=args.resume, log=log)
+            if rt.is_main:
+                result.policy.save(os.path.join(out, "policy.json"))
+                os.makedirs(os.path.join(out, "search"), exist_ok=True)
+                _write_json(os.path.join(out, "search", "logbook.json"), result.logbook)
+                figdir = os.path.join(out, "figures")
+                fitness_figure({"search": result.logbook}, os.path.join(figdir, "fitness.png"))
+                pairs_figure([result.policy], list(ds.classes), os.path.join(figdir, "pairs.png"))
+                render_samples(cfg, ds, "guided", os.path.join(figdir, "guided_samples.png"), 16, seed, result.policy)
+                _print(f"best fitness {result.best_fitness:.4f} after {result.generations} generations "
+                       f"({result.time_total:.1f} s, {result.evaluations} evaluations); {len(result.policy)} pairs:")
+                _print("  " + ", ".join(f"{a}+{b}" for a, b in result.policy.named_pairs()))
+                _print(f"policy: {os.path.join(out, 'policy.json')}; figures in {figdir}")
     return 0
 
 

@@ -189,6 +189,12 @@ class Log:
             self._file.close()
             self._file = None
 
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # also when interrupted or failing: the JSON-lines log is flushed and closed
+
 
 def _json_default(o):
     if isinstance(o, Tensor):

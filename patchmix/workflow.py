@@ -167,11 +167,8 @@ def run_workflow(cfg: Config, out: str, *, resume: bool = False, quiet: bool = F
                 os.remove(os.path.join(ckdir, f))
         cfg.save(os.path.join(out, "config.json"))
     rt.barrier()
-    log = Log(os.path.join(out, "log.jsonl"), quiet=quiet, enabled=main)
-    try:
+    with Log(os.path.join(out, "log.jsonl"), quiet=quiet, enabled=main) as log:
         return _run_workflow(cfg, out, rt, log, resume=resume, t_start=t_start)
-    finally:
-        log.close()  # also when interrupted or failing: the JSON-lines log is flushed and closed
 
 
 def _run_workflow(cfg: Config, out: str, rt: Runtime, log: Log, *, resume: bool, t_start: float) -> dict:
