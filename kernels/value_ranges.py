@@ -38,12 +38,14 @@ def _value_ranges_kernel(a_ptr, b_ptr, c_ptr, na, nb, nc, out_ptr, BLOCK: tl.con
     tl.store(out_ptr + 3 * pid + 2, nans.to(tl.float64))
 
 
-def value_ranges_cuda(tensors: list[torch.Tensor]) -> list[tuple[float, float, int]]:
-    """``(min, max, NaN count)`` per tensor (one to three, any shape, one device): one launch, one host read."""
+def value_ranges_cuda(tensors: list[torch.Tensor]) -> list[tuple[float, float, bool]]:
+    """``(min, max, has_nan)`` per tensor (one to three, any shape, one device): one launch, one host read.
+    Same results as the PyTorch path of ``value_ranges``: ``(nan, nan, True)`` for a tensor holding NaN."""
     flat = [t.reshape(-1) for t in tensors]
     out = torch.empty((3 * len(flat),), dtype=torch.float64, device=flat[0].device)
     ptrs = flat + [flat[0]] * (3 - len(flat))
     sizes = [t.numel() for t in flat] + [0] * (3 - len(flat))
     _value_ranges_kernel[(len(flat),)](*ptrs, *sizes, out, BLOCK=1024)
     vals = out.tolist()
-    return [(vals[3 * k], vals[3 * k + 1], int(vals[3 * k + 2])) for k in range(len(flat))]
+    nan = float("nan")
+    return [(nan, nan, True) if vals[3 * k + 2] else (vals[3 * k], vals[3 * k + 1], False) for k in range(len(flat))]

@@ -3,7 +3,7 @@
 The kernels read memory through these values, so they are checked before any kernel runs: an index out of
 range is a ``ValueError`` naming the argument and the value, never an out-of-bounds read.
 
-* ``value_ranges`` reads ``(min, max, NaN count)`` of several tensors with one host sync. On CUDA that is one
+* ``value_ranges`` reads ``(min, max, has NaN)`` of several tensors with one host sync. On CUDA that is one
   launch of a small Triton kernel (``patchmix._kernels.value_ranges``) and one 72-byte copy, instead of a
   reduction, a stack and conversions per tensor (each a launch; on CUDA the launches, not the bytes, are the
   cost at training batch sizes).
@@ -39,30 +39,22 @@ def capturing(t: Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
-def value_ranges(tensors: list[Tensor]) -> list[tuple[float, float, int]]:
-    """``(min, max, NaN count)`` of each tensor (at most three, one device), read with one host sync.
+def value_ranges(tensors: list[Tensor]) -> list[tuple[float, float, bool]]:
+    """``(min, max, has_nan)`` of each tensor (at most three on CUDA, one device), read with one host sync.
 
-    Empty tensors give ``(inf, -inf, 0)``; NaN entries are left out of min and max and counted.
+    Empty tensors give ``(inf, -inf, False)``; a tensor holding NaN gives ``(nan, nan, True)``.
     """
     if tensors[0].is_cuda and _registry.HAS_TRITON and len(tensors) <= 3:
         from patchmix._kernels.value_ranges import value_ranges_cuda
 
         return value_ranges_cuda(tensors)
     stats = []
-    for t in tensors:
-        flat = t.reshape(-1)
-        if flat.numel() == 0:
-            stats.append(flat.new_tensor([math.inf, -math.inf, 0.0], dtype=torch.float64))
-            continue
-        if not flat.is_floating_point():
-            stats.append(torch.stack([*torch.aminmax(flat), flat.new_zeros(())]).double())
-            continue
-        flat = flat.double()
-        nan = flat.isnan()
-        lo = torch.where(nan, math.inf, flat).min()
-        hi = torch.where(nan, -math.inf, flat).max()
-        stats.append(torch.stack([lo, hi, nan.sum().double()]))
-    return [(lo, hi, int(n)) for lo, hi, n in torch.stack(stats).tolist()]
+    for t in tensors:  # aminmax propagates NaN: one reduction per tensor
+        if t.numel() == 0:
+            stats.append(torch.tensor([math.inf, -math.inf], dtype=torch.float64, device=t.device))
+        else:
+            stats.append(torch.stack(torch.aminmax(t)).double())
+    return [(lo, hi, math.isnan(lo) or math.isnan(hi)) for lo, hi in torch.stack(stats).tolist()]
 
 
 def check_ranges(op: str, ranges: list[Range]) -> None:
@@ -76,9 +68,9 @@ def check_ranges(op: str, ranges: list[Range]) -> None:
             ok = ((r.tensor >= r.lo) & (r.tensor <= r.hi)).all()
             torch._assert_async(ok, f"{op}: {r.name} holds a value {r.why} (checked on the device: CUDA graph)")
         return
-    for r, (lo, hi, nans) in zip(ranges, value_ranges([r.tensor for r in ranges]), strict=True):
-        if nans or lo < r.lo or hi > r.hi:
-            bad = math.nan if nans else (lo if lo < r.lo else hi)
+    for r, (lo, hi, has_nan) in zip(ranges, value_ranges([r.tensor for r in ranges]), strict=True):
+        if has_nan or lo < r.lo or hi > r.hi:
+            bad = math.nan if has_nan else (lo if lo < r.lo else hi)
             if not r.tensor.is_floating_point():
                 bad = int(bad)
             raise ValueError(f"{op}: {r.name} holds {bad}, {r.why}")
