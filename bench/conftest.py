@@ -55,7 +55,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         f"{'group':<48} {'provider':<12} {'median ms':>10} {'x eager':>9} {'x floor':>9} {'device ms':>10} {'x floor':>9}"
     )
     for group, provs in sorted(rows.items()):
-        eager, eager_dev = provs.get("eager", (None, None))
+        eager = provs.get("eager", (None, None))[0]
         floor, floor_dev = next((provs[p] for p in provs if p in FLOORS), (None, None))
         for p, (t, dev) in sorted(provs.items(), key=lambda kv: kv[1][0]):
             speed = f"{eager / t:8.2f}x" if eager else "        -"

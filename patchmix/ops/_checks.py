@@ -25,13 +25,20 @@ from . import _registry
 
 
 class Range(NamedTuple):
-    """``name`` must hold values in ``[lo, hi]`` (inclusive); ``why`` completes "<op>: <name> holds <v>, ..."."""
+    """``name`` must hold values in ``[lo, hi]`` (inclusive). ``what`` says what bounds it (``"for K = 10
+    classes"``): indices are reported as "out of range <what> (expected lo <= name < hi + 1)", floating
+    tensors as "outside [lo, hi]"."""
 
     name: str
     tensor: Tensor
     lo: float
     hi: float
-    why: str
+    what: str = ""
+
+    def why(self) -> str:
+        if self.tensor.is_floating_point():
+            return f"outside [{self.lo:g}, {self.hi:g}]"
+        return f"out of range {self.what} (expected {self.lo} <= {self.name} < {self.hi + 1})"
 
 
 def capturing(t: Tensor) -> bool:
@@ -58,7 +65,7 @@ def value_ranges(tensors: list[Tensor]) -> list[tuple[float, float, bool]]:
 
 
 def check_ranges(op: str, ranges: list[Range]) -> None:
-    """Raise ``ValueError("<op>: <name> holds <value>, <why>")`` for the first tensor with a value outside its
+    """Raise ``ValueError("<op>: <name> holds <value>, <Range.why()>")`` for the first tensor with a value outside its
     ``[lo, hi]`` (NaN counts as outside). One host sync for all; device-side asserts during graph capture."""
     ranges = [r for r in ranges if r.tensor.numel()]
     if not ranges:
@@ -66,11 +73,11 @@ def check_ranges(op: str, ranges: list[Range]) -> None:
     if capturing(ranges[0].tensor):
         for r in ranges:
             ok = ((r.tensor >= r.lo) & (r.tensor <= r.hi)).all()
-            torch._assert_async(ok, f"{op}: {r.name} holds a value {r.why} (checked on the device: CUDA graph)")
+            torch._assert_async(ok, f"{op}: {r.name} holds a value {r.why()} (checked on the device: CUDA graph)")
         return
     for r, (lo, hi, has_nan) in zip(ranges, value_ranges([r.tensor for r in ranges]), strict=True):
         if has_nan or lo < r.lo or hi > r.hi:
             bad = math.nan if has_nan else (lo if lo < r.lo else hi)
             if not r.tensor.is_floating_point():
                 bad = int(bad)
-            raise ValueError(f"{op}: {r.name} holds {bad}, {r.why}")
+            raise ValueError(f"{op}: {r.name} holds {bad}, {r.why()}")

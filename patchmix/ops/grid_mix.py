@@ -86,10 +86,9 @@ def check_index_ranges(batch: int, index_a: Tensor | None, index_b: Tensor) -> N
     One host read for both (see ``_checks``; on CUDA each sync also serialises the launch overhead, which
     dominates at small shapes); device-side asserts while a CUDA graph is captured.
     """
+    what = f"for x with batch size B = {batch}"
     check_ranges("grid_mix", [
-        Range(name, t, 0, batch - 1,
-              f"out of range for x with batch size B = {batch} (expected 0 <= {name} < {batch})")
-        for name, t in (("index_b", index_b), ("index_a", index_a)) if t is not None
+        Range(name, t, 0, batch - 1, what) for name, t in (("index_b", index_b), ("index_a", index_a)) if t is not None
     ])
 
 

@@ -155,11 +155,11 @@ def check_patchmix_cross_entropy_data(target_a: Tensor, target_b: Tensor, lam: T
     """Data checks: labels in ``[0, K)``, ``lam`` in ``[0, 1]``. Reads the tensors (one sync on CUDA, see
     ``_checks``); the kernels call it before they read any logit, so a bad label is an error, never an
     out-of-bounds read."""
-    K = num_classes
+    what = f"for K = {num_classes} classes"
     check_ranges("patchmix_cross_entropy", [
-        Range("target_a", target_a, 0, K - 1, f"out of range for K = {K} classes (expected 0 <= target_a < {K})"),
-        Range("target_b", target_b, 0, K - 1, f"out of range for K = {K} classes (expected 0 <= target_b < {K})"),
-        Range("lam", lam, 0.0, 1.0, "outside [0, 1]"),
+        Range("target_a", target_a, 0, num_classes - 1, what),
+        Range("target_b", target_b, 0, num_classes - 1, what),
+        Range("lam", lam, 0.0, 1.0),
     ])
 
 

@@ -129,14 +129,12 @@ def check_population_fitness_ranges(
     """Data checks (read the index tensors; one sync on CUDA, see ``_checks``): pair ids in ``[-1, Q)``; with
     the image term, ``draws`` in ``[0, V)`` and ``pair_classes`` in ``[0, K)``."""
     Q = table.shape[0]
-    ranges = [Range("pairs", pairs, -1, Q - 1,
-                    f"out of range for a table of Q = {Q} pairs (-1 marks an inactive slot) (expected -1 <= pairs < {Q})")]
+    ranges = [Range("pairs", pairs, -1, Q - 1, f"for a table of Q = {Q} pairs (-1 marks an inactive slot)")]
     if float(image_weight) != 0.0:
         V, K = logits.shape[0], logits.shape[2]
         ranges += [
-            Range("draws", draws, 0, V - 1, f"out of range for logits of V = {V} validation images (expected 0 <= draws < {V})"),
-            Range("pair_classes", pair_classes, 0, K - 1,
-                  f"out of range for logits of K = {K} classes (expected 0 <= pair_classes < {K})"),
+            Range("draws", draws, 0, V - 1, f"for logits of V = {V} validation images"),
+            Range("pair_classes", pair_classes, 0, K - 1, f"for logits of K = {K} classes"),
         ]
     check_ranges("population_fitness", ranges)
 
