@@ -57,29 +57,41 @@ namespace {
 // element math
 // -------------------------------------------------------------------------------------------------
 
-// exp(x) for x <= 0 (the only arguments here: x - max); 0 below the float range, NaN for NaN.
-PATCHMIX_INLINE float exp_nonpos(float x) {
-  const float lo = -87.33654f;  // log(FLT_MIN)
-  float xc = x > lo ? x : lo;  // NaN -> lo, so the int conversion below is defined
-  xc = xc < 0.f ? xc : 0.f;
-  const float t = xc * 1.44269504088896341f;
-  const float n = (t + 12582912.f) - 12582912.f;  // round to nearest (|t| < 2^22), vectorises everywhere
-  float r = xc - n * 0.693359375f;
+// exp(x) for x <= 0 (the only arguments here: x - max); 0 below the float range, NaN for NaN. F is float, or
+// a GCC float vector with I its int32 vector (vexp_nonpos below): one body, so every lane width and the
+// scalar tails give the same results.
+template <typename F, typename I>
+PATCHMIX_INLINE F exp_nonpos_impl(F x) {
+  const F zero = F{};
+  const F lo = zero - 87.33654f;  // log(FLT_MIN)
+  F xc = x > lo ? x : lo;  // NaN -> lo, so the int conversion below is defined
+  xc = xc < zero ? xc : zero;
+  const F t = xc * 1.44269504088896341f;
+  const F n = (t + 12582912.f) - 12582912.f;  // round to nearest (|t| < 2^22), vectorises everywhere
+  F r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+  F p = zero + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(float));
-  float y = p * scale;
-  y = x < lo ? 0.f : y;
+  I n_int;
+  if constexpr (std::is_same_v<F, float>) {
+    n_int = static_cast<int32_t>(n);
+  } else {
+    n_int = __builtin_convertvector(n, I);
+  }
+  const I bits = (n_int + 127) << 23;
+  F scale;
+  std::memcpy(&scale, &bits, sizeof(F));
+  F y = p * scale;
+  y = x < lo ? zero : y;
   return x != x ? x : y;
 }
+
+PATCHMIX_INLINE float exp_nonpos(float x) { return exp_nonpos_impl<float, int32_t>(x); }
 
 inline double exp_nonpos(double x) { return std::exp(x); }
 
@@ -248,32 +260,10 @@ PATCHMIX_INLINE void vstore(float* p, typename FVec<W>::f v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// exp_nonpos, W lanes at once (same constants and rounding, so the same results)
+// exp_nonpos, W lanes at once
 template <int W>
 PATCHMIX_INLINE typename FVec<W>::f vexp_nonpos(typename FVec<W>::f x) {
-  using F = typename FVec<W>::f;
-  using I = typename FVec<W>::i;
-  const F zero = F{};
-  const F lo = zero - 87.33654f;
-  F xc = x > lo ? x : lo;
-  xc = xc < zero ? xc : zero;
-  const F t = xc * 1.44269504088896341f;
-  const F n = (t + 12582912.f) - 12582912.f;
-  F r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  F p = zero + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
-  F scale;
-  std::memcpy(&scale, &bits, sizeof(F));
-  F y = p * scale;
-  y = x < lo ? zero : y;
-  return x != x ? x : y;
+  return exp_nonpos_impl<typename FVec<W>::f, typename FVec<W>::i>(x);
 }
 
 template <int W>
