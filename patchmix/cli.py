@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import contextmanager
 
 EPILOG_DATA = """data (--data): 'digits' (scikit-learn's bundled 8x8 digits, the default) or a folder on local disk
 holding CIFAR-10 / CIFAR-100 python pickle batches, Tiny ImageNet (tiny-imagenet-200 layout) or a
@@ -212,91 +213,98 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from . import data as data_mod
-    from .report import format_table, summarize
-    from .train import Log, fgsm_evaluate, runtime_session, train_model
-    from .workflow import _write_json
+@contextmanager
+def _job(cfg, out: str, quiet: bool):
+    """What ``train`` and ``search`` share: the runtime (one process, or DDP under torchrun, torn down on every
+    path), ``out/checkpoints`` and ``out/config.json`` written by rank 0, and ``out/log.jsonl`` (closed on
+    every path). Yields ``(runtime, log)``."""
+    from .train import Log, runtime_session
 
-    cfg = _config(args)
-    out = args.out or f"runs/train-{args.method}"
     with runtime_session(cfg) as rt:
         if rt.is_main:
             os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
             cfg.save(os.path.join(out, "config.json"))
-        with Log(os.path.join(out, "log.jsonl"), quiet=args.quiet, enabled=rt.is_main) as log:
-            ds = data_mod.from_config(cfg)
-            log.info(f"data  {ds.describe()}" + (f"; {rt.world} processes" if rt.distributed else ""))
-            policy = None
-            if args.method == "guided":
-                if not args.policy:
-                    from .config import ConfigError
+        with Log(os.path.join(out, "log.jsonl"), quiet=quiet, enabled=rt.is_main) as log:
+            yield rt, log
 
-                    raise ConfigError("--method guided needs --policy FILE (a policy.json from `patchmix search` or "
-                                      "`patchmix run`)")
-                from .search import Policy
 
-                policy = Policy.load(args.policy, list(ds.classes), cfg.model.grid_size) if rt.is_main else None
-                policy = rt.broadcast_object(policy)
-            results = []
-            seeds = cfg.run.seeds
-            if args.seeds is None and args.seed is None and not args.config:
-                seeds = seeds[:1]  # one model unless seeds are asked for
-            for seed in seeds:
-                ck = os.path.join(out, "checkpoints", f"{args.method}-seed{seed}.pt")
-                net, res = train_model(cfg, ds, args.method, seed, rt=rt, checkpoint=ck, resume=args.resume,
-                                       policy=policy, log=log, desc=f"{args.method} seed {seed}")
-                if cfg.run.fgsm_epsilons:
-                    res["fgsm"] = fgsm_evaluate(net, ds.test, cfg.run.fgsm_epsilons, 256, rt)
-                res["checkpoint"] = ck
-                results.append(res)
-            if rt.is_main:
-                summary = summarize(results, [args.method])
-                _write_json(os.path.join(out, "metrics.json"), {"config": cfg.to_dict(), "results": results,
-                                                                "summary": summary, "world": rt.world})
-                _print(format_table(summary, {args.method: results[0]["fgsm"]} if len(results) == 1 and
-                                    results[0].get("fgsm") else None))
-                _print(f"checkpoints and metrics.json in {out}")
+def cmd_train(args) -> int:
+    from . import data as data_mod
+    from .report import format_table, summarize
+    from .train import fgsm_evaluate, train_model
+    from .workflow import _write_json
+
+    cfg = _config(args)
+    out = args.out or f"runs/train-{args.method}"
+    with _job(cfg, out, args.quiet) as (rt, log):
+        ds = data_mod.from_config(cfg)
+        log.info(f"data  {ds.describe()}" + (f"; {rt.world} processes" if rt.distributed else ""))
+        policy = None
+        if args.method == "guided":
+            if not args.policy:
+                from .config import ConfigError
+
+                raise ConfigError("--method guided needs --policy FILE (a policy.json from `patchmix search` or "
+                                  "`patchmix run`)")
+            from .search import Policy
+
+            policy = Policy.load(args.policy, list(ds.classes), cfg.model.grid_size) if rt.is_main else None
+            policy = rt.broadcast_object(policy)
+        results = []
+        seeds = cfg.run.seeds
+        if args.seeds is None and args.seed is None and not args.config:
+            seeds = seeds[:1]  # one model unless seeds are asked for
+        for seed in seeds:
+            ck = os.path.join(out, "checkpoints", f"{args.method}-seed{seed}.pt")
+            net, res = train_model(cfg, ds, args.method, seed, rt=rt, checkpoint=ck, resume=args.resume,
+                                   policy=policy, log=log, desc=f"{args.method} seed {seed}")
+            if cfg.run.fgsm_epsilons:
+                res["fgsm"] = fgsm_evaluate(net, ds.test, cfg.run.fgsm_epsilons, 256, rt)
+            res["checkpoint"] = ck
+            results.append(res)
+        if rt.is_main:
+            summary = summarize(results, [args.method])
+            _write_json(os.path.join(out, "metrics.json"), {"config": cfg.to_dict(), "results": results,
+                                                            "summary": summary, "world": rt.world})
+            _print(format_table(summary, {args.method: results[0]["fgsm"]} if len(results) == 1 and
+                                results[0].get("fgsm") else None))
+            _print(f"checkpoints and metrics.json in {out}")
     return 0
 
 
 def cmd_search(args) -> int:
     from . import data as data_mod
     from .report import fitness_figure, pairs_figure
-    from .train import Log, model_from_checkpoint, runtime_session, train_model
+    from .train import model_from_checkpoint, train_model
     from .workflow import _write_json, render_samples, run_search
 
     cfg = _config(args)
     out = args.out
     seed = args.seed if args.seed is not None else cfg.run.seeds[0]
-    with runtime_session(cfg) as rt:
+    with _job(cfg, out, args.quiet) as (rt, log):
+        ds = data_mod.from_config(cfg)
+        if args.checkpoint:
+            net, _, _ = model_from_checkpoint(args.checkpoint, ds)
+            net = net.to(rt.device)
+        else:
+            log.info("no --model-checkpoint: training the Random PatchMix model f_T first (phase one)")
+            net, _ = train_model(cfg, ds, "random", seed, rt=rt, log=log, resume=args.resume,
+                                 checkpoint=os.path.join(out, "checkpoints", f"random-seed{seed}.pt"),
+                                 desc=f"random seed {seed}")
+        result = run_search(cfg, ds, net, seed, rt, checkpoint=os.path.join(out, "checkpoints", "search.pkl"),
+                            resume=args.resume, log=log)
         if rt.is_main:
-            os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
-            cfg.save(os.path.join(out, "config.json"))
-        with Log(os.path.join(out, "log.jsonl"), quiet=args.quiet, enabled=rt.is_main) as log:
-            ds = data_mod.from_config(cfg)
-            if args.checkpoint:
-                net, _, _ = model_from_checkpoint(args.checkpoint, ds)
-                net = net.to(rt.device)
-            else:
-                log.info("no --model-checkpoint: training the Random PatchMix model f_T first (phase one)")
-                net, _ = train_model(cfg, ds, "random", seed, rt=rt, log=log, resume=args.resume,
-                                     checkpoint=os.path.join(out, "checkpoints", f"random-seed{seed}.pt"),
-                                     desc=f"random seed {seed}")
-            result = run_search(cfg, ds, net, seed, rt, checkpoint=os.path.join(out, "checkpoints", "search.pkl"),
-                                resume=args.resume, log=log)
-            if rt.is_main:
-                result.policy.save(os.path.join(out, "policy.json"))
-                os.makedirs(os.path.join(out, "search"), exist_ok=True)
-                _write_json(os.path.join(out, "search", "logbook.json"), result.logbook)
-                figdir = os.path.join(out, "figures")
-                fitness_figure({"search": result.logbook}, os.path.join(figdir, "fitness.png"))
-                pairs_figure([result.policy], list(ds.classes), os.path.join(figdir, "pairs.png"))
-                render_samples(cfg, ds, "guided", os.path.join(figdir, "guided_samples.png"), 16, seed, result.policy)
-                _print(f"best fitness {result.best_fitness:.4f} after {result.generations} generations "
-                       f"({result.time_total:.1f} s, {result.evaluations} evaluations); {len(result.policy)} pairs:")
-                _print("  " + ", ".join(f"{a}+{b}" for a, b in result.policy.named_pairs()))
-                _print(f"policy: {os.path.join(out, 'policy.json')}; figures in {figdir}")
+            result.policy.save(os.path.join(out, "policy.json"))
+            os.makedirs(os.path.join(out, "search"), exist_ok=True)
+            _write_json(os.path.join(out, "search", "logbook.json"), result.logbook)
+            figdir = os.path.join(out, "figures")
+            fitness_figure({"search": result.logbook}, os.path.join(figdir, "fitness.png"))
+            pairs_figure([result.policy], list(ds.classes), os.path.join(figdir, "pairs.png"))
+            render_samples(cfg, ds, "guided", os.path.join(figdir, "guided_samples.png"), 16, seed, result.policy)
+            _print(f"best fitness {result.best_fitness:.4f} after {result.generations} generations "
+                   f"({result.time_total:.1f} s, {result.evaluations} evaluations); {len(result.policy)} pairs:")
+            _print("  " + ", ".join(f"{a}+{b}" for a, b in result.policy.named_pairs()))
+            _print(f"policy: {os.path.join(out, 'policy.json')}; figures in {figdir}")
     return 0
 
 
