@@ -5,9 +5,18 @@ Typical use::
 
     cache = CachedLogits.from_model(model, val_images, val_labels)          # one pass, (V, P*P, K) logits
     fitness = CachedFitness(cache, num_draws=32)                            # draws fixed once, seeded
-    result = search(fitness, population=500, generations=250, seed=0, checkpoint="search.ckpt", resume=True)
+    result = search(fitness, population=500, generations=250, seed=0, checkpoint="search.npz", resume=True)
     result.policy.save("policy.json")                                       # -> patchmix.GuidedPatchMix
+
+Modules: :mod:`.pairs` (pair ids, slot pools, the default ``N``), :mod:`.settings` (:class:`SearchConfig`,
+the one vocabulary of search settings), :mod:`.fitness` (the cache, cached and exact fitness, the closed-form
+optimum), :mod:`.genetic` (the DEAP search) and :mod:`.policy` (its result as JSON).
+
+The DEAP search is imported on first use of one of its names (``search``, ``GeneticSearch``, ...), so that
+``import patchmix`` does not import DEAP.
 """
+
+import importlib
 
 from .fitness import (
     CachedFitness,
@@ -15,14 +24,22 @@ from .fitness import (
     ExactFitness,
     OptimumResult,
     fitness_rank_correlation,
-    pair_classes,
-    pair_id,
     random_population,
     rank_correlation,
     synthetic_cache,
 )
-from .genetic import MUTATIONS, GeneticSearch, SearchConfig, SearchResult, search
+from .pairs import pair_classes, pair_id
 from .policy import Policy, PolicyError
+from .settings import MUTATIONS, SearchConfig
+
+_GENETIC = ("GeneticSearch", "SearchResult", "search")
+
+
+def __getattr__(name: str):
+    if name in _GENETIC:
+        return getattr(importlib.import_module(".genetic", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MUTATIONS",

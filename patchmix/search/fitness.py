@@ -1,11 +1,9 @@
 """Fitness of guided-search individuals: the cache of a trained patch-head model, the cached (batched)
 fitness, the exact fitness that composes real images, their rank correlation, and the closed-form optimum.
 
-Pairs. For ``K`` classes the search uses the ``Q = K (K + 1) / 2`` unordered class pairs ``(c_i, c_j)`` with
-``c_i <= c_j``, numbered row-major (``pair_classes(K)``); a pair's mask has its True cells from ``c_i``.
-(``(c_j, c_i)`` with the inverted mask composes the same samples, so ordered pairs would only duplicate.)
+Pairs are the ``Q = K (K + 1) / 2`` unordered class pairs of :mod:`.pairs`.
 
-Cached fitness (DESIGN.md, "Cached fitness"). ``CachedFitness`` draws, once per search and from its seed,
+Cached fitness (docs/semantics.md, "The cached fitness"). ``CachedFitness`` draws, once per search and from its seed,
 ``S`` validation pairs ``(a, b)`` per class pair (``a`` of class ``c_i``, ``b`` of ``c_j``, uniformly with
 replacement). Patch ``n`` of a composed sample is scored with the cached prediction of its source image at
 patch ``n`` against the source's label: ``objective="logprob"`` -> ``log_softmax(logits)[label]``,
@@ -26,36 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..choices import DIRECTIONS, OBJECTIVES, SAME_CLASS, check_choice
 from ..ops import grid_mix
 from ..ops.population_fitness import population_fitness
-
-OBJECTIVES = ("logprob", "accuracy")
-DIRECTIONS = ("min", "max")
-SAME_CLASS = ("forced", "allowed", "excluded")
-
-
-# --------------------------------------------------------------------------------------------------
-# pairs
-# --------------------------------------------------------------------------------------------------
-
-
-def pair_classes(num_classes: int) -> Tensor:
-    """All unordered class pairs ``(c_i, c_j)``, ``c_i <= c_j``, row-major: int64 ``(K (K + 1) / 2, 2)``."""
-    i, j = np.triu_indices(num_classes)
-    return torch.from_numpy(np.stack([i, j], 1).astype(np.int64))
-
-
-def pair_id(i, j, num_classes: int):
-    """Id of the unordered pair ``{i, j}`` in ``pair_classes(num_classes)`` (works on ints and int arrays)."""
-    lo, hi = np.minimum(i, j), np.maximum(i, j)
-    return lo * num_classes - lo * (lo - 1) // 2 + (hi - lo)
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-    return value
-
+from .pairs import check_num_pairs, default_num_pairs, pair_classes, pair_id, random_genome, slot_pools
 
 # --------------------------------------------------------------------------------------------------
 # the cache
@@ -197,7 +169,7 @@ class CachedLogits:
 
     def patch_scores(self, objective: str = "logprob") -> Tensor:
         """``(V, P*P)`` float64 score of every cached patch against its image's label."""
-        _check_choice("objective", objective, OBJECTIVES)
+        check_choice("objective", objective, OBJECTIVES)
         scores = []
         for s in range(0, self.num_images, 2048):  # float64 chunks: bounded extra memory
             z = self.logits[s:s + 2048].double()
@@ -283,7 +255,7 @@ class CachedFitness:
     classes: Tensor = field(init=False, repr=False)
 
     def __post_init__(self):
-        _check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("objective", self.objective, OBJECTIVES)
         if self.num_draws < 1:
             raise ValueError(f"CachedFitness: num_draws must be >= 1, got {self.num_draws}")
         if self.dtype not in (torch.float32, torch.float64):
@@ -338,7 +310,7 @@ class CachedFitness:
 
     def exact_reference(self, pairs, masks) -> Tensor:
         """Same value as ``__call__`` computed the long way: compose every draw's patch logits with the mask,
-        score each patch against its patch target (DESIGN.md) and the image term on the composed sample,
+        score each patch against its patch target (docs/semantics.md) and the image term on the composed sample,
         then average. Memory ``I * N * S * P*P * K``: for small checks only. float64 ``(I,)``."""
         pairs = torch.as_tensor(pairs).cpu()
         masks = torch.as_tensor(masks).cpu()
@@ -375,7 +347,7 @@ class CachedFitness:
     def best_masks(self, direction: str = "min") -> tuple[np.ndarray, np.ndarray]:
         """Per pair, the best mask and its value: ``masks (Q, P, P)`` bool, ``values (Q,)`` float64.
         Linear objective: each cell independently takes the side with the lower (``min``) or higher score."""
-        _check_choice("direction", direction, DIRECTIONS)
+        check_choice("direction", direction, DIRECTIONS)
         t = self.table.double().cpu().numpy()
         P = self.grid_size
         take_a = t[..., 1] < t[..., 0] if direction == "min" else t[..., 1] > t[..., 0]
@@ -393,7 +365,7 @@ class CachedFitness:
         """
         if self.image_weight != 0.0:
             raise ValueError("optimum: the image-level term is not linear in the masks; use image_weight = 0")
-        _check_choice("same_class", same_class, SAME_CLASS)
+        check_choice("same_class", same_class, SAME_CLASS)
         masks, vals = self.best_masks(direction)
         forced, optional = slot_pools(self.num_classes, same_class)
         check_num_pairs(num_pairs, self.num_classes, same_class)
@@ -413,33 +385,6 @@ class CachedFitness:
             chosen = np.concatenate([forced, order[:best_m]])
         chosen = chosen.astype(np.int64)
         return OptimumResult(float(vals[chosen].mean()), chosen, masks[chosen])
-
-
-def slot_pools(num_classes: int, same_class: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(forced, optional)`` pair ids: the pairs every individual holds, and the pairs slots choose from."""
-    _check_choice("same_class", same_class, SAME_CLASS)
-    cls = pair_classes(num_classes).numpy()
-    same = cls[:, 0] == cls[:, 1]
-    forced = np.flatnonzero(same) if same_class == "forced" else np.zeros(0, np.int64)
-    optional = np.arange(len(cls)) if same_class == "allowed" else np.flatnonzero(~same)
-    return forced.astype(np.int64), optional.astype(np.int64)
-
-
-def available_pairs(num_classes: int, same_class: str) -> int:
-    """How many unordered class pairs ``c_i <= c_j`` a policy may use (same-class ones unless excluded)."""
-    total = num_classes * (num_classes + 1) // 2
-    return total - (num_classes if same_class == "excluded" else 0)
-
-
-def check_num_pairs(num_pairs: int, num_classes: int, same_class: str) -> None:
-    """``num_pairs`` (``N``) must fit the forced pairs and the available ones."""
-    available = available_pairs(num_classes, same_class)
-    low = num_classes if same_class == "forced" else 1
-    if not low <= num_pairs <= available:
-        raise ValueError(
-            f"num_pairs = {num_pairs} must lie in [{low}, {available}] for {num_classes} classes with same-class "
-            f"pairs {same_class!r}"
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -542,8 +487,6 @@ def rank_correlation(x, y) -> float:
 def random_population(num_individuals: int, num_pairs: int, fitness: CachedFitness, same_class: str = "forced",
                       seed: int = 0) -> tuple[Tensor, Tensor]:
     """A random population: ``pairs (I, N)`` int64 and ``masks (I, N, P, P)`` bool, as the search initialises it."""
-    from .genetic import random_genome
-
     rng = np.random.default_rng(seed)
     forced, optional = slot_pools(fitness.num_classes, same_class)
     check_num_pairs(num_pairs, fitness.num_classes, same_class)
@@ -558,8 +501,7 @@ def fitness_rank_correlation(cached: CachedFitness, exact: ExactFitness, populat
     Returns ``{"spearman": float, "cached": (I,) ndarray, "exact": (I,) ndarray}``.
     """
     if num_pairs is None:
-        num_pairs = 2 * cached.num_classes if same_class != "excluded" else cached.num_classes
-        num_pairs = min(num_pairs, cached.num_pairs - (cached.num_classes if same_class == "excluded" else 0))
+        num_pairs = default_num_pairs(cached.num_classes, same_class)
     pairs, masks = random_population(population_size, num_pairs, cached, same_class, seed)
     c = cached(pairs, masks).double().cpu().numpy()
     e = exact(pairs, masks).numpy()

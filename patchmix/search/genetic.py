@@ -28,13 +28,21 @@ Operators (each shown by a test in ``tests/test_search.py``):
 Reproducibility: numpy ``Generator`` for the operators and a private copy of the ``random`` module state
 for DEAP's selection and ``varAnd`` (swapped in around each generation, so the caller's global ``random``
 state is untouched). Both are checkpointed with the population, so ``resume`` continues bit for bit.
+
+Checkpoints are one ``.npz`` file (numpy's zip of arrays): the population, the hall of fame and the generator
+states as arrays, plus a JSON document as a string array (settings, logbook, counters). They are read with
+``allow_pickle=False``: loading a checkpoint never runs code from the file.
+
+DEAP's ``creator`` classes (the individuals with a minimising or maximising fitness) are created on first
+use, not at import: importing :mod:`patchmix` neither imports DEAP nor touches its global ``creator``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
-import pickle
 import random
 import time
 from collections.abc import Callable
@@ -44,19 +52,14 @@ import numpy as np
 import torch
 from deap import algorithms, base, creator, tools
 
-from .fitness import (
-    DIRECTIONS,
-    SAME_CLASS,
-    CachedFitness,
-    _check_choice,
-    available_pairs,
-    check_num_pairs,
-    slot_pools,
-)
+from ..errors import CheckpointError, ConfigError
+from ..files import atomic_path
+from .fitness import CachedFitness
+from .pairs import random_genome, slot_pools
 from .policy import Policy
+from .settings import MUTATIONS, SearchConfig
 
-MUTATIONS = ("flip_tails", "transpose", "flip_heads", "random_tails")
-CHECKPOINT_FORMAT = "patchmix-search-checkpoint-1"
+CHECKPOINT_FORMAT = "patchmix-search-checkpoint-2"
 
 
 class Genome:
@@ -75,14 +78,14 @@ class Genome:
         return f"{type(self).__name__}(pairs={self.pairs.tolist()}, fitness={getattr(self, 'fitness', None)})"
 
 
-if not hasattr(creator, "PatchMixFitnessMin"):
-    creator.create("PatchMixFitnessMin", base.Fitness, weights=(-1.0,))
-    creator.create("PatchMixFitnessMax", base.Fitness, weights=(1.0,))
-    creator.create("PatchMixIndividualMin", Genome, fitness=creator.PatchMixFitnessMin)
-    creator.create("PatchMixIndividualMax", Genome, fitness=creator.PatchMixFitnessMax)
-
-
 def individual_class(direction: str):
+    """The DEAP individual class whose fitness is minimised (``"min"``) or maximised (``"max"``); the
+    ``creator`` classes are made on the first call (``creator.create`` registers them process-wide)."""
+    if not hasattr(creator, "PatchMixIndividualMin"):
+        creator.create("PatchMixFitnessMin", base.Fitness, weights=(-1.0,))
+        creator.create("PatchMixFitnessMax", base.Fitness, weights=(1.0,))
+        creator.create("PatchMixIndividualMin", Genome, fitness=creator.PatchMixFitnessMin)
+        creator.create("PatchMixIndividualMax", Genome, fitness=creator.PatchMixFitnessMax)
     return creator.PatchMixIndividualMin if direction == "min" else creator.PatchMixIndividualMax
 
 
@@ -101,15 +104,6 @@ def clone(ind):
 # --------------------------------------------------------------------------------------------------
 # initialisation and operators (numpy; ``rng`` is a numpy Generator)
 # --------------------------------------------------------------------------------------------------
-
-
-def random_genome(rng: np.random.Generator, forced: np.ndarray, optional: np.ndarray, num_pairs: int,
-                  grid_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Forced pairs, then distinct random optional pairs; uniformly random masks."""
-    free = num_pairs - len(forced)
-    pairs = np.concatenate([forced, rng.choice(optional, size=free, replace=False)]).astype(np.int64)
-    masks = rng.random((num_pairs, grid_size, grid_size)) < 0.5
-    return pairs, masks
 
 
 def crossover(ind1, ind2, rng: np.random.Generator, num_forced: int = 0, cx_pairs: bool = True):
@@ -186,64 +180,6 @@ def random_tails(ind, rng: np.random.Generator, indpb: float | None = None):
 
 
 @dataclass
-class SearchConfig:
-    """Settings of :func:`search`; defaults are the paper's (population 500, 250 generations, cxpb 0.5,
-    mutpb 0.3) with ``N = 2 K`` when ``num_pairs`` is None."""
-
-    population: int = 500
-    generations: int = 250
-    num_pairs: int | None = None
-    same_class: str = "forced"
-    direction: str = "min"
-    cxpb: float = 0.5
-    mutpb: float = 0.3
-    tournament_size: int = 3
-    elite: int = 1
-    patience: int | None = 50
-    # Relative odds of flip tails, transpose, flip heads, random tails. The paper gives none; the first two
-    # remap every mask at once and mostly hurt a good individual, so they are drawn less often. Measured at
-    # CIFAR-10 scale (synthetic cache, population 300, 250 generations, seeds 1-3), gap to the closed-form
-    # optimum: 0.75% mean with (1, 1, 1, 1), 0.26% with these defaults.
-    mutation_weights: tuple[float, float, float, float] = (0.25, 0.25, 1.0, 2.0)
-    heads_indpb: float | None = None
-    tails_indpb: float | None = None
-    cx_pairs: bool = True
-    seed: int = 0
-
-    def validate(self, num_classes: int) -> None:
-        _check_choice("same_class", self.same_class, SAME_CLASS)
-        _check_choice("direction", self.direction, DIRECTIONS)
-        if self.population < 2:
-            raise ValueError(f"population must be >= 2, got {self.population}")
-        if self.generations < 0:
-            raise ValueError(f"generations must be >= 0, got {self.generations}")
-        for name in ("cxpb", "mutpb"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {v}")
-        if self.tournament_size < 1:
-            raise ValueError(f"tournament_size must be >= 1, got {self.tournament_size}")
-        if not 0 <= self.elite < self.population:
-            raise ValueError(f"elite must be in [0, population), got {self.elite}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
-        w = np.asarray(self.mutation_weights, dtype=np.float64)
-        if w.shape != (4,) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"mutation_weights must be 4 non-negative weights for {MUTATIONS}, got {self.mutation_weights}")
-        for name in ("heads_indpb", "tails_indpb"):
-            v = getattr(self, name)
-            if v is not None and not 0.0 < v <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1] or None, got {v}")
-        check_num_pairs(self.resolved_pairs(num_classes), num_classes, self.same_class)
-
-    def resolved_pairs(self, num_classes: int) -> int:
-        """``num_pairs``, or the paper's default ``2 K`` capped by the pairs that exist (3 for 2 classes)."""
-        if self.num_pairs is not None:
-            return int(self.num_pairs)
-        return min(2 * num_classes, available_pairs(num_classes, self.same_class))
-
-
-@dataclass
 class SearchResult:
     """``policy``: the best individual as a :class:`Policy`; ``logbook``: one dict per generation
     (``gen, nevals, best, mean, worst, entered, left``; pairs as ``[c_i, c_j]`` class indices);
@@ -273,16 +209,18 @@ def _fingerprint(fitness: CachedFitness) -> str:
 class GeneticSearch:
     """The DEAP search; :func:`search` is the one-call interface. ``run()`` may be called once."""
 
-    def __init__(self, fitness: CachedFitness, config: SearchConfig | None = None, *,
-                 class_names: list[str] | None = None, checkpoint=None, checkpoint_every: int = 10,
-                 resume: bool = False, progress: bool = True,
+    def __init__(self, fitness: CachedFitness, config: SearchConfig | None = None, *, seed: int = 0,
+                 class_names: list[str] | None = None, checkpoint=None, resume: bool = False, progress: bool = True,
                  callback: Callable[[int, dict], bool | None] | None = None, save_checkpoint: bool = True):
         self.fitness = fitness
-        self.config = config or SearchConfig()
+        self.config = config or SearchConfig(objective=fitness.objective, num_draws=fitness.num_draws)
         K = fitness.num_classes
         self.config.validate(K)
-        if checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        for name in ("objective", "num_draws"):  # fitness settings: the fitness object is built with them
+            if getattr(self.config, name) != getattr(fitness, name):
+                raise ConfigError(f"search.{name} = {getattr(self.config, name)!r} but the fitness was built with "
+                                  f"{getattr(fitness, name)!r}")
+        self.seed = int(seed)
         self.class_names = list(class_names or fitness.cache.class_names or [str(k) for k in range(K)])
         if len(self.class_names) != K:
             raise ValueError(f"class_names has {len(self.class_names)} names for {K} classes")
@@ -291,15 +229,14 @@ class GeneticSearch:
         self.forced, self.optional = slot_pools(K, self.config.same_class)
         self.checkpoint = checkpoint
         self.save_checkpoint = save_checkpoint  # False: read on resume, never write (DDP ranks other than 0)
-        self.checkpoint_every = int(checkpoint_every)
         self.resume = resume
         self.progress = progress
         self.callback = callback
         self.time_fitness = 0.0
         self.evaluations = 0
         self.Individual = individual_class(self.config.direction)
-        self.rng = np.random.default_rng([self.config.seed, 0x5EA7C4])
-        self.py_state = random.Random(self.config.seed).getstate()
+        self.rng = np.random.default_rng([self.seed, 0x5EA7C4])
+        self.py_state = random.Random(self.seed).getstate()
         self.toolbox = self._toolbox()
 
     # -- DEAP plumbing ------------------------------------------------------------------------------
@@ -373,67 +310,75 @@ class GeneticSearch:
         return rec
 
     def _config_key(self) -> dict:
+        """The settings a resumed search must share with its checkpoint (``generations``, ``patience`` and
+        ``checkpoint_every`` may change), as JSON reads them back."""
         d = asdict(self.config)
-        d.pop("generations")
-        d.pop("patience")
-        d["mutation_weights"] = list(d["mutation_weights"])
-        return d
+        for name in ("generations", "patience", "checkpoint_every"):
+            d.pop(name)
+        d["seed"] = self.seed
+        return json.loads(json.dumps(d))
 
     def _save(self, gen: int, population: list, state: dict) -> None:
         if self.checkpoint is None or not self.save_checkpoint:
             return
-        blob = {
+        meta = {
             "format": CHECKPOINT_FORMAT,
             "config": self._config_key(),
             "fingerprint": self._fingerprint,
             "gen": gen,
-            "pairs": np.stack([ind.pairs for ind in population]),
-            "masks": np.stack([ind.masks for ind in population]),
-            "values": np.array([ind.fitness.values[0] for ind in population]),
-            "hof": [(ind.pairs, ind.masks, ind.fitness.values[0]) for ind in self.hof],
             "logbook": list(self.logbook),
             "rng": self.rng.bit_generator.state,
             "py_state": self.py_state,
             "state": dict(state, prev_best=sorted(state["prev_best"])),
             "evaluations": self.evaluations,
         }
-        path = os.fspath(self.checkpoint)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as fh:
-            pickle.dump(blob, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+        hof = self.hof[0]
+        arrays = {
+            "pairs": np.stack([ind.pairs for ind in population]),
+            "masks": np.stack([ind.masks for ind in population]),
+            "values": np.array([ind.fitness.values[0] for ind in population], dtype=np.float64),
+            "hof_pairs": hof.pairs, "hof_masks": hof.masks, "hof_value": np.float64(hof.fitness.values[0]),
+            "meta": np.array(json.dumps(meta)),  # a unicode array: no pickle needed to read it back
+        }
+        with atomic_path(self.checkpoint) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)  # a file object: numpy would append ".npz" to a path
 
     def _load(self):
         path = os.fspath(self.checkpoint)
         try:
-            with open(path, "rb") as fh:
-                blob = pickle.load(fh)
+            with np.load(path, allow_pickle=False) as z:  # never unpickle: a checkpoint must not run code
+                arrays = {k: z[k] for k in z.files}
+            meta = json.loads(str(arrays.pop("meta")))
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-            raise ValueError(f"search: cannot read checkpoint {path} ({type(exc).__name__}: {exc})") from exc
-        if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"search: {path} is not a patchmix search checkpoint")
-        if blob["config"] != self._config_key():
-            raise ValueError(f"search: checkpoint {path} was written with other settings {blob['config']}; "
-                             f"resume needs the same ones (got {self._config_key()})")
-        if blob["fingerprint"] != self._fingerprint:
-            raise ValueError(f"search: checkpoint {path} was written for another fitness (cache, draws or objective)")
+            raise CheckpointError(f"search: cannot read checkpoint {path} ({type(exc).__name__}: {exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"search: {path} is not a patchmix search checkpoint (format {CHECKPOINT_FORMAT})")
+        if meta["config"] != self._config_key():
+            raise CheckpointError(f"search: checkpoint {path} was written with other settings {meta['config']}; "
+                                  f"resume needs the same ones (got {self._config_key()})")
+        if meta["fingerprint"] != self._fingerprint:
+            raise CheckpointError(f"search: checkpoint {path} was written for another fitness (cache, draws or "
+                                  f"objective)")
         population = []
-        for p, m, v in zip(blob["pairs"], blob["masks"], blob["values"], strict=True):
+        for p, m, v in zip(arrays["pairs"], arrays["masks"], arrays["values"], strict=True):
             ind = self.Individual(p.copy(), m.copy())
             ind.fitness.values = (float(v),)
             population.append(ind)
-        for p, m, v in blob["hof"]:
-            ind = self.Individual(p.copy(), m.copy())
-            ind.fitness.values = (float(v),)
-            self.hof.insert(ind)
-        for rec in blob["logbook"]:
+        best = self.Individual(arrays["hof_pairs"].copy(), arrays["hof_masks"].copy())
+        best.fitness.values = (float(arrays["hof_value"]),)
+        self.hof.insert(best)
+        for rec in meta["logbook"]:
             self.logbook.record(**rec)
-        self.rng.bit_generator.state = blob["rng"]
-        self.py_state = blob["py_state"]
-        self.evaluations = blob["evaluations"]
-        state = dict(blob["state"])
+        self.rng.bit_generator.state = meta["rng"]
+        version, internal, gauss = meta["py_state"]
+        self.py_state = (version, tuple(internal), gauss)
+        self.evaluations = meta["evaluations"]
+        state = dict(meta["state"])
         state["prev_best"] = set(state["prev_best"])
-        return blob["gen"], population, state
+        # an early stop is a decision of the old patience: with a larger patience (or none) the search goes on
+        patience = self.config.patience
+        state["stopped_early"] = patience is not None and state["stall"] >= patience
+        return meta["gen"], population, state
 
     # -- main loop ---------------------------------------------------------------------------------
 
@@ -482,7 +427,7 @@ class GeneticSearch:
                         state["stall"] += 1
                     if c.patience is not None and state["stall"] >= c.patience:
                         state["stopped_early"] = True
-                    if gen % self.checkpoint_every == 0 or gen == c.generations or state["stopped_early"]:
+                    if gen % c.checkpoint_every == 0 or gen == c.generations or state["stopped_early"]:
                         self._save(gen, population, state)
                     bar.update(1)
                     bar.set_postfix(best=f"{rec['best_ever']:.4f}")
@@ -495,7 +440,7 @@ class GeneticSearch:
         best = self.hof[0]
         cls = self.fitness.classes.numpy()
         policy = Policy(cls[best.pairs], best.masks.copy(), self.class_names, self.P, best.fitness.values[0],
-                        c.seed, search=self._policy_meta(gen))
+                        self.seed, search=self._policy_meta(gen))
         return SearchResult(policy, best.pairs.copy(), best.masks.copy(), float(best.fitness.values[0]),
                             [dict(r) for r in self.logbook], gen, bool(state["stopped_early"]), self.evaluations,
                             time.perf_counter() - t_start, self.time_fitness)
@@ -507,25 +452,28 @@ class GeneticSearch:
                 "population": c.population, "generations": gen, "cxpb": c.cxpb, "mutpb": c.mutpb}
 
 
-def search(fitness: CachedFitness, *, class_names: list[str] | None = None, checkpoint=None,
-           checkpoint_every: int = 10, resume: bool = False, progress: bool = True,
+def search(fitness: CachedFitness, config: SearchConfig | None = None, *, seed: int = 0,
+           class_names: list[str] | None = None, checkpoint=None, resume: bool = False, progress: bool = True,
            callback: Callable[[int, dict], bool | None] | None = None, save_checkpoint: bool = True,
-           **config) -> SearchResult:
-    """Run the genetic search on ``fitness``; ``**config`` are :class:`SearchConfig` fields.
+           **settings) -> SearchResult:
+    """Run the genetic search on ``fitness`` with ``config`` (a :class:`SearchConfig`; default: the paper's
+    settings) updated by ``**settings`` (its field names, e.g. ``population=100, patience=None``).
 
     ``checkpoint``: a file written every ``checkpoint_every`` generations (and at the end); with
-    ``resume=True`` an existing checkpoint is continued (same settings required; ``generations`` and
-    ``patience`` may change), giving the same result as an uninterrupted run. ``callback(gen, record)``
-    runs after each generation; returning True stops the search. ``save_checkpoint=False`` only reads the
-    checkpoint on resume (the DDP ranks other than 0, which must resume from the same generation).
+    ``resume=True`` an existing checkpoint is continued (same settings required; ``generations``,
+    ``patience`` and ``checkpoint_every`` may change, and a search that stopped early goes on when the new
+    patience allows it), giving the same result as an uninterrupted run. ``callback(gen, record)`` runs after
+    each generation; returning True stops the search. ``save_checkpoint=False`` only reads the checkpoint
+    on resume (the DDP ranks other than 0, which must resume from the same generation).
     """
-    unknown = set(config) - set(SearchConfig.__dataclass_fields__)
+    unknown = set(settings) - {f.name for f in dataclasses.fields(SearchConfig)}
     if unknown:
         raise TypeError(f"search: unknown settings {sorted(unknown)}; see SearchConfig")
-    return GeneticSearch(fitness, SearchConfig(**config), class_names=class_names, checkpoint=checkpoint,
-                         checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                         callback=callback, save_checkpoint=save_checkpoint).run()
+    base_config = config or SearchConfig(objective=fitness.objective, num_draws=fitness.num_draws)
+    return GeneticSearch(fitness, dataclasses.replace(base_config, **settings), seed=seed, class_names=class_names,
+                         checkpoint=checkpoint, resume=resume, progress=progress, callback=callback,
+                         save_checkpoint=save_checkpoint).run()
 
 
-__all__ = ["GeneticSearch", "Genome", "MUTATIONS", "SearchConfig", "SearchResult", "clone", "crossover",
-           "flip_heads", "flip_tails", "random_genome", "random_tails", "search", "slot_pools", "transpose"]
+__all__ = ["MUTATIONS", "GeneticSearch", "Genome", "SearchConfig", "SearchResult", "clone", "crossover",
+           "flip_heads", "flip_tails", "individual_class", "random_tails", "search", "transpose"]

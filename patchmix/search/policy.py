@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._version import __version__
+from ..errors import PolicyError
+from ..files import write_json
+
 FORMAT = "patchmix-policy"
 FORMAT_VERSION = 1
-
-
-class PolicyError(ValueError):
-    """A policy file or object that cannot be used (corrupt, wrong grid size, unknown classes)."""
 
 
 @dataclass
@@ -51,8 +51,6 @@ class Policy:
     search: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from .. import __version__
-
         if not self.version:
             self.version = __version__
         self.pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)
@@ -151,10 +149,7 @@ class Policy:
 
     def save(self, path) -> None:
         """Write JSON (atomically: a temporary file, then a rename)."""
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=1)
-        os.replace(tmp, path)
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path, class_names: list[str] | None = None, grid_size: int | None = None) -> Policy:
@@ -162,6 +157,8 @@ class Policy:
         try:
             with open(path) as fh:
                 d = json.load(fh)
+        except FileNotFoundError:
+            raise PolicyError(f"policy file not found: {os.fspath(path)}") from None
         except json.JSONDecodeError as exc:
             raise PolicyError(f"policy: {os.fspath(path)} is not valid JSON (corrupt file?): {exc}") from exc
         except UnicodeDecodeError as exc:

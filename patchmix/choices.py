@@ -1,0 +1,41 @@
+"""Every closed set of names, defined once: configuration validation, the CLI's ``choices=``, the search's
+argument checks and the report's labels all read these constants.
+
+This module is a leaf: it imports nothing from patchmix, so any layer may import it.
+"""
+
+from __future__ import annotations
+
+#: The training methods, in the order the workflow trains and the report lists them (paper Table 1).
+METHODS = ("base", "mixup", "cutmix", "random", "guided")
+#: How the report and the CLI name each method.
+METHOD_LABELS = {"base": "Base", "mixup": "Mixup", "cutmix": "CutMix", "random": "Random PatchMix",
+                 "guided": "Guided PatchMix"}
+#: Methods trained with the patch term of ``L_T`` (the others train the image term ``L_O`` only).
+PATCH_SUPERVISED = ("random",)
+
+#: ``data.format``: "auto" detects the format from the folder's files.
+DATA_FORMATS = ("auto", "digits", "cifar10", "cifar100", "tinyimagenet", "folder")
+#: ``data.augment``: "auto" is crop + flip for natural images and none for digits.
+AUGMENTATIONS = ("auto", "crop-flip", "crop", "none")
+#: The three splits of a dataset.
+SPLITS = ("train", "val", "test")
+
+#: ``train.schedule``: the learning-rate schedule.
+SCHEDULES = ("cosine", "step", "constant")
+#: ``run.channels_last``: "auto" is on for CUDA devices.
+CHANNELS_LAST = ("auto", "on", "off")
+
+#: ``search.same_class``: how same-class pairs ``(c, c)`` are treated (paper Table 6).
+SAME_CLASS = ("forced", "allowed", "excluded")
+#: ``search.objective``: the per-patch score of the cached fitness.
+OBJECTIVES = ("logprob", "accuracy")
+#: ``search.direction``: minimise (the paper's choice, hardest interpolations) or maximise the fitness.
+DIRECTIONS = ("min", "max")
+
+
+def check_choice(name: str, value, choices, error: type[Exception] = ValueError):
+    """``value`` when it is one of ``choices``; else raises ``error`` naming the setting and the choices."""
+    if value not in choices:
+        raise error(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value

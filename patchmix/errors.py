@@ -1,0 +1,45 @@
+"""The errors patchmix raises for bad input, one class per kind, each with the exit code the CLI returns.
+
+The command line maps an error to its exit code by type (``exc.exit_code``), never by its message:
+
+* :class:`ConfigError`: a setting that cannot run (unknown key, bad value, conflicting flags).
+* :class:`DatasetError`: a dataset that is missing or malformed (the message names the expected layout).
+* :class:`PolicyError`: a policy file or object that does not fit (corrupt, wrong grid, unknown classes).
+* :class:`CheckpointError`: a checkpoint that is missing, unreadable, of another kind, or of other settings.
+* :class:`OutputError`: an output folder patchmix must not write into.
+
+All of them exit with 2. The value-like ones also subclass :class:`ValueError`, so library callers that catch
+``ValueError`` keep working. An interrupted training (``patchmix.training.Interrupted``) exits with 130.
+"""
+
+from __future__ import annotations
+
+
+class PatchmixError(Exception):
+    """Base class of patchmix's own errors; ``exit_code`` is what the command line returns for it."""
+
+    exit_code = 2
+
+
+class ConfigError(PatchmixError, ValueError):
+    """A configuration that cannot run (unknown key, bad value); the CLI prints it and exits with 2."""
+
+
+class DatasetError(PatchmixError, RuntimeError):
+    """A dataset that is missing or malformed; the message says what layout was expected."""
+
+
+class PolicyError(PatchmixError, ValueError):
+    """A policy file or object that cannot be used (corrupt, wrong grid size, unknown classes)."""
+
+
+class CheckpointError(PatchmixError, ValueError):
+    """A checkpoint that cannot be used: missing, unreadable (or not safe to read), of another method, seed,
+    format or settings."""
+
+
+class OutputError(PatchmixError):
+    """An output folder that patchmix refuses to write into (it holds files that are not a patchmix run)."""
+
+
+__all__ = ["CheckpointError", "ConfigError", "DatasetError", "OutputError", "PatchmixError", "PolicyError"]

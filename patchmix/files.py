@@ -1,0 +1,67 @@
+"""Writing files so that a kill never leaves half of one, and reading the JSON files patchmix writes.
+
+Every file patchmix writes (configs, metrics, logbooks, policies, checkpoints, figures, reports) goes through
+:func:`atomic_path`: the content is written to a temporary file beside the target, flushed to disk, and
+renamed over the target (``os.replace`` is atomic on POSIX and Windows), so a reader sees the old file or
+the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """``with atomic_path(p) as tmp:`` write ``tmp`` (a path beside ``p``); on success it replaces ``p``,
+    on an error it is removed and ``p`` is untouched. Parent folders are created."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # the writer may have closed its handle: flush the data to disk here
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 1) -> None:
+    """Write ``obj`` as JSON atomically (values JSON cannot hold are written as their ``str``)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike, default: Any = _MISSING) -> Any:
+    """The JSON in ``path``; ``default`` when the file is missing or not valid JSON (if given; else raises)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        if default is _MISSING:
+            raise
+        return default
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically (a checkpoint is replaced whole or not at all)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+__all__ = ["atomic_path", "atomic_write_text", "read_json", "torch_save", "write_json"]
