@@ -9,14 +9,29 @@ Formats (``load_dataset(source, format="auto")``):
 * ``folder``: any class-per-folder image tree, optionally already split into ``train/`` + ``val/`` + ``test/``.
 
 The expected layouts are spelled out in :data:`LAYOUTS`; a missing or malformed dataset raises
-:class:`DatasetError` carrying that text. When a dataset has no separate validation split, a stratified
-``val_fraction`` of its training split (fixed by ``split_seed``) becomes the validation set, which the
-search scores on; the test split is only used for the reported accuracy.
+:class:`DatasetError` carrying that text.
+
+Splits. The test split is only used for the reported accuracy; the validation split is what the search
+scores on. The rule, in order:
+
+* a labelled test split of the dataset (CIFAR's test batches, a folder's ``test/``) is the test set;
+* else a labelled ``val/`` (Tiny ImageNet's and ImageNet's layouts, where the test labels are not public) is
+  the test set, as papers report it;
+* else a stratified ``val_fraction`` of the training images is held out as the test set;
+* the validation set is the folder's ``val/`` when ``val/`` is not already the test set, else a stratified
+  ``val_fraction`` of the (remaining) training images (fixed by ``split_seed``, class-balanced).
+
+``Dataset.split_rule`` says which rule made the splits; the commands print it with the split sizes.
 
 Images are kept as uint8 ``(C, H, W)``: in memory for digits and CIFAR, as files (decoded with Pillow on
-demand, resized to ``image_size``) for Tiny ImageNet and folder trees. :func:`batches` yields them as uint8
-batches in a reproducible order; :func:`to_float` turns a batch into ``[0, 1]`` floats on the device, and
-:func:`augment` applies the random crop / flip with an explicit generator.
+demand, resized to ``image_size``) for Tiny ImageNet and folder trees. A folder tree's images are greyscale
+(1 channel) when every image is, else colour (3 channels); every image is converted to that mode (palette
+and alpha images to RGB). :func:`load_batches` yields uint8 batches for lists of indices; :func:`to_float`
+turns a batch into ``[0, 1]`` floats on the device, and :func:`augment` applies the random crop / flip with
+an explicit generator.
+
+CIFAR's "python version" files are pickles by format. They are read with a restricted unpickler that builds
+only numpy arrays and plain containers: a file that would run code is refused with a :class:`DatasetError`.
 """
 
 from __future__ import annotations
@@ -29,6 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
+
+from .errors import DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -52,17 +69,15 @@ LAYOUTS = {
       val/images/*.JPEG
       val/val_annotations.txt    "<file>\\t<wnid>\\t..." per line (this labelled split is used as the test set)""",
     "folder": """class-per-folder image tree:
-    <path>/<class name>/*.png|jpg|jpeg|bmp|...        (split into train/val by data.val_fraction; test likewise)
+    <path>/<class name>/*.png|jpg|jpeg|bmp|...        (test and val each carved from it by data.val_fraction)
   or, already split:
     <path>/train/<class name>/*.png ...
-    <path>/val/<class name>/*.png ...                  (optional; else carved from train)
-    <path>/test/<class name>/*.png ...                 (optional; else carved from train)""",
+    <path>/val/<class name>/*.png ...                  (optional; the test set when there is no test/)
+    <path>/test/<class name>/*.png ...                 (optional; else val/ is the test set, or it is carved
+                                                        from train; val is carved from train when val/ is
+                                                        missing or is the test set)""",
     "digits": """digits: scikit-learn's bundled 8x8 digits (no files needed; pass --data digits)""",
 }
-
-
-class DatasetError(RuntimeError):
-    """A dataset that is missing or malformed; the message says what layout was expected."""
 
 
 def _error(fmt: str, path: str, problem: str) -> DatasetError:
@@ -120,6 +135,8 @@ class Dataset:
     #: per-channel mean and std of the training images in [0, 1] units
     mean: tuple[float, ...] = field(default_factory=tuple)
     std: tuple[float, ...] = field(default_factory=tuple)
+    #: how the train / val / test splits were made (see the module docstring)
+    split_rule: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -136,6 +153,10 @@ class Dataset:
     def describe(self) -> str:
         return (f"{self.name}: {self.num_classes} classes, {self.channels}x{self.image_size}x{self.image_size}, "
                 f"train {len(self.train)} / val {len(self.val)} / test {len(self.test)}")
+
+    def describe_splits(self) -> str:
+        """The split sizes and the rule that made them."""
+        return f"train {len(self.train)} / val {len(self.val)} / test {len(self.test)}: {self.split_rule}"
 
 
 def _read_image(path: str, size: int, channels: int) -> Tensor:
@@ -204,7 +225,28 @@ def load_digits_dataset(split_seed: int = 0) -> Dataset:
     train_idx, val_idx = rest[tr], rest[va]
     full = Split(labels, images, None, 8, 1)
     return Dataset("digits", [str(i) for i in range(10)], full.subset(train_idx), full.subset(val_idx),
-                   full.subset(test), natural=False)
+                   full.subset(test), natural=False,
+                   split_rule=f"a fixed stratified 60/20/20 split of the 1797 digits (split_seed {split_seed})")
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers only: ``find_class`` allows the few callables numpy's
+    array pickles name (NumPy 1 and 2 module paths, protocols 2 to 5) and refuses everything else, so a
+    crafted file cannot run code."""
+
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes pickled by Python 3 at protocol 2
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise DatasetError(f"refused to load {module}.{name}: a CIFAR batch holds only numpy arrays, lists "
+                               f"and strings")
+        return super().find_class(module, name)
 
 
 def _unpickle(path: str, fmt: str, root: str) -> dict:
@@ -212,7 +254,7 @@ def _unpickle(path: str, fmt: str, root: str) -> dict:
         raise _error(fmt, root, f"{fmt}: missing file {path}")
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _ArrayUnpickler(f, encoding="bytes").load()
     except Exception as exc:
         raise _error(fmt, root, f"{fmt}: cannot unpickle {path}: {exc}") from None
     if not isinstance(obj, dict):
@@ -268,7 +310,9 @@ def load_cifar(path: str, num_classes: int, val_fraction: float, split_seed: int
     test_x, test_y = read(test_files)
     keep, held = stratified_split(train_y, val_fraction, split_seed)
     full = Split(train_y, train_x, None, 32, 3)
-    return Dataset(fmt, classes, full.subset(keep), full.subset(held), Split(test_y, test_x, None, 32, 3))
+    return Dataset(fmt, classes, full.subset(keep), full.subset(held), Split(test_y, test_x, None, 32, 3),
+                   split_rule=f"test = the test batch(es); val = {val_fraction:g} of the training batches, "
+                              f"class-balanced (split_seed {split_seed})")
 
 
 def load_tinyimagenet(path: str, val_fraction: float, split_seed: int, image_size: int | None) -> Dataset:
@@ -320,7 +364,9 @@ def load_tinyimagenet(path: str, val_fraction: float, split_seed: int, image_siz
     full = Split(torch.tensor(labels, dtype=torch.int64), None, files, size, 3)
     keep, held = stratified_split(full.labels, val_fraction, split_seed)
     test = Split(torch.tensor(test_labels, dtype=torch.int64), None, test_files, size, 3)
-    return Dataset(fmt, classes, full.subset(keep), full.subset(held), test)
+    return Dataset(fmt, classes, full.subset(keep), full.subset(held), test,
+                   split_rule=f"test = val/ (labelled; the test labels are not public); val = {val_fraction:g} "
+                              f"of train/, class-balanced (split_seed {split_seed})")
 
 
 def _scan_class_tree(root: str, path: str, classes: list[str] | None = None) -> tuple[list[str], list[str], list[int]]:
@@ -341,34 +387,56 @@ def _scan_class_tree(root: str, path: str, classes: list[str] | None = None) -> 
     return classes, files, labels
 
 
+GREYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def _folder_channels(files: list[str]) -> int:
+    """1 when every image is greyscale, else 3 (probes each file's header, about 50 us a file)."""
+    from PIL import Image
+
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                if im.mode not in GREYSCALE_MODES:
+                    return 3
+        except Exception as exc:  # PIL raises many types for corrupt files
+            raise DatasetError(f"cannot read image {f}: {exc}") from None
+    return 1
+
+
 def load_folder(path: str, val_fraction: float, split_seed: int, image_size: int | None) -> Dataset:
+    """A class-per-folder tree, split as the module docstring says."""
     size = image_size or 32
     pre_split = os.path.isdir(os.path.join(path, "train"))
     train_root = os.path.join(path, "train") if pre_split else path
     classes, files, labels = _scan_class_tree(train_root, path)
-    # channels: 1 when every probed image is greyscale, else 3
-    from PIL import Image
-
-    try:
-        with Image.open(files[0]) as im:
-            channels = 1 if im.mode in ("L", "1", "I;16", "I") else 3
-    except Exception as exc:
-        raise DatasetError(f"cannot read image {files[0]}: {exc}") from None
-    full = Split(torch.tensor(labels, dtype=torch.int64), None, files, size, channels)
-    held_frac = val_fraction
-    splits = {}
+    given = {}  # the labelled splits the folder has
     for name in ("val", "test"):
         d = os.path.join(path, name)
         if pre_split and os.path.isdir(d):
             _, f2, l2 = _scan_class_tree(d, path, classes)
-            splits[name] = Split(torch.tensor(l2, dtype=torch.int64), None, f2, size, channels)
-    train = full
+            given[name] = (f2, l2)
+    channels = _folder_channels(files + [f for f2, _ in given.values() for f in f2])
+
+    def split(f, lab) -> Split:
+        return Split(torch.tensor(lab, dtype=torch.int64), None, f, size, channels)
+
+    train = split(files, labels)
+    if "test" not in given and "val" in given:  # Tiny ImageNet / ImageNet: the labelled val/ is the test set
+        given["test"] = given.pop("val")
+    splits = {name: split(*fl) for name, fl in given.items()}
+    rule = []
     for name in ("test", "val"):
-        if name not in splits:
-            keep, held = stratified_split(train.labels, held_frac, split_seed + (name == "val"))
+        if name in splits:
+            src = "val/" if name == "test" and not os.path.isdir(os.path.join(path, "test")) else f"{name}/"
+            rule.append(f"{name} = {src}")
+        else:
+            keep, held = stratified_split(train.labels, val_fraction, split_seed + (name == "val"))
             splits[name] = train.subset(held)
             train = train.subset(keep)
-    return Dataset("folder:" + os.path.basename(os.path.normpath(path)), classes, train, splits["val"], splits["test"])
+            rule.append(f"{name} = {val_fraction:g} of {'train/' if pre_split else 'the images'}, class-balanced")
+    return Dataset("folder:" + os.path.basename(os.path.normpath(path)), classes, train, splits["val"], splits["test"],
+                   split_rule="; ".join(rule) + f" (split_seed {split_seed})")
 
 
 def detect_format(path: str) -> str:
@@ -413,6 +481,7 @@ def load_dataset(source: str = "digits", format: str = "auto", *, val_fraction: 
             raise _error(fmt if fmt in LAYOUTS else "folder", source, f"{ds.name}: the {name} split is empty")
     if limit_train:
         ds.train = ds.train.subset(balanced_subset(ds.train.labels, limit_train, split_seed))
+        ds.split_rule += f"; train limited to {len(ds.train)} images, class-balanced"
     ds.mean, ds.std = channel_stats(ds.train)
     return ds
 
@@ -463,19 +532,27 @@ class _Batches(torch.utils.data.Dataset):
         return self.split.get(self.chunks[i])
 
 
+def load_batches(split: Split, index_batches, workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    """uint8 images ``(b, C, H, W)`` and int64 labels ``(b,)`` for each index tensor of ``index_batches``, in
+    order; image files are decoded by ``workers`` processes (in-memory splits never need any)."""
+    index_batches = list(index_batches)
+    if split.images is not None or workers == 0:
+        for idx in index_batches:
+            yield split.get(idx)
+        return
+    loader = torch.utils.data.DataLoader(_Batches(split, index_batches), batch_size=None, shuffle=False,
+                                         num_workers=workers, persistent_workers=False)
+    yield from loader
+
+
 def batches(split: Split, batch_size: int, order: Tensor, drop_last: bool = False,
             workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-    """uint8 images ``(b, C, H, W)`` and labels in the given ``order``; files are decoded by ``workers``."""
+    """:func:`load_batches` over ``order`` cut into batches of ``batch_size`` (the last one shorter, or dropped
+    with ``drop_last`` when there is more than one)."""
     chunks = list(order.split(batch_size))
     if drop_last and chunks and chunks[-1].numel() < batch_size and len(chunks) > 1:
         chunks = chunks[:-1]
-    if split.images is not None or workers == 0:
-        for c in chunks:
-            yield split.get(c)
-        return
-    loader = torch.utils.data.DataLoader(_Batches(split, chunks), batch_size=None, shuffle=False,
-                                         num_workers=workers, persistent_workers=False)
-    yield from loader
+    return load_batches(split, chunks, workers)
 
 
 def to_float(x: Tensor, device, channels_last: bool = False) -> Tensor:
@@ -484,6 +561,13 @@ def to_float(x: Tensor, device, channels_last: bool = False) -> Tensor:
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def augment_mode(mode: str, ds: Dataset) -> str:
+    """``data.augment`` resolved: ``auto`` is random crop + horizontal flip for natural images, none for digits."""
+    if mode != "auto":
+        return mode
+    return "crop-flip" if ds.natural else "none"
 
 
 def augment(x: Tensor, mode: str, generator: torch.Generator, pad: int | None = None) -> Tensor:
