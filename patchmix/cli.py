@@ -7,9 +7,9 @@
     patchmix eval --checkpoint M.pt   top-1 and FGSM robustness
 
 Every command takes the configuration from ``--preset``/``--config``, then flags, then ``--set key=value``,
-and writes the resolved ``config.json`` next to its results. Exit codes: 0 done, 1 unexpected error,
-2 bad arguments / configuration / missing or malformed data, 130 interrupted (a resumable checkpoint is in
-place).
+and writes the resolved ``config.json`` next to its results. Exit codes, by the type of the error
+(:mod:`patchmix.errors`): 0 done, 1 unexpected error, 2 bad arguments, configuration, data, policy,
+checkpoint or output folder, 130 interrupted (a resumable checkpoint is in place).
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ import json
 import os
 import sys
 from contextlib import contextmanager
+
+from .choices import CHANNELS_LAST, DATA_FORMATS, METHODS, OBJECTIVES, SPLITS
+from .config import PRESETS
+from .errors import ConfigError, PatchmixError
 
 EPILOG_DATA = """data (--data): 'digits' (scikit-learn's bundled 8x8 digits, the default) or a folder on local disk
 holding CIFAR-10 / CIFAR-100 python pickle batches, Tiny ImageNet (tiny-imagenet-200 layout) or a
@@ -38,14 +42,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool = True) -> None:
     g = p.add_argument_group("configuration (defaults: the digits preset; see config.json of any run)")
     g.add_argument("--config", metavar="FILE", help="a config.json written by an earlier run (re-runs it)")
-    g.add_argument("--preset", choices=["digits", "paper-cifar"],
+    g.add_argument("--preset", choices=list(PRESETS),
                    help="digits: the quick CPU demo (default); paper-cifar: the paper's recipe (400 epochs, batch "
                         "100, SGD Nesterov 0.9, wd 5e-4, lr 0.1 cosine, P=4, alpha=1, ResNet-32)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set train.warmup_epochs=5 --set search.draws=64 (repeatable)")
     g = p.add_argument_group("data and model")
     g.add_argument("--data", metavar="PATH", help="'digits' or a dataset folder (see below)")
-    g.add_argument("--format", choices=["auto", "digits", "cifar10", "cifar100", "tinyimagenet", "folder"],
+    g.add_argument("--format", choices=DATA_FORMATS,
                    help="dataset format (default: detected)")
     g.add_argument("--image-size", type=int, help="resize image-file datasets to this side")
     g.add_argument("--model", help="resnet32, preact_resnet56, preact_resnet164, mobilenetv2, resnet50, small_cnn "
@@ -62,7 +66,7 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
     g = p.add_argument_group("runtime")
     g.add_argument("--device", help="auto (CUDA when available), cpu, cuda, cuda:1")
     g.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA devices")
-    g.add_argument("--channels-last", choices=["auto", "on", "off"], help="memory format (auto: on for CUDA)")
+    g.add_argument("--channels-last", choices=CHANNELS_LAST, help="memory format (auto: on for CUDA)")
     g.add_argument("--threads", type=int, help="torch CPU threads")
     g.add_argument("--workers", type=int, help="data-loader processes for image files")
     if out_default is not None:
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "metrics.json, config.json, checkpoints/, policy.json, search/, figures/ and\n"
                                    "report.md; prints the accuracy table (mean ± std over seeds).")
     _common(p, out_default="runs/latest")
-    p.add_argument("--methods", help="comma-separated subset of base,mixup,cutmix,random,guided")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--population", type=int, help="search population")
     p.add_argument("--generations", type=int, help="search generations")
     p.add_argument("--resume", action="store_true",
@@ -104,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Works under torchrun (DDP: each rank mixes its own batch, metrics reduced).")
     _common(p, out_default=None)
     p.add_argument("--out", help="output folder (default: runs/train-<method>)")
-    p.add_argument("--method", required=True, choices=["base", "mixup", "cutmix", "random", "guided"])
+    p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--policy", metavar="FILE", help="policy.json for --method guided (from `patchmix search`)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
 
@@ -120,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", type=int)
     p.add_argument("--generations", type=int)
     p.add_argument("--pairs", type=int, help="N, the maximum number of active class pairs (default 2K)")
-    p.add_argument("--objective", choices=["logprob", "accuracy"])
+    p.add_argument("--objective", choices=OBJECTIVES)
     p.add_argument("--maximize", action="store_true", default=None,
                    help="prefer easy interpolations (default: minimise, hardest first)")
     p.add_argument("--resume", action="store_true", help="continue the search checkpoint in --out")
@@ -128,11 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", formatter_class=_Formatter, epilog=EPILOG_DATA, help="render mixed samples to a PNG",
                        description="Draw a grid of mixed samples, each titled with its soft label.")
     _common(p, out_default=None, seeds=False)
-    p.add_argument("--method", default="random", choices=["base", "mixup", "cutmix", "random", "guided"])
+    p.add_argument("--method", default="random", choices=METHODS)
     p.add_argument("--policy", metavar="FILE", help="policy.json (implies --method guided)")
     p.add_argument("-n", "--num", type=int, default=16, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--split", default="train", choices=SPLITS)
     p.add_argument("--output", "-o", default="runs/show.png", help="PNG file to write")
 
     p = sub.add_parser("eval", formatter_class=_Formatter, help="top-1 and FGSM robustness of a checkpoint",
@@ -142,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", dest="checkpoint_opt", action="append", default=[], metavar="FILE",
                    help="a checkpoint file (repeatable)")
     p.add_argument("--epsilons", default="0.05,0.1,0.2", help="comma-separated FGSM epsilons ('' for none)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--data", metavar="PATH", help="evaluate on another dataset location than the checkpoint's")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
@@ -161,28 +165,33 @@ def _updates(args) -> dict:
          "lr": "train.lr", "alpha": "train.alpha", "device": "run.device", "amp": "run.amp",
          "channels_last": "run.channels_last", "threads": "run.threads", "workers": "data.workers",
          "methods": "run.methods", "seeds": "run.seeds", "population": "search.population",
-         "generations": "search.generations", "pairs": "search.max_pairs", "objective": "search.objective",
-         "maximize": "search.maximize"}
+         "generations": "search.generations", "pairs": "search.num_pairs", "objective": "search.objective"}
     for attr, key in m.items():
         v = getattr(args, attr, None)
         if v is not None:
             u[key] = v
+    if getattr(args, "maximize", None):
+        u["search.direction"] = "max"
     if getattr(args, "seed", None) is not None and args.command in ("run", "train"):
         u["run.seeds"] = str(args.seed)
     for item in getattr(args, "overrides", []) or []:
         if "=" not in item:
-            from .config import ConfigError
-
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         u[k.strip()] = v.strip()
     return u
 
 
-def _config(args):
+def _config(args, one_seed: bool = False):
+    """The resolved configuration. ``one_seed``: unless seeds were asked for (``--seeds``, ``--seed``,
+    ``--set run.seeds=...`` or a config file), only the first seed, so config.json lists what is trained."""
     from . import config
 
-    return config.resolve(getattr(args, "preset", None), getattr(args, "config", None), _updates(args))
+    updates = _updates(args)
+    cfg = config.resolve(getattr(args, "preset", None), getattr(args, "config", None), updates)
+    if one_seed and "run.seeds" not in updates and not getattr(args, "config", None):
+        cfg = cfg.override({"run.seeds": cfg.run.seeds[:1]})
+    return cfg
 
 
 def _print(msg: str = "") -> None:
@@ -193,7 +202,7 @@ def cmd_run(args) -> int:
     from .workflow import run_workflow
 
     cfg = _config(args)
-    from .train import shutdown_distributed
+    from .training import shutdown_distributed
 
     clean = False
     try:
@@ -214,13 +223,16 @@ def cmd_run(args) -> int:
 
 
 @contextmanager
-def _job(cfg, out: str, quiet: bool):
+def _job(cfg, out: str, quiet: bool, command: str):
     """What ``train`` and ``search`` share: the runtime (one process, or DDP under torchrun, torn down on every
-    path), ``out/checkpoints`` and ``out/config.json`` written by rank 0, and ``out/log.jsonl`` (closed on
-    every path). Yields ``(runtime, log)``."""
-    from .train import Log, runtime_session
+    path), the output folder checked (no folder of other files), ``out/checkpoints`` and ``out/config.json``
+    written by rank 0, and ``out/log.jsonl`` (closed on every path). Yields ``(runtime, log)``."""
+    from .rundir import check_output
+    from .training import Log, runtime_session
 
     with runtime_session(cfg) as rt:
+        check_output(out, command)  # every rank, before any rank writes
+        rt.barrier()
         if rt.is_main:
             os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
             cfg.save(os.path.join(out, "config.json"))
@@ -230,20 +242,20 @@ def _job(cfg, out: str, quiet: bool):
 
 def cmd_train(args) -> int:
     from . import data as data_mod
+    from .files import write_json
     from .report import format_table, summarize
-    from .train import fgsm_evaluate, train_model
-    from .workflow import _write_json
+    from .rundir import checkpoint_path
+    from .training import fgsm_evaluate, train_model
 
-    cfg = _config(args)
+    cfg = _config(args, one_seed=True)
     out = args.out or f"runs/train-{args.method}"
-    with _job(cfg, out, args.quiet) as (rt, log):
+    with _job(cfg, out, args.quiet, "train") as (rt, log):
         ds = data_mod.from_config(cfg)
         log.info(f"data  {ds.describe()}" + (f"; {rt.world} processes" if rt.distributed else ""))
+        log.info(f"split {ds.describe_splits()}")
         policy = None
         if args.method == "guided":
             if not args.policy:
-                from .config import ConfigError
-
                 raise ConfigError("--method guided needs --policy FILE (a policy.json from `patchmix search` or "
                                   "`patchmix run`)")
             from .search import Policy
@@ -251,11 +263,8 @@ def cmd_train(args) -> int:
             policy = Policy.load(args.policy, list(ds.classes), cfg.model.grid_size) if rt.is_main else None
             policy = rt.broadcast_object(policy)
         results = []
-        seeds = cfg.run.seeds
-        if args.seeds is None and args.seed is None and not args.config:
-            seeds = seeds[:1]  # one model unless seeds are asked for
-        for seed in seeds:
-            ck = os.path.join(out, "checkpoints", f"{args.method}-seed{seed}.pt")
+        for seed in cfg.run.seeds:
+            ck = checkpoint_path(out, args.method, seed)
             net, res = train_model(cfg, ds, args.method, seed, rt=rt, checkpoint=ck, resume=args.resume,
                                    policy=policy, log=log, desc=f"{args.method} seed {seed}")
             if cfg.run.fgsm_epsilons:
@@ -264,24 +273,27 @@ def cmd_train(args) -> int:
             results.append(res)
         if rt.is_main:
             summary = summarize(results, [args.method])
-            _write_json(os.path.join(out, "metrics.json"), {"config": cfg.to_dict(), "results": results,
-                                                            "summary": summary, "world": rt.world})
-            _print(format_table(summary, {args.method: results[0]["fgsm"]} if len(results) == 1 and
-                                results[0].get("fgsm") else None))
+            write_json(os.path.join(out, "metrics.json"), {"config": cfg.to_dict(), "results": results,
+                                                           "summary": summary, "world": rt.world})
+            fgsm = [r["fgsm"] for r in results if r.get("fgsm")]
+            fgsm_mean = {args.method: {e: sum(f[e] for f in fgsm) / len(fgsm) for e in fgsm[0]}} if fgsm else None
+            _print(format_table(summary, fgsm_mean))
             _print(f"checkpoints and metrics.json in {out}")
     return 0
 
 
 def cmd_search(args) -> int:
     from . import data as data_mod
-    from .report import fitness_figure, pairs_figure
-    from .train import model_from_checkpoint, train_model
-    from .workflow import _write_json, render_samples, run_search
+    from .files import write_json
+    from .report import fitness_figure, pairs_figure, render_samples
+    from .rundir import checkpoint_path, logbook_path, search_checkpoint_path
+    from .training import model_from_checkpoint, train_model
+    from .workflow import run_search
 
     cfg = _config(args)
     out = args.out
     seed = args.seed if args.seed is not None else cfg.run.seeds[0]
-    with _job(cfg, out, args.quiet) as (rt, log):
+    with _job(cfg, out, args.quiet, "search") as (rt, log):
         ds = data_mod.from_config(cfg)
         if args.checkpoint:
             net, _, _ = model_from_checkpoint(args.checkpoint, ds)
@@ -289,14 +301,12 @@ def cmd_search(args) -> int:
         else:
             log.info("no --model-checkpoint: training the Random PatchMix model f_T first (phase one)")
             net, _ = train_model(cfg, ds, "random", seed, rt=rt, log=log, resume=args.resume,
-                                 checkpoint=os.path.join(out, "checkpoints", f"random-seed{seed}.pt"),
-                                 desc=f"random seed {seed}")
-        result = run_search(cfg, ds, net, seed, rt, checkpoint=os.path.join(out, "checkpoints", "search.pkl"),
-                            resume=args.resume, log=log)
+                                 checkpoint=checkpoint_path(out, "random", seed), desc=f"random seed {seed}")
+        result = run_search(cfg, ds, net, seed, rt, checkpoint=search_checkpoint_path(out), resume=args.resume,
+                            log=log)
         if rt.is_main:
             result.policy.save(os.path.join(out, "policy.json"))
-            os.makedirs(os.path.join(out, "search"), exist_ok=True)
-            _write_json(os.path.join(out, "search", "logbook.json"), result.logbook)
+            write_json(logbook_path(out), result.logbook)
             figdir = os.path.join(out, "figures")
             fitness_figure({"search": result.logbook}, os.path.join(figdir, "fitness.png"))
             pairs_figure([result.policy], list(ds.classes), os.path.join(figdir, "pairs.png"))
@@ -310,7 +320,7 @@ def cmd_search(args) -> int:
 
 def cmd_show(args) -> int:
     from . import data as data_mod
-    from .workflow import render_samples
+    from .report import render_samples
 
     cfg = _config(args)
     ds = data_mod.from_config(cfg)
@@ -318,15 +328,11 @@ def cmd_show(args) -> int:
     policy = None
     if method == "guided":
         if not args.policy:
-            from .config import ConfigError
-
             raise ConfigError("--method guided needs --policy FILE")
         from .search import Policy
 
         policy = Policy.load(args.policy, list(ds.classes), cfg.model.grid_size)
     if args.num < 1:
-        from .config import ConfigError
-
         raise ConfigError("--num must be >= 1")
     path = render_samples(cfg, ds, method, args.output, args.num, args.seed, policy, split=args.split)
     _print(path)
@@ -337,8 +343,9 @@ def cmd_eval(args) -> int:
     import torch
 
     from . import data as data_mod
-    from .config import ConfigError
-    from .train import Runtime, evaluate, fgsm_evaluate, load_checkpoint, model_from_checkpoint
+    from .config import Config
+    from .files import write_json
+    from .training import Runtime, evaluate, fgsm_evaluate, load_checkpoint, model_from_checkpoint
 
     paths = list(args.checkpoints) + list(args.checkpoint_opt)
     if not paths:
@@ -349,19 +356,17 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"--epsilons must be comma-separated numbers, got {args.epsilons!r}") from None
     dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     rt = Runtime(torch.device(dev))
-    rows, cache = [], {}
+    rows, datasets = [], {}
     for path in paths:
-        ckpt = load_checkpoint(path)
-        from .config import Config
-
+        ckpt = load_checkpoint(path)  # the one read of this file
         cfg = Config().override(ckpt["config"])
         if args.data:
             cfg = cfg.override({"data.source": args.data})
         key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
-        if key not in cache:
-            cache[key] = data_mod.from_config(cfg)
-        ds = cache[key]
-        net, _, _ = model_from_checkpoint(path, ds)
+        if key not in datasets:
+            datasets[key] = data_mod.from_config(cfg)
+        ds = datasets[key]
+        net, _, _ = model_from_checkpoint(ckpt, ds)
         net = net.to(rt.device)
         split = getattr(ds, args.split)
         row = {"checkpoint": path, "method": ckpt["method"], "seed": ckpt["seed"], "epoch": ckpt["epoch"],
@@ -380,9 +385,7 @@ def cmd_eval(args) -> int:
         line += "".join(f" {100 * r['fgsm'][f'{e:g}']:>8.2f}%" for e in eps)
         _print(line)
     if args.json:
-        from .config import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
+        write_json(args.json, rows)
     return 0
 
 
@@ -395,32 +398,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from .config import ConfigError
-    from .data import DatasetError
-    from .search import PolicyError
-    from .train import Interrupted, reset_stop_request
+    from .training import Interrupted, reset_stop_request
 
     reset_stop_request()
     try:
         return COMMANDS[args.command](args)
-    except Interrupted as exc:
-        print(f"patchmix: {exc}", file=sys.stderr)
-        return 130
     except KeyboardInterrupt:
         print("patchmix: interrupted; the last epoch's checkpoint is in place (continue with --resume)",
               file=sys.stderr)
         return 130
-    except (ConfigError, DatasetError, PolicyError) as exc:
-        print(f"patchmix {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"patchmix {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        if "checkpoint" in str(exc):
-            print(f"patchmix {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except PatchmixError as exc:  # the exit code comes with the error's type (patchmix.errors)
+        where = "patchmix" if isinstance(exc, Interrupted) else f"patchmix {args.command}: error"
+        print(f"{where}: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -7,10 +7,14 @@ Every command writes the resolved configuration to ``<out>/config.json``; ``patc
 Presets:
 
 * ``digits`` (the default): scikit-learn's bundled 8x8 digits, the small CNN, a budget that runs the whole
-  four-phase workflow with five methods and three seeds in a few minutes on a 2-core CPU.
+  four-phase workflow with five methods and three seeds in a few minutes on a 2-core CPU (a search of
+  population 200 for at most 100 generations).
 * ``paper-cifar``: the paper's CIFAR recipe (section 4.2): 400 epochs, batch 100, SGD with Nesterov
   momentum 0.9, weight decay 5e-4, learning rate 0.1 with cosine annealing, ``P = 4``, ``alpha = 1``,
   ResNet-32, and the paper's search (population 500, 250 generations, crossover 0.5, mutation 0.3).
+
+The ``search`` section is :class:`patchmix.search.SearchConfig` itself: its keys are the keyword arguments of
+:func:`patchmix.search.search` (one vocabulary, no translation).
 """
 
 from __future__ import annotations
@@ -22,23 +26,22 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("base", "mixup", "cutmix", "random", "guided")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run (unknown key, bad value); the CLI prints it and exits with 2."""
+from .choices import AUGMENTATIONS, CHANNELS_LAST, DATA_FORMATS, METHODS, SCHEDULES, check_choice
+from .errors import ConfigError
+from .files import atomic_write_text
+from .search.settings import SearchConfig
 
 
 @dataclass
 class DataConfig:
     #: "digits" (scikit-learn's bundled images) or a path on local disk.
     source: str = "digits"
-    #: auto | digits | cifar10 | cifar100 | tinyimagenet | folder
+    #: auto | digits | cifar10 | cifar100 | tinyimagenet | folder (patchmix.choices.DATA_FORMATS)
     format: str = "auto"
     #: Side length images of folder datasets are resized to (None: 64 for Tiny ImageNet, else 32).
     image_size: int | None = None
-    #: Fraction of the training split held out as the validation set (used by the search) when the
-    #: dataset has no separate validation split.
+    #: Fraction of the training images held out as a split the dataset does not have (validation, used by
+    #: the search; test, when there is neither a test/ nor a labelled val/), stratified by class.
     val_fraction: float = 0.1
     #: Seed of the fixed train/val split (independent of the training seed, so every seed sees one split).
     split_seed: int = 0
@@ -88,28 +91,6 @@ class TrainConfig:
 
 
 @dataclass
-class SearchConfig:
-    population: int = 200
-    generations: int = 100
-    cx_prob: float = 0.5
-    mut_prob: float = 0.3
-    #: N, the maximum number of active class pairs (None: twice the number of classes).
-    max_pairs: int | None = None
-    #: forced | allowed | excluded: how same-class pairs (c, c) are treated (paper Table 6).
-    same_class: str = "forced"
-    #: logprob | accuracy: the patch-level score of the cached fitness.
-    objective: str = "logprob"
-    #: minimise the score (hardest interpolations first, the paper's choice) or maximise it.
-    maximize: bool = False
-    #: S, validation pairs drawn per class pair.
-    draws: int = 32
-    #: Stop when the best fitness has not improved for this many generations (0: never).
-    patience: int = 30
-    #: Save a search checkpoint every n generations.
-    checkpoint_every: int = 5
-
-
-@dataclass
 class RunConfig:
     methods: tuple[str, ...] = METHODS
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -155,13 +136,12 @@ class Config:
         return cfg
 
     def validate(self) -> None:
-        d, t, s, r = self.data, self.train, self.search, self.run
-        _choice("data.format", d.format, ("auto", "digits", "cifar10", "cifar100", "tinyimagenet", "folder"))
-        _choice("data.augment", d.augment, ("auto", "crop-flip", "crop", "none"))
-        _choice("train.schedule", t.schedule, ("cosine", "step", "constant"))
-        _choice("search.same_class", s.same_class, ("forced", "allowed", "excluded"))
-        _choice("search.objective", s.objective, ("logprob", "accuracy"))
-        _choice("run.channels_last", r.channels_last, ("auto", "on", "off"))
+        d, t, r = self.data, self.train, self.run
+        check_choice("data.format", d.format, DATA_FORMATS, ConfigError)
+        check_choice("data.augment", d.augment, AUGMENTATIONS, ConfigError)
+        check_choice("train.schedule", t.schedule, SCHEDULES, ConfigError)
+        check_choice("run.channels_last", r.channels_last, CHANNELS_LAST, ConfigError)
+        self.search.validate()
         if not 0.0 < d.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
         if self.model.grid_size < 1:
@@ -178,8 +158,6 @@ class Config:
         if len(t.guided_fractions) != 3 or min(t.guided_fractions) < 0 or sum(t.guided_fractions) <= 0:
             raise ConfigError(f"train.guided_fractions must be 3 non-negative numbers (original, random, guided), "
                               f"got {t.guided_fractions}")
-        if s.population < 2 or s.generations < 1 or s.draws < 1:
-            raise ConfigError("search.population must be >= 2, search.generations >= 1 and search.draws >= 1")
         bad = [m for m in r.methods if m not in METHODS]
         if bad or not r.methods:
             raise ConfigError(f"run.methods: unknown {bad}; choose from {', '.join(METHODS)}")
@@ -189,13 +167,14 @@ class Config:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # tiny 8x8 convolutions: one intra-op thread beats two (and is far faster on a busy machine)
-    "digits": {"model": {"width": 16}, "run": {"threads": 1}},
+    "digits": {"model": {"width": 16}, "run": {"threads": 1},
+               "search": {"population": 200, "generations": 100, "patience": 30, "checkpoint_every": 5}},
     "paper-cifar": {
         "data": {"augment": "crop-flip"},
         "model": {"name": "resnet32", "grid_size": 4},
         "train": {"epochs": 400, "batch_size": 100, "lr": 0.1, "momentum": 0.9, "nesterov": True,
                   "weight_decay": 5e-4, "schedule": "cosine", "alpha": 1.0},
-        "search": {"population": 500, "generations": 250, "cx_prob": 0.5, "mut_prob": 0.3},
+        "search": {"population": 500, "generations": 250, "cxpb": 0.5, "mutpb": 0.3},
     },
 }
 
@@ -261,18 +240,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 _SECTIONS = ("data", "model", "train", "search", "run")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so a kill never leaves half a file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _fields(obj) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(obj)}
 
@@ -325,8 +292,3 @@ def _coerce(key: str, fld: dataclasses.Field, current: Any, value: Any) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"bad value for {key}: {value!r} (expected {typ})") from None
-
-
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")

@@ -4,9 +4,14 @@
   ``pair_weights``), one pool image of class ``c_i`` and one of ``c_j`` (uniformly), composed with that
   pair's mask by ``patchmix.ops.grid_mix`` with ``index_a``/``index_b`` into the pool. True cells come from the
   ``c_i`` image, which is ``target_a`` of the returned :class:`~patchmix.MixedBatch`.
-* :class:`MixedBatchSampler` + :class:`MixedCollate` (or :func:`mixed_loader`) serve one batch with three
-  parts, in this order: original samples (``lam = 1``), Random-PatchMix samples (mixed within that part) and
-  guided samples, for phase four (``L_O`` over all of them).
+* Phase four's batch, built in one place: :class:`MixedBatchSampler` lists a batch's dataset indices and
+  :class:`MixedCollate` composes the loaded images into one :class:`~patchmix.MixedBatch` with three parts,
+  in this order: original samples (``lam = 1``), Random-PatchMix samples (mixed within that part) and guided
+  samples (``L_O`` over all of them). :func:`phase_four_counts` splits a batch into the three parts. The
+  trainer uses the two in-process; :func:`mixed_loader` puts them into a ``torch.utils.data.DataLoader``.
+
+A Random-PatchMix part of one sample is valid: like :class:`~patchmix.RandomPatchMix` on a batch of one, it
+pairs the sample with itself (the image is unchanged and keeps its label). Counts are never adjusted.
 
 Randomness comes from the ``torch.Generator`` passed in (draws are made on its device, indices returned on
 the CPU; reproducible).
@@ -20,8 +25,34 @@ import torch
 from torch import Tensor, nn
 
 from .augment import MixedBatch, RandomPatchMix
+from .errors import PolicyError
 from .ops import grid_mix
-from .search.policy import Policy, PolicyError
+from .search.policy import Policy
+
+
+def phase_four_counts(batch: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+    """``(n_original, n_random, n_guided)`` of a phase-four batch of ``batch`` samples split by ``fractions``
+    (``train.guided_fractions``, any non-negative scale), each part rounded, with at least one sample loaded
+    from the dataset (an original or a random one) so that an epoch still walks the training set."""
+    f = [float(v) for v in fractions]
+    total = sum(f)
+    n_orig = min(int(round(batch * f[0] / total)), batch)
+    n_rand = min(int(round(batch * f[1] / total)), batch - n_orig)
+    if n_orig + n_rand == 0:
+        n_orig = 1 if f[0] > 0 or f[1] == 0 else 0
+        n_rand = 1 - n_orig
+    return n_orig, n_rand, batch - n_orig - n_rand
+
+
+def _check_in_policy(slot: Tensor) -> None:
+    """Every guided sample's ordered class pair is a policy pair (``slot >= 0``). On the CPU this raises
+    :class:`PolicyError`; on an accelerator it queues a device-side assert instead of reading the device."""
+    msg = "MixedCollate: a guided pair is not in the policy; use MixedBatchSampler's indices"
+    if slot.device.type == "cpu":
+        if bool((slot < 0).any()):
+            raise PolicyError(msg)
+    else:
+        torch._assert_async((slot >= 0).all(), msg)
 
 
 def concat_batches(batches: Sequence[MixedBatch]) -> MixedBatch:
@@ -57,20 +88,20 @@ class GuidedPatchMix(nn.Module):
         if not isinstance(policy, Policy):
             raise TypeError(f"GuidedPatchMix: policy must be a patchmix.search.Policy, got {type(policy).__name__}")
         if len(policy) == 0:
-            raise ValueError("GuidedPatchMix: the policy has no pairs")
+            raise PolicyError("GuidedPatchMix: the policy has no pairs")
         labels = torch.as_tensor(labels)
         if labels.dtype != torch.int64 or labels.dim() != 1:
             raise ValueError(f"GuidedPatchMix: labels must be int64 (L,), got {labels.dtype} {tuple(labels.shape)}")
         K = policy.num_classes
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= K):
-            raise ValueError(f"GuidedPatchMix: labels must lie in [0, {K}) for the policy's {K} classes")
+            raise PolicyError(f"GuidedPatchMix: labels must lie in [0, {K}) for the policy's {K} classes")
         labels = labels.cpu()
         counts = torch.bincount(labels, minlength=K)
         used = torch.unique(policy.pair_tensor())
         empty = used[counts[used] == 0]
         if empty.numel():
             names = [policy.class_names[int(c)] for c in empty[:5]]
-            raise ValueError(f"GuidedPatchMix: the pool has no image of classes {names} used by the policy")
+            raise PolicyError(f"GuidedPatchMix: the pool has no image of classes {names} used by the policy")
         self.policy = policy
         self.grid_size = policy.grid_size
         self.generator = generator
@@ -90,11 +121,12 @@ class GuidedPatchMix(nn.Module):
             pair_weights = w
         self.pair_weights = pair_weights
 
-    def sample(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``n`` guided draws: policy slots and pool indices ``index_a`` (class ``c_i``), ``index_b`` (``c_j``)."""
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``n`` guided draws: policy slots and pool indices ``index_a`` (class ``c_i``), ``index_b`` (``c_j``),
+        int64 ``(n,)`` each, on the CPU; drawn from ``generator`` (default: the one given at construction)."""
         if n < 0:
             raise ValueError(f"GuidedPatchMix.sample: n must be >= 0, got {n}")
-        g = self.generator
+        g = generator if generator is not None else self.generator
         dev = g.device if g is not None else torch.device("cpu")  # draw where the generator lives
         M = len(self.policy)
         if self.pair_weights is None:
@@ -142,26 +174,34 @@ class GuidedPatchMix(nn.Module):
 
 
 class MixedBatchSampler(torch.utils.data.Sampler):
-    """Batch sampler for phase four: every batch lists ``n_original + n_random`` dataset indices (a fresh
-    permutation of the dataset per epoch, no repeats within an epoch) followed by ``n_guided`` indices of
-    class-``c_i`` images and ``n_guided`` of class-``c_j`` images drawn by ``guided``. Use with
-    :class:`MixedCollate` (same counts). ``len()`` = ``num_batches`` (default: one pass over the dataset by
-    the first two parts, last incomplete batch dropped)."""
+    """The dataset indices of phase-four batches: each batch lists ``n_original + n_random`` indices from
+    ``order`` (the plain part), then ``n_guided`` indices of class-``c_i`` images and ``n_guided`` of
+    class-``c_j`` images drawn by ``guided``. Use with :class:`MixedCollate` (same counts).
 
-    def __init__(self, guided: GuidedPatchMix, counts: tuple[int, int, int], *, num_batches: int | None = None,
-                 generator: torch.Generator | None = None):
+    Args:
+        guided: the guided sampler (its labels are the pool the indices refer to).
+        counts: ``(n_original, n_random, n_guided)``, e.g. from :func:`phase_four_counts`.
+        order: the plain parts' indices, consumed in order (an epoch's shard); default: a fresh permutation
+            of the pool, drawn again when it runs out (no repeats within a pass).
+        num_batches: ``len()``; default: the batches ``order`` fills (one pass over the pool without it),
+            last incomplete batch dropped.
+        generator: draws the permutations and the guided pairs (default: ``guided``'s generator).
+    """
+
+    def __init__(self, guided: GuidedPatchMix, counts: tuple[int, int, int], *, order: Tensor | None = None,
+                 num_batches: int | None = None, generator: torch.Generator | None = None):
         n_o, n_r, n_g = (int(c) for c in counts)
         if min(n_o, n_r, n_g) < 0 or n_o + n_r + n_g == 0:
             raise ValueError(f"MixedBatchSampler: counts must be three non-negative ints, not all 0, got {counts}")
-        if n_r == 1:
-            raise ValueError("MixedBatchSampler: n_random must be 0 or >= 2 (random mixing pairs samples of that part)")
         self.guided, self.counts, self.generator = guided, (n_o, n_r, n_g), generator
-        L = guided.labels.shape[0]
+        self.order = None if order is None else torch.as_tensor(order, dtype=torch.int64)
+        L = guided.labels.shape[0] if self.order is None else self.order.numel()
         plain = n_o + n_r
         if num_batches is None:
             num_batches = L // plain if plain else 1
-        if num_batches < 1:
-            raise ValueError(f"MixedBatchSampler: num_batches must be >= 1 (pool of {L} images, {plain} per batch)")
+        if num_batches < 1 or (self.order is not None and num_batches * plain > L):
+            raise ValueError(f"MixedBatchSampler: num_batches must be >= 1 and fit the order ({L} indices, {plain} "
+                             f"per batch), got {num_batches}")
         self.num_batches = int(num_batches)
 
     def __len__(self) -> int:
@@ -170,22 +210,27 @@ class MixedBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         n_o, n_r, n_g = self.counts
         plain = n_o + n_r
+        g = self.generator if self.generator is not None else self.guided.generator
         L = self.guided.labels.shape[0]
-        perm = torch.randperm(L, generator=self.generator)
+        perm = self.order if self.order is not None else torch.zeros(0, dtype=torch.int64)
         pos = 0
         for _ in range(self.num_batches):
-            if pos + plain > L:
-                perm, pos = torch.randperm(L, generator=self.generator), 0
+            if pos + plain > perm.numel():  # only without `order`: a (new) pass over the pool
+                perm, pos = torch.randperm(L, generator=g), 0
             first = perm[pos:pos + plain]
             pos += plain
-            _, ia, ib = self.guided.sample(n_g)
+            _, ia, ib = self.guided.sample(n_g, g)
             yield torch.cat([first, ia, ib]).tolist()
 
 
 class MixedCollate:
-    """Collate for :class:`MixedBatchSampler`: stacks the loaded ``(x, y)`` samples and returns one
-    :class:`MixedBatch` with the original part (all-True masks), the Random-PatchMix part and the guided part
-    (mask looked up from the policy by the ordered labels ``(y_a, y_b)``)."""
+    """Composes phase four's batch from the samples :class:`MixedBatchSampler` listed: the original part
+    (all-True masks), the Random-PatchMix part (mixed within itself by ``random_mixer``) and the guided part
+    (each ``(c_i, c_j)`` pair of images composed with the policy's mask for that ordered pair).
+
+    ``mix(x (n_o + n_r + 2 n_g, C, H, W), y (same,)) -> MixedBatch`` of ``n_o + n_r + n_g`` samples; calling
+    the object on a list of ``(x, y)`` samples stacks them first (the ``collate_fn`` of a ``DataLoader``).
+    """
 
     def __init__(self, guided: GuidedPatchMix, counts: tuple[int, int, int], *,
                  random_mixer: RandomPatchMix | None = None):
@@ -196,25 +241,28 @@ class MixedCollate:
         if self.random_mixer.grid_size != guided.grid_size:
             raise ValueError(f"MixedCollate: random_mixer grid {self.random_mixer.grid_size} != policy grid {guided.grid_size}")
 
+    def mix(self, x: Tensor, y: Tensor) -> MixedBatch:
+        n_o, n_r, n_g = self.counts
+        if x.shape[0] != n_o + n_r + 2 * n_g or y.shape[0] != x.shape[0]:
+            raise ValueError(f"MixedCollate: expected {n_o + n_r + 2 * n_g} samples (counts {self.counts}), "
+                             f"got {x.shape[0]} images and {y.shape[0]} labels")
+        parts = []
+        if n_o:
+            parts.append(MixedBatch.unmixed(x[:n_o], y[:n_o], self.guided.grid_size))
+        if n_r:
+            parts.append(self.random_mixer(x[n_o:n_o + n_r], y[n_o:n_o + n_r]))
+        if n_g:
+            yg = y[n_o + n_r:]
+            slot = self.guided.slots_for(yg[:n_g], yg[n_g:])
+            _check_in_policy(slot)
+            idx = torch.arange(n_g, device=x.device)
+            parts.append(self.guided.compose(x[n_o + n_r:], slot, idx, idx + n_g, labels=yg))
+        return concat_batches(parts)
+
     def __call__(self, samples) -> MixedBatch:
         xs = torch.stack([torch.as_tensor(s[0]) for s in samples])
         ys = torch.tensor([int(s[1]) for s in samples], dtype=torch.int64)
-        n_o, n_r, n_g = self.counts
-        if len(samples) != n_o + n_r + 2 * n_g:
-            raise ValueError(f"MixedCollate: expected {n_o + n_r + 2 * n_g} samples (counts {self.counts}), got {len(samples)}")
-        P = self.guided.grid_size
-        parts = [MixedBatch.unmixed(xs[:n_o], ys[:n_o], P)]
-        if n_r:
-            parts.append(self.random_mixer(xs[n_o:n_o + n_r], ys[n_o:n_o + n_r]))
-        if n_g:
-            g = xs[n_o + n_r:]
-            yg = ys[n_o + n_r:]
-            slot = self.guided.slots_for(yg[:n_g], yg[n_g:])
-            if (slot < 0).any():
-                raise PolicyError("MixedCollate: a guided pair is not in the policy; use MixedBatchSampler's indices")
-            idx = torch.arange(n_g)
-            parts.append(self.guided.compose(g, slot, idx, idx + n_g, labels=yg))
-        return concat_batches(parts)
+        return self.mix(xs, ys)
 
 
 def mixed_loader(dataset, guided: GuidedPatchMix, counts: tuple[int, int, int], *, num_batches: int | None = None,
@@ -228,4 +276,4 @@ def mixed_loader(dataset, guided: GuidedPatchMix, counts: tuple[int, int, int], 
                                        **loader_kwargs)
 
 
-__all__ = ["GuidedPatchMix", "MixedBatchSampler", "MixedCollate", "concat_batches", "mixed_loader"]
+__all__ = ["GuidedPatchMix", "MixedBatchSampler", "MixedCollate", "concat_batches", "mixed_loader", "phase_four_counts"]

@@ -1,10 +1,12 @@
-"""Figures (matplotlib, Agg backend: no display needed) and the run's ``report.md``.
+"""Figures (matplotlib, Agg backend: no display needed), tables and the run's ``report.md``.
 
+* :func:`render_samples`: a PNG of ``n`` samples mixed by any method (``patchmix show``, the run's figures).
 * :func:`mixed_samples_figure`: a grid of mixed samples, each titled with its soft label.
 * :func:`fitness_figure`: the search's best / mean / worst fitness per generation.
 * :func:`pairs_figure`: the discovered class pairs as a ``K x K`` heat map (how many seeds chose each pair).
 * :func:`accuracy_figure`: test accuracy per method, mean with the spread over seeds, every seed as a dot.
 * :func:`curves_figure`: validation accuracy per epoch, per method (mean over seeds).
+* :func:`make_figures`: every figure of a ``patchmix run``.
 * :func:`summarize`, :func:`format_table`, :func:`write_report`.
 """
 
@@ -17,8 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-METHOD_LABELS = {"base": "Base", "mixup": "Mixup", "cutmix": "CutMix", "random": "Random PatchMix",
-                 "guided": "Guided PatchMix"}
+from .choices import METHOD_LABELS
+from .files import atomic_path, atomic_write_text
+
 METHOD_COLORS = {"base": "#7f7f7f", "mixup": "#1f77b4", "cutmix": "#2ca02c", "random": "#ff7f0e",
                  "guided": "#d62728"}
 
@@ -33,10 +36,8 @@ def _plt():
 
 
 def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
     return path
 
@@ -196,6 +197,62 @@ def curves_figure(results: Sequence[dict], path: str, title: str = "Validation a
     return _save(fig, path)
 
 
+def render_samples(cfg, ds, method: str, path: str, n: int = 16, seed: int = 0, policy=None,
+                   split: str = "train") -> str:
+    """A PNG grid of ``n`` samples of ``split`` mixed by ``method`` (``guided`` needs ``policy``: its samples
+    come from phase four's batch builder with only the guided part)."""
+    import torch
+
+    from . import data as data_mod
+    from .augment import MixedBatch
+    from .training import derive_seed, make_mixer
+
+    g = torch.Generator().manual_seed(derive_seed(seed, "show"))
+    sp = getattr(ds, split)
+    if method == "guided":
+        from .guided import GuidedPatchMix, MixedBatchSampler, MixedCollate
+
+        counts = (0, 0, n)
+        guided = GuidedPatchMix(policy, sp.labels)
+        idx = next(iter(MixedBatchSampler(guided, counts, num_batches=1, generator=g)))
+        x, y = sp.get(idx)
+        mb = MixedCollate(guided, counts).mix(data_mod.to_float(x, "cpu"), y)
+    else:
+        x, y = sp.get(torch.randperm(len(sp), generator=g)[: max(n, 2)])
+        mb = make_mixer(method, cfg, g)(data_mod.to_float(x, "cpu"), y)
+        mb = MixedBatch(mb.images[:n], mb.target_a[:n], mb.target_b[:n], mb.lam[:n],
+                        None if mb.mask is None else mb.mask[:n])
+    title = "original samples" if method == "base" else METHOD_LABELS[method]
+    return mixed_samples_figure(mb, list(ds.classes), path, title=f"{title} on {ds.name} (title: soft label)")
+
+
+def make_figures(cfg, ds, out: str, results, summary, policy, policies, logbooks) -> dict:
+    """Write a run's PNGs under ``out/figures``; returns ``{name: path relative to out}``.
+
+    ``policy``: the first seed's policy (its guided samples are drawn); ``policies``: every seed's (the pair
+    heat map); ``logbooks``: ``{label: logbook}`` of the searches."""
+    figdir = os.path.join(out, "figures")
+    figs: dict[str, str] = {}
+
+    def add(name: str, path: str) -> None:
+        figs[name] = os.path.relpath(path, out)
+
+    if cfg.run.show_samples:
+        n = cfg.run.show_samples
+        add("samples", render_samples(cfg, ds, "random", os.path.join(figdir, "samples.png"), n, seed=0))
+        if policy is not None:
+            add("guided_samples", render_samples(cfg, ds, "guided", os.path.join(figdir, "guided_samples.png"), n,
+                                                 seed=0, policy=policy))
+    if logbooks:
+        add("fitness", fitness_figure(logbooks, os.path.join(figdir, "fitness.png")))
+    if policies:
+        add("pairs", pairs_figure(policies, list(ds.classes), os.path.join(figdir, "pairs.png")))
+    if summary:
+        add("accuracy", accuracy_figure(summary, results, os.path.join(figdir, "accuracy.png")))
+        add("curves", curves_figure(results, os.path.join(figdir, "curves.png")))
+    return figs
+
+
 # --------------------------------------------------------------------------------------------------
 # tables
 # --------------------------------------------------------------------------------------------------
@@ -276,10 +333,7 @@ def write_report(out: str, metrics: dict, figures: dict[str, str]) -> str:
     files = metrics.get("files", {})
     if files:
         lines += ["## Files", ""] + [f"- {k}: [{v}]({v})" for k, v in files.items()] + [""]
-    text = "\n".join(lines)
     path = os.path.join(out, "report.md")
-    from .config import atomic_write_text
-
-    atomic_write_text(path, text)
+    atomic_write_text(path, "\n".join(lines))
     return path
 

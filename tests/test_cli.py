@@ -102,7 +102,7 @@ def test_help_for_every_command(capsys):
     (["run", "--preset", "digits", "--config", "x.json"], "either --preset or --config"),
     (["eval"], "name at least one checkpoint"),
     (["eval", "/nonexistent.pt"], "checkpoint not found"),
-    (["show", "--policy", "/nonexistent.json"], "No such file"),
+    (["show", "--policy", "/nonexistent.json"], "policy file not found"),
 ])
 def test_bad_arguments_exit_non_zero_with_a_message(args, needle, capsys):
     rc, out, err = _run(args, capsys)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchmix import config, data, train
+from patchmix import config, data, training
 
 TINY = {"data.limit_train": 192, "train.epochs": 2, "train.batch_size": 32, "model.width": 8,
         "run.fgsm_epsilons": "", "run.seeds": "0"}
@@ -44,14 +44,14 @@ def test_paper_cifar_preset_is_the_papers_recipe():
     assert (t.epochs, t.batch_size, t.lr, t.momentum, t.nesterov, t.weight_decay, t.schedule) == \
         (400, 100, 0.1, 0.9, True, 5e-4, "cosine")
     assert cfg.model.grid_size == 4 and t.alpha == 1.0 and cfg.model.name == "resnet32"
-    assert (cfg.search.population, cfg.search.generations, cfg.search.cx_prob, cfg.search.mut_prob) == \
+    assert (cfg.search.population, cfg.search.generations, cfg.search.cxpb, cfg.search.mutpb) == \
         (500, 250, 0.5, 0.3)
     # flags still override the preset
     assert config.resolve("paper-cifar", None, {"train.epochs": "2"}).train.epochs == 2
     # the schedule of the preset: cosine from 0.1 to 0 over 400 epochs
-    assert train.lr_at(cfg, 0, 400 * 500, 500) == pytest.approx(0.1)
-    assert train.lr_at(cfg, 200 * 500, 400 * 500, 500) == pytest.approx(0.05)
-    assert train.lr_at(cfg, 400 * 500 - 1, 400 * 500, 500) < 1e-6
+    assert training.lr_at(cfg, 0, 400 * 500, 500) == pytest.approx(0.1)
+    assert training.lr_at(cfg, 200 * 500, 400 * 500, 500) == pytest.approx(0.05)
+    assert training.lr_at(cfg, 400 * 500 - 1, 400 * 500, 500) < 1e-6
 
 
 def test_config_file_round_trip_and_errors(tmp_path):
@@ -82,7 +82,7 @@ def test_config_file_round_trip_and_errors(tmp_path):
 def test_every_method_trains(digits, method):
     cfg = tiny_cfg()
     policy = tiny_policy(digits) if method == "guided" else None
-    net, res = train.train_model(cfg, digits, method, 0, policy=policy)
+    net, res = training.train_model(cfg, digits, method, 0, policy=policy)
     assert len(res["history"]) == 2 and 0.0 <= res["test_acc"] <= 1.0
     assert all(np.isfinite(h["train_loss"]) for h in res["history"])
     out = net(torch.rand(3, 1, 8, 8))
@@ -92,13 +92,20 @@ def test_every_method_trains(digits, method):
 def test_guided_batches_hold_three_parts(digits):
     cfg = tiny_cfg(**{"train.guided_fractions": "0.25,0.25,0.5"})
     policy = tiny_policy(digits)
-    mixer = train.make_mixer("guided", cfg, digits, torch.Generator().manual_seed(0), policy)
-    assert mixer.counts(32) == (8, 8, 16) and mixer.plain(32) == 16
-    x, y = digits.train.get(torch.arange(16))
+    method = training.Method("guided", cfg, digits, training.Runtime(torch.device("cpu")), policy)
+    assert method.counts == (8, 8, 16) and method.load_size == 16 and method.batch_size == 32
+    index_batches, mixer = method.epoch(training.EpochStreams(0, 0))
+    assert len(index_batches) == method.steps_per_epoch == 6
+    idx = index_batches[0]
+    assert idx.shape == (16 + 2 * 16,)
+    x, y = digits.train.get(idx)
     x = data.to_float(x, "cpu")
-    mb = mixer(x, y, 32, lambda i: (data.to_float(digits.train.get(i)[0], "cpu"), digits.train.get(i)[1]))
+    mb = mixer(x, y)
     assert len(mb) == 32 and mb.mask.shape == (32, 4, 4)
     assert torch.all(mb.lam[:8] == 1) and torch.equal(mb.images[:8], x[:8])
+    # the plain parts walk the epoch's order: no image twice within an epoch
+    plain = torch.cat([b[:16] for b in index_batches])
+    assert plain.unique().numel() == plain.numel() == 6 * 16
     pairs = {tuple(p) for p in policy.pairs.tolist()}
     for a, b, m in zip(mb.target_a[16:].tolist(), mb.target_b[16:].tolist(), mb.mask[16:], strict=False):
         assert (a, b) in pairs
@@ -116,9 +123,9 @@ def _same(a, b):
 
 def test_deterministic_with_seed_and_different_across_seeds(digits):
     cfg = tiny_cfg(**{"train.epochs": 1})
-    a, ra = train.train_model(cfg, digits, "random", 0)
-    b, rb = train.train_model(cfg, digits, "random", 0)
-    c, _ = train.train_model(cfg, digits, "random", 1)
+    a, ra = training.train_model(cfg, digits, "random", 0)
+    b, rb = training.train_model(cfg, digits, "random", 0)
+    c, _ = training.train_model(cfg, digits, "random", 1)
     assert _same(_weights(a), _weights(b)) and ra["test_acc"] == rb["test_acc"]
     assert not _same(_weights(a), _weights(c))
 
@@ -129,41 +136,41 @@ def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(digits, tmp_path
     (6 steps per epoch); stop=12 kills after the 2nd epoch's boundary checkpoint of a 3-epoch run."""
     cfg = tiny_cfg(**{"train.epochs": 3, "data.limit_train": 192})
     policy = tiny_policy(digits) if method == "guided" else None
-    ref, ref_res = train.train_model(cfg, digits, method, 5, policy=policy)
+    ref, ref_res = training.train_model(cfg, digits, method, 5, policy=policy)
     ck = str(tmp_path / "ck.pt")
-    with pytest.raises(train.Interrupted):
-        train.train_model(cfg, digits, method, 5, policy=policy, checkpoint=ck, stop_after_steps=stop)
-    saved = train.load_checkpoint(ck)
+    with pytest.raises(training.Interrupted):
+        training.train_model(cfg, digits, method, 5, policy=policy, checkpoint=ck, stop_after_steps=stop)
+    saved = training.load_checkpoint(ck)
     assert not saved["complete"] and saved["epoch"] * 6 + saved["step"] == stop
-    net, res = train.train_model(cfg, digits, method, 5, policy=policy, checkpoint=ck, resume=True)
+    net, res = training.train_model(cfg, digits, method, 5, policy=policy, checkpoint=ck, resume=True)
     assert _same(_weights(ref), _weights(net))
     assert res["test_acc"] == ref_res["test_acc"]
     assert [h["train_loss"] for h in res["history"]] == [h["train_loss"] for h in ref_res["history"]]
     # a finished checkpoint resumes to its result at once
-    _, again = train.train_model(cfg, digits, method, 5, policy=policy, checkpoint=ck, resume=True)
+    _, again = training.train_model(cfg, digits, method, 5, policy=policy, checkpoint=ck, resume=True)
     assert again["test_acc"] == ref_res["test_acc"]
     # and the checkpoint rebuilds the model
-    model, _, meta = train.model_from_checkpoint(ck, digits)
+    model, _, meta = training.model_from_checkpoint(ck, digits)
     assert meta["complete"] and _same(_weights(model), _weights(ref))
 
 
 def test_resume_refuses_another_methods_checkpoint(digits, tmp_path):
     cfg = tiny_cfg(**{"train.epochs": 1})
     ck = str(tmp_path / "ck.pt")
-    train.train_model(cfg, digits, "base", 0, checkpoint=ck)
+    training.train_model(cfg, digits, "base", 0, checkpoint=ck)
     with pytest.raises(ValueError, match="holds method base"):
-        train.train_model(cfg, digits, "mixup", 0, checkpoint=ck, resume=True)
+        training.train_model(cfg, digits, "mixup", 0, checkpoint=ck, resume=True)
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
-        train.load_checkpoint(str(tmp_path / "junk.pt"))
+        training.load_checkpoint(str(tmp_path / "junk.pt"))
 
 
 def test_fgsm_and_evaluate(digits):
     cfg = tiny_cfg(**{"train.epochs": 1})
-    net, _ = train.train_model(cfg, digits, "base", 0)
-    rt = train.Runtime(torch.device("cpu"))
-    clean = train.evaluate(net, digits.test, 100, rt)
-    res = train.fgsm_evaluate(net, digits.test, [0.0, 0.1, 0.3], 100, rt)
+    net, _ = training.train_model(cfg, digits, "base", 0)
+    rt = training.Runtime(torch.device("cpu"))
+    clean = training.evaluate(net, digits.test, 100, rt)
+    res = training.fgsm_evaluate(net, digits.test, [0.0, 0.1, 0.3], 100, rt)
     assert res["0"] == pytest.approx(clean["acc"]) and res["0"] == pytest.approx(res["0"])
     assert res["0.3"] <= res["0"]
     assert clean["n"] == len(digits.test)
@@ -178,7 +185,7 @@ def test_workflow_writes_everything(tmp_path):
     m = run_workflow(cfg, out, quiet=True)
     assert set(m["summary"]) == {"base", "mixup", "cutmix", "random", "guided"}
     for f in ("metrics.json", "config.json", "log.jsonl", "report.md", "policy.json", "policies/seed0.json",
-              "search/seed0-logbook.json", "checkpoints/guided-seed0.pt", "checkpoints/search-seed0.pkl",
+              "search/seed0-logbook.json", "checkpoints/guided-seed0.pt", "checkpoints/search-seed0.npz",
               "figures/samples.png", "figures/guided_samples.png", "figures/fitness.png", "figures/pairs.png",
               "figures/accuracy.png", "figures/curves.png"):
         assert os.path.isfile(os.path.join(out, f)), f

@@ -1,0 +1,72 @@
+"""What a run tells: a JSON-lines event log for programs (``log.jsonl``, rank 0 only), messages and
+progress bars for people (stderr, silenced by ``--quiet``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from torch import Tensor
+
+
+class Log:
+    """JSON-lines event log (``log.jsonl``, rank 0 only) plus human messages (suppressed by ``quiet``).
+
+    A context manager: leaving the ``with`` block closes the file, also when interrupted or failing.
+    """
+
+    def __init__(self, path: str | None = None, quiet: bool = False, enabled: bool = True):
+        self.quiet = quiet
+        self.enabled = enabled
+        self._file = None
+        if path and enabled:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._file = open(path, "a", buffering=1)
+
+    @classmethod
+    def silent(cls) -> Log:
+        """A log that records and prints nothing (library calls without a run folder)."""
+        return cls(quiet=True, enabled=False)
+
+    def event(self, kind: str, **fields) -> None:
+        if self._file is not None:
+            rec = {"time": round(time.time(), 3), "event": kind, **fields}
+            self._file.write(json.dumps(rec, default=_json_default) + "\n")
+
+    def info(self, msg: str) -> None:
+        if self.enabled and not self.quiet:
+            from tqdm import tqdm
+
+            tqdm.write(msg, file=sys.stderr)
+
+    def progress(self, **kw):
+        """A tqdm bar on stderr; disabled when quiet, on ranks other than 0, and when stderr is no terminal."""
+        from tqdm import tqdm
+
+        return tqdm(disable=True if (self.quiet or not self.enabled) else None,  # None: off when not a terminal
+                    dynamic_ncols=True, leave=False, file=sys.stderr, **kw)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # also when interrupted or failing: the JSON-lines log is flushed and closed
+
+
+def _json_default(o):
+    if isinstance(o, Tensor):
+        return o.tolist()
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    return str(o)
+
+
+__all__ = ["Log"]
