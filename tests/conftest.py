@@ -4,6 +4,8 @@
   set before ``triton.jit`` decorates the kernels, i.e. before ``patchmix`` is imported.
 * ``triton_launcher(op)`` returns ``patchmix._kernels.<op>.<op>_cuda`` or skips when Triton is missing.
 * ``devices()``: devices whose kernels the tests call through the dispatcher (``cpu``, plus ``cuda``).
+* ``CodeRunningPayload``: an object whose unpickling runs code (it creates a marker file), for the tests that
+  show patchmix never unpickles a file it reads.
 """
 
 import importlib
@@ -62,4 +64,16 @@ def poison_like(t: torch.Tensor) -> torch.Tensor:
     return t.fill_(torch.iinfo(t.dtype).max)
 
 
-__all__ = ["INTERPRETED", "devices", "patchmix", "poison_like", "triton_device", "triton_launcher"]
+class CodeRunningPayload:
+    """Unpickling this object calls ``open(marker, "w")``: the marker file appears iff the loader ran code
+    named by the file (what a malicious pickle would do with ``os.system`` instead)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+__all__ = ["INTERPRETED", "CodeRunningPayload", "devices", "patchmix", "poison_like", "triton_device",
+           "triton_launcher"]

@@ -199,3 +199,117 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args[:2], "2", *args[3:], "--resume"]) == 2  # --epochs 2
     assert "train.epochs: 1 -> 2" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# reliability
+# --------------------------------------------------------------------------------------------------
+
+QUICK = ["--epochs", "1", "--set", "data.limit_train=64", "--set", "model.width=4", "--batch-size", "32",
+         "--set", "run.show_samples=0", "--set", "run.fgsm_epsilons=", "--quiet"]
+
+
+def test_a_fresh_run_removes_only_the_files_a_run_writes(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["run", *QUICK, "--seeds", "0", "--methods", "base", "--out", str(out)]
+    assert main(args) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "checkpoints" / "keep.txt").write_text("mine")
+    (out / "checkpoints" / "older").mkdir()
+    (out / "checkpoints" / "older" / "base-seed0.pt").write_text("mine")
+    (out / "checkpoints" / "mixup-seed7.pt").write_text("an earlier run's")
+    assert main(args) == 0  # a fresh run into the earlier run's folder (today: removed every entry, crashed)
+    capsys.readouterr()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "checkpoints" / "keep.txt").read_text() == "mine"
+    assert (out / "checkpoints" / "older" / "base-seed0.pt").read_text() == "mine"
+    assert not (out / "checkpoints" / "mixup-seed7.pt").exists()  # a file of the kind a run writes
+    assert (out / "checkpoints" / "base-seed0.pt").exists()
+    events = [json.loads(line)["event"] for line in open(out / "log.jsonl")]
+    assert events.count("start") == 1  # the earlier run's log was replaced, not appended to
+
+
+@pytest.mark.parametrize("command", [["run", "--methods", "base"], ["train", "--method", "base"]])
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys, command):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "model.pt").write_text("precious")
+    rc, _, err = _run([*command, *QUICK, "--out", str(out)], capsys)
+    assert rc == 2 and "holds no patchmix run" in err and "choose a new or empty folder" in err
+    assert sorted(p.name for p in out.rglob("*")) == ["checkpoints", "model.pt", "thesis.tex"]
+
+
+def test_train_trains_every_seed_it_is_given_and_config_json_says_which(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["train", "--method", "base", *QUICK, "--set", "run.seeds=0,1", "--out", str(out)]) == 0
+    m = json.load(open(out / "metrics.json"))
+    assert [r["seed"] for r in m["results"]] == [0, 1] and m["config"]["run"]["seeds"] == [0, 1]
+    assert (out / "checkpoints" / "base-seed1.pt").exists()
+    # without seeds: one model, and config.json lists that one seed (re-running it trains the same thing)
+    out2 = tmp_path / "t2"
+    assert main(["train", "--method", "base", *QUICK, "--out", str(out2)]) == 0
+    assert json.load(open(out2 / "config.json"))["run"]["seeds"] == [0]
+    assert main(["train", "--method", "base", "--config", str(out2 / "config.json"), "--quiet", "--out",
+                 str(tmp_path / "t3")]) == 0
+    capsys.readouterr()
+    assert [r["seed"] for r in json.load(open(tmp_path / "t3" / "metrics.json"))["results"]] == [0]
+
+
+def test_eval_reads_each_checkpoint_once_and_refuses_a_crafted_one(tmp_path, capsys, monkeypatch):
+    import pickle
+
+    from tests.conftest import CodeRunningPayload
+
+    out = tmp_path / "t"
+    assert main(["train", "--method", "base", *QUICK, "--set", "run.seeds=0,1", "--out", str(out)]) == 0
+    cks = [str(out / "checkpoints" / f"base-seed{s}.pt") for s in (0, 1)]
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    rc, text, _ = _run(["eval", *cks, "--epsilons", "0.1"], capsys)
+    assert rc == 0 and "eps=0.1" in text
+    assert sorted(loads) == sorted(cks)  # one read per checkpoint
+    monkeypatch.setattr(torch, "load", real_load)
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"format": "patchmix-train-v1", "config": CodeRunningPayload(marker)}, f, protocol=2)
+    rc, _, err = _run(["eval", str(evil)], capsys)
+    assert rc == 2 and "never unpickles" in err and not marker.exists()
+
+
+def test_exit_codes_follow_the_error_type(monkeypatch, capsys):
+    from patchmix import cli
+    from patchmix.errors import CheckpointError, ConfigError, DatasetError, OutputError, PolicyError
+    from patchmix.training import Interrupted
+
+    def failing(exc):
+        def command(args):
+            raise exc
+        return command
+
+    for exc, code in [(CheckpointError("bad file"), 2), (ConfigError("bad key"), 2), (DatasetError("no data"), 2),
+                      (PolicyError("bad policy"), 2), (OutputError("not a run"), 2), (Interrupted("ck.pt"), 130)]:
+        monkeypatch.setitem(cli.COMMANDS, "show", failing(exc))
+        assert main(["show"]) == code, exc
+        assert str(exc) in capsys.readouterr().err
+    # a ValueError is a bug, not a usage error, whatever its message says
+    monkeypatch.setitem(cli.COMMANDS, "show", failing(ValueError("checkpoint index out of range")))
+    with pytest.raises(ValueError):
+        main(["show"])
+
+
+def test_choices_come_from_one_place():
+    from patchmix.choices import DATA_FORMATS, METHOD_LABELS, METHODS, OBJECTIVES, SPLITS
+    from patchmix.cli import build_parser
+    from patchmix.config import PRESETS
+
+    def choices(command, flag):
+        sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+        return tuple(next(a for a in sub._actions if flag in a.option_strings).choices)
+
+    assert choices("train", "--method") == choices("show", "--method") == METHODS
+    assert choices("run", "--format") == DATA_FORMATS and choices("run", "--preset") == tuple(PRESETS)
+    assert choices("search", "--objective") == OBJECTIVES and choices("eval", "--split") == SPLITS
+    assert set(METHOD_LABELS) == set(METHODS)

@@ -250,3 +250,65 @@ def test_limit_train_keeps_every_class():
     idx = balanced_subset(labels, 20, seed=0)
     assert torch.bincount(labels[idx]).tolist() == [9, 8, 3] or torch.bincount(labels[idx]).tolist() == [8, 9, 3]
     assert torch.equal(idx, balanced_subset(labels, 20, seed=0)) and len(idx.unique()) == 20
+
+
+# --------------------------------------------------------------------------------------------------
+# reliability
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_malicious_cifar_batch_is_refused_and_runs_no_code(tmp_path):
+    """CIFAR's python batches are pickles by format: they are read with an unpickler that builds numpy arrays
+    and plain containers only, so a batch whose unpickling would run code (create a marker) is refused."""
+    from tests.conftest import CodeRunningPayload
+
+    d, _ = write_cifar10(str(tmp_path))
+    marker = tmp_path / "code-ran"
+    with open(os.path.join(d, "data_batch_2"), "wb") as f:
+        pickle.dump({b"data": CodeRunningPayload(marker), b"labels": [0] * 6}, f)
+    with pytest.raises(data.DatasetError, match="refused to load"):
+        data.load_dataset(str(tmp_path))
+    assert not marker.exists()
+    # Python 2's pickles of the real archives (protocol 2, numpy.core paths) still load: protocols 2 and 5 here
+    for protocol in (2, 5):
+        with open(os.path.join(d, "data_batch_2"), "wb") as f:
+            pickle.dump({b"data": np.zeros((6, 3072), np.uint8), b"labels": [1] * 6, b"batch_label": b"x"}, f,
+                        protocol=protocol)
+        assert len(data.load_dataset(str(tmp_path)).train) + len(data.load_dataset(str(tmp_path)).val) == 30
+
+
+def test_folder_with_mixed_image_modes_is_colour_throughout(tmp_path):
+    """Channels are decided by every image, not the first: one colour image among greyscale ones makes the
+    dataset RGB, and every image (greyscale, palette, RGBA) is converted to RGB."""
+    from PIL import Image
+
+    modes = {"0.png": "L", "1.png": "L", "2.png": "P", "3.png": "RGBA", "4.png": "RGB", "5.png": "LA"}
+    for c in ("a", "b"):
+        os.makedirs(tmp_path / c)
+        for name, mode in modes.items():
+            Image.new(mode, (8, 8), 120 if mode in ("L", "P") else (120,) * len(mode)).save(tmp_path / c / name)
+    ds = data.load_dataset(str(tmp_path), image_size=8, val_fraction=0.2)
+    assert ds.channels == 3
+    for split in (ds.train, ds.val, ds.test):
+        x, _ = split.get(list(range(len(split))))
+        assert x.shape[1:] == (3, 8, 8)
+    grey = data.Split(torch.zeros(1, dtype=torch.int64), None, [str(tmp_path / "a" / "0.png")], 8, 3).get([0])[0]
+    assert torch.equal(grey[0, 0], grey[0, 1]) and int(grey[0, 0, 0, 0]) == 120  # L -> RGB copies the grey level
+
+
+def test_a_labelled_val_folder_without_test_is_the_test_set(tmp_path):
+    """train/ + val/ (the Tiny ImageNet and ImageNet layouts), no test/: val/ is the test set, and the
+    validation split is carved from train/, class-balanced."""
+    root = str(tmp_path)
+    for k, c in enumerate(("cat", "dog")):
+        for i in range(10):
+            _png(os.path.join(root, "train", c, f"{i}.png"), (8, 8), (100 * k, i, 0))
+        for i in range(3):
+            _png(os.path.join(root, "val", c, f"v{i}.png"), (8, 8), (100 * k, 200, i))
+    ds = data.load_dataset(root, image_size=8, val_fraction=0.2)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (16, 4, 6)
+    assert all(os.sep + "val" + os.sep in f for f in ds.test.files)
+    assert all(os.sep + "train" + os.sep in f for f in ds.val.files + ds.train.files)
+    assert torch.bincount(ds.val.labels).tolist() == [2, 2]
+    assert "test = val/" in ds.split_rule and "val = 0.2 of train/" in ds.split_rule
+    assert ds.describe_splits().startswith("train 16 / val 4 / test 6: ")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from patchmix import GuidedPatchMix, MixedBatch
-from patchmix.guided import MixedBatchSampler, MixedCollate, concat_batches, mixed_loader
+from patchmix.guided import MixedBatchSampler, MixedCollate, concat_batches, mixed_loader, phase_four_counts
 from patchmix.ops import grid_mix_reference
 from patchmix.search import CachedFitness, Policy, search, synthetic_cache
 
@@ -146,3 +146,39 @@ def test_policy_from_a_search_drives_guided_sampling(tmp_path):
     images, labels = pool()
     batch = GuidedPatchMix(policy, labels, generator=torch.Generator().manual_seed(0))(images, 64)
     assert_policy_batch(batch, policy)
+
+
+def test_a_random_part_of_one_sample_is_that_sample_unchanged():
+    """The one rule for n_random = 1 (trainer, loader and figure alike): valid, and like RandomPatchMix on a
+    batch of one it pairs the sample with itself, so the image and its label are unchanged."""
+    policy = make_policy()
+    images, labels = pool(n_per_class=8)
+    gp = GuidedPatchMix(policy, labels, generator=torch.Generator().manual_seed(0))
+    counts = (1, 1, 2)
+    loader = mixed_loader(torch.utils.data.TensorDataset(images, labels), gp, counts,
+                          generator=torch.Generator().manual_seed(0))
+    for batch in loader:
+        assert len(batch) == 4
+        k = int(torch.nonzero((images == batch.images[1]).flatten(1).all(1))[0])  # a dataset image, unmixed
+        assert labels[k] == batch.target_a[1] == batch.target_b[1]
+        assert_policy_batch(MixedBatch(*(t[2:] for t in (batch.images, batch.target_a, batch.target_b, batch.lam,
+                                                           batch.mask))), policy)
+
+
+def test_phase_four_counts():
+    assert phase_four_counts(64, (1 / 3, 1 / 3, 1 / 3)) == (21, 21, 22)
+    assert phase_four_counts(32, (0.25, 0.25, 0.5)) == (8, 8, 16)
+    assert phase_four_counts(4, (1, 1, 1)) == (1, 1, 2)  # a random part of one sample: kept as is
+    assert phase_four_counts(2, (0, 0, 1)) == (1, 0, 1)  # at least one sample from the dataset
+    assert phase_four_counts(2, (0, 1, 5)) == (0, 1, 1)
+
+
+def test_the_sampler_walks_a_given_order():
+    policy = make_policy()
+    _, labels = pool(n_per_class=8)
+    gp = GuidedPatchMix(policy, labels)
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(1))
+    batches = list(MixedBatchSampler(gp, (2, 3, 1), order=order, generator=torch.Generator().manual_seed(0)))
+    assert len(batches) == 8 and torch.equal(torch.tensor([b[:5] for b in batches]).flatten(), order)
+    with pytest.raises(ValueError, match="fit the order"):
+        MixedBatchSampler(gp, (2, 3, 1), order=order, num_batches=9)

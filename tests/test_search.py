@@ -483,3 +483,75 @@ def test_default_pair_count_fits_two_classes():
     assert SearchConfig().resolved_pairs(2) == 3
     assert SearchConfig(same_class="excluded").resolved_pairs(2) == 1
     assert SearchConfig().resolved_pairs(10) == 20
+
+
+# -------------------------------------------------------------------------------------------------
+# checkpoint safety, settings
+# -------------------------------------------------------------------------------------------------
+
+
+def test_a_crafted_search_checkpoint_is_refused_and_runs_no_code(small_fitness, tmp_path):
+    """Search checkpoints are .npz files read with allow_pickle=False: a pickle that would run code (create a
+    marker file) is refused with a CheckpointError, and nothing in it runs."""
+    import pickle
+
+    from patchmix.errors import CheckpointError
+    from tests.conftest import CodeRunningPayload
+
+    marker = tmp_path / "code-ran"
+    ckpt = tmp_path / "search.npz"
+    with open(ckpt, "wb") as f:
+        pickle.dump({"format": "patchmix-search-checkpoint-1", "pairs": CodeRunningPayload(marker)}, f)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        search(small_fitness, population=8, generations=2, progress=False, checkpoint=ckpt, resume=True)
+    # an npz whose arrays need pickle (an object array) is refused the same way
+    np.savez(tmp_path / "objects.npz", meta=np.array([CodeRunningPayload(marker)], dtype=object))
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        search(small_fitness, population=8, generations=2, progress=False, checkpoint=tmp_path / "objects.npz",
+               resume=True)
+    assert not marker.exists()
+    # what the search writes is plain arrays
+    search(small_fitness, population=8, generations=2, progress=False, checkpoint=tmp_path / "ok.npz")
+    with np.load(tmp_path / "ok.npz", allow_pickle=False) as z:
+        assert {"pairs", "masks", "values", "meta"} <= set(z.files) and z["masks"].dtype == bool
+
+
+def test_resume_with_more_patience_continues_after_an_early_stop(tmp_path):
+    """A search stopped early by `patience` goes on when resumed with a larger patience (or none), and ends
+    where an uninterrupted search with that patience ends."""
+    f = CachedFitness(synthetic_cache(2, per_class=3, grid_size=1, seed=0), num_draws=2)  # plateaus at once
+    kw = dict(population=10, generations=40, num_pairs=2, same_class="allowed", seed=0, progress=False)
+    ckpt = tmp_path / "s.npz"
+    early = search(f, checkpoint=ckpt, patience=3, **kw)
+    assert early.stopped_early and early.generations < 40
+    longer = search(f, checkpoint=ckpt, resume=True, patience=None, **kw)
+    assert not longer.stopped_early and longer.generations == 40
+    straight = search(f, patience=None, **kw)
+    assert longer.logbook == straight.logbook and longer.policy.to_dict() == straight.policy.to_dict()
+    # the same patience: nothing more to do
+    again = search(f, checkpoint=tmp_path / "t.npz", patience=3, **kw)
+    assert search(f, checkpoint=tmp_path / "t.npz", resume=True, patience=3, **kw).generations == again.generations
+
+
+def test_one_vocabulary_for_the_search_settings():
+    """The run configuration's search section is SearchConfig itself: its keys are search()'s arguments."""
+    import dataclasses
+
+    from patchmix import config
+    from patchmix.errors import ConfigError
+    from patchmix.search import SearchConfig
+
+    cfg = config.resolve(None, None, {"search.cxpb": "0.7", "search.num_pairs": "12", "search.direction": "max",
+                                      "search.patience": "none", "search.mutation_weights": "1,1,1,1"})
+    assert isinstance(cfg.search, SearchConfig)
+    assert (cfg.search.cxpb, cfg.search.num_pairs, cfg.search.direction, cfg.search.patience) == (0.7, 12, "max", None)
+    assert {f.name for f in dataclasses.fields(SearchConfig)} >= {"population", "generations", "cxpb", "mutpb",
+                                                                   "num_pairs", "objective", "num_draws"}
+    f = CachedFitness(synthetic_cache(5, per_class=4, grid_size=4, seed=0), num_draws=4)
+    r = search(f, dataclasses.replace(cfg.search, population=8, generations=1, num_draws=4, num_pairs=6),
+               progress=False)
+    assert r.policy.search["direction"] == "max" and len(r.policy) == 6
+    with pytest.raises(ConfigError, match="search.objective = 'accuracy' but the fitness was built with 'logprob'"):
+        search(f, objective="accuracy", progress=False)
+    with pytest.raises(ConfigError, match="search.cxpb must be in"):
+        config.resolve(None, None, {"search.cxpb": "2"})

@@ -189,6 +189,11 @@ def test_workflow_writes_everything(tmp_path):
               "figures/samples.png", "figures/guided_samples.png", "figures/fitness.png", "figures/pairs.png",
               "figures/accuracy.png", "figures/curves.png"):
         assert os.path.isfile(os.path.join(out, f)), f
+    # every file the run wrote is one a fresh run may remove again (patchmix.rundir.RUN_FILES), nothing else
+    from patchmix.rundir import RUN_FILES
+
+    written = [os.path.relpath(os.path.join(d, f), out).replace(os.sep, "/") for d, _, fs in os.walk(out) for f in fs]
+    assert [w for w in written if not RUN_FILES.fullmatch(w)] == []
     report = open(os.path.join(out, "report.md")).read()
     for f in m["figures"].values():
         assert f"]({f})" in report
@@ -199,3 +204,62 @@ def test_workflow_writes_everything(tmp_path):
     # resume of a finished run trains nothing and gives the same table
     m2 = run_workflow(config.load(os.path.join(out, "config.json")), out, resume=True, quiet=True)
     assert m2["summary"] == m["summary"]
+
+
+# --------------------------------------------------------------------------------------------------
+# reliability
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_no_code(digits, tmp_path):
+    """A checkpoint is read with torch.load(weights_only=True): a file whose unpickling would run code (here:
+    create a marker file) is refused with a CheckpointError naming the object, and nothing in it runs."""
+    import pickle
+
+    from patchmix.errors import CheckpointError
+    from tests.conftest import CodeRunningPayload
+
+    marker = tmp_path / "code-ran"
+    blob = {"format": training.CHECKPOINT_FORMAT, "method": "base", "seed": 0, "epoch": 1, "step": 0,
+            "complete": False, "model": CodeRunningPayload(marker)}
+    torch.save(blob, tmp_path / "evil.pt")  # torch's zip format
+    with open(tmp_path / "evil-pickle.pt", "wb") as f:  # a plain pickle
+        pickle.dump(blob, f, protocol=2)
+    cfg = tiny_cfg(**{"train.epochs": 1})
+    for path in (str(tmp_path / "evil.pt"), str(tmp_path / "evil-pickle.pt")):
+        with pytest.raises(CheckpointError, match="never unpickles"):
+            training.load_checkpoint(path)
+        with pytest.raises(CheckpointError):
+            training.model_from_checkpoint(path, digits)
+        with pytest.raises(CheckpointError):
+            training.train_model(cfg, digits, "base", 0, checkpoint=path, resume=True)
+    assert not marker.exists()
+
+
+def test_checkpoints_hold_only_tensors_and_plain_containers(digits, tmp_path):
+    """What train_model writes loads under weights_only=True, mid-epoch state included."""
+    cfg = tiny_cfg(**{"train.epochs": 2})
+    ck = str(tmp_path / "ck.pt")
+    with pytest.raises(training.Interrupted):
+        training.train_model(cfg, digits, "guided", 0, policy=tiny_policy(digits), checkpoint=ck, stop_after_steps=2)
+    saved = torch.load(ck, weights_only=True)
+    assert saved["mid"]["ranks"][0]["sums"].shape == (3,) and saved["step"] == 2
+
+
+@pytest.mark.parametrize("method", ["base", "mixup", "cutmix", "random", "guided"])
+def test_train_one_epoch_reads_nothing_from_the_device(digits, method):
+    """The loop makes no host-device sync per step: a whole epoch runs with the model, the data, the mixing
+    and the metric sums on the meta device, where any read of a tensor's value raises."""
+    cfg = tiny_cfg(**{"data.limit_train": 64, "train.batch_size": 16})
+    rt = training.Runtime(torch.device("meta"))
+    net = training.build_model(cfg, digits).to(rt.device)
+    plan = training.Method(method, cfg, digits, rt, tiny_policy(digits) if method == "guided" else None)
+    streams = training.EpochStreams(0, 0)
+    index_batches, mixer = plan.epoch(streams)
+    loader = training.DeviceBatches(digits.train, index_batches, rt, "crop-flip", streams.augment)
+    meter = training.TrainMeter(rt.device)
+    done = training.train_one_epoch(net, loader, mixer, plan.loss, training.build_optimizer(cfg, net),
+                                    schedule=plan.schedule(0), meter=meter, rt=rt, stop=training.StopCheck(rt))
+    assert done is None and meter.n == len(index_batches) * plan.batch_size and meter.sums.is_meta
+    with pytest.raises((RuntimeError, NotImplementedError)):  # the meta device does catch a read
+        meter.read()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import re
 from typing import Any
 
 import torch
@@ -42,9 +43,10 @@ def load_checkpoint(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused an object: the file is not ours
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" (it names {found.group(1)})" if found else ""
         raise CheckpointError(f"cannot read checkpoint {path}: it holds objects other than tensors and plain "
-                              f"containers, which patchmix never unpickles ({first})") from None
+                              f"containers{what}, and patchmix never unpickles those") from None
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:

@@ -1,0 +1,145 @@
+"""The package's import structure: ``import patchmix`` stays light (no DEAP, no DEAP ``creator`` classes), and
+no module imports one that imports it back.
+
+The import graph is built statically with ``ast`` over every module of ``patchmix/`` and of ``kernels/``
+(installed as ``patchmix._kernels``). Counted: every ``import`` / ``from ... import`` statement, at module
+level *and* inside functions (a lazy import still makes two modules depend on each other; laziness only
+moves the failure to run time), and ``importlib.import_module`` with a literal name. Not counted: the
+implicit import of a module's parent packages (``import patchmix.ops.grid_mix`` runs ``patchmix/__init__``
+and ``patchmix/ops/__init__`` first: every module would otherwise sit in a cycle with its package), and
+module names computed at run time (``importlib.import_module(f"patchmix._kernels.{name}")`` in the op
+registry, and ``patchmix.search``'s lazy export of its genetic module).
+"""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules() -> dict[str, Path]:
+    """``{dotted name: file}`` for patchmix/**.py and kernels/*.py (as patchmix._kernels.*)."""
+    mods = {}
+    for base, prefix in ((ROOT / "patchmix", "patchmix"), (ROOT / "kernels", "patchmix._kernels")):
+        for f in base.rglob("*.py"):
+            parts = list(f.relative_to(base).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods[".".join([prefix, *parts])] = f
+    return mods
+
+
+def _resolve(module: str, level: int, current: str, is_package: bool) -> str:
+    if not level:
+        return module
+    base = current.split(".")
+    base = base if is_package else base[:-1]
+    base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([module] if module else []))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Edges ``a -> b``: module ``a`` imports module ``b`` (both in the package)."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, path in mods.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(node.module or "", node.level, name, is_package)
+                # `from pkg import sub` imports the submodule pkg.sub; `from mod import obj` imports mod
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module"
+                  and node.args and isinstance(node.args[0], ast.Constant)):
+                target = node.args[0].value  # import_module(".genetic", __name__) is relative to this package
+                level = len(target) - len(target.lstrip("."))
+                targets = [_resolve(target.lstrip("."), level, name, is_package)]
+            graph[name] |= {t for t in targets if t in mods and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_graph_sees_the_package():
+    g = import_graph()
+    assert "patchmix.training.loop" in g and "patchmix._kernels.grid_mix" in g
+    assert "patchmix.training.methods" in g["patchmix.training.loop"]  # from .methods import Method
+    assert "patchmix.search.pairs" in g["patchmix.search.genetic"]
+    assert "patchmix.ops.grid_mix" in g["patchmix._kernels.grid_mix"]  # absolute imports resolve too
+    assert "patchmix.search.genetic" in g["patchmix.search"]  # the lazy export, by importlib
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    found = cycles(import_graph())
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+
+
+def test_import_patchmix_does_not_import_deap():
+    r = _python("import patchmix, sys; assert 'deap' not in sys.modules, 'deap imported'")
+    assert r.returncode == 0, r.stderr
+    # the search's light parts neither
+    r = _python("import sys; from patchmix.search import CachedFitness, Policy, SearchConfig, pair_classes; "
+                "import patchmix.training, patchmix.cli, patchmix.workflow; assert 'deap' not in sys.modules")
+    assert r.returncode == 0, r.stderr
+
+
+def test_deap_creator_classes_are_made_on_first_use():
+    r = _python("import patchmix.search.genetic as g; from deap import creator; "
+                "assert not hasattr(creator, 'PatchMixIndividualMin'), 'created at import'; "
+                "cls = g.individual_class('max'); assert cls is creator.PatchMixIndividualMax; "
+                "from patchmix.search import search; assert search is g.search")
+    assert r.returncode == 0, r.stderr
+
+
+def test_patchmix_train_is_a_shim_over_patchmix_training():
+    import patchmix.train
+    import patchmix.training
+
+    for name in patchmix.training.__all__:
+        assert getattr(patchmix.train, name) is getattr(patchmix.training, name)
+    assert patchmix.__version__
