@@ -131,7 +131,7 @@ def test_separate_vs_shared_classifier():
 
 
 def _cell_id_map(h, w, P):
-    """(1, 1, h, w) map whose value at feature (i, j) is the row-major cell id of DESIGN's grid rule."""
+    """(1, 1, h, w) map whose value at feature (i, j) is the row-major cell id of the grid rule."""
     r = torch.arange(h) * P // h
     c = torch.arange(w) * P // w
     return (r[:, None] * P + c[None, :]).double()[None, None]
@@ -176,7 +176,7 @@ def test_region_pool_upsampling():
 
 @pytest.mark.parametrize("P,h", [(4, 8), (3, 8), (4, 7), (8, 8), (2, 9)])
 def test_patch_logits_follow_the_mask(P, h):
-    """End to end: features painted from a PatchMix mask (nearest upsampling, DESIGN's grid rule) come out of the
+    """End to end: features painted from a PatchMix mask (nearest upsampling, the grid rule) come out of the
     head as patch logits whose row-major argmax equals MixedBatch.patch_targets()."""
     K, N = 6, 5
     gen = torch.Generator().manual_seed(3)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from patchmix import config, data, training
+from patchmix.choices import METHODS
 
 TINY = {"data.limit_train": 192, "train.epochs": 2, "train.batch_size": 32, "model.width": 8,
         "run.fgsm_epsilons": "", "run.seeds": "0"}
@@ -78,7 +79,7 @@ def test_config_file_round_trip_and_errors(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["base", "mixup", "cutmix", "random", "guided"])
+@pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains(digits, method):
     cfg = tiny_cfg()
     policy = tiny_policy(digits) if method == "guided" else None
@@ -246,7 +247,7 @@ def test_checkpoints_hold_only_tensors_and_plain_containers(digits, tmp_path):
     assert saved["mid"]["ranks"][0]["sums"].shape == (3,) and saved["step"] == 2
 
 
-@pytest.mark.parametrize("method", ["base", "mixup", "cutmix", "random", "guided"])
+@pytest.mark.parametrize("method", METHODS)
 def test_train_one_epoch_reads_nothing_from_the_device(digits, method):
     """The loop makes no host-device sync per step: a whole epoch runs with the model, the data, the mixing
     and the metric sums on the meta device, where any read of a tensor's value raises."""

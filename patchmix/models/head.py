@@ -3,7 +3,7 @@
 The backbone's last feature map ``(N, F, h, w)`` is pooled into ``P x P`` region vectors, one per mask cell,
 and classified into ``(N, K, P, P)`` patch logits beside the usual image logits ``(N, K)``.
 
-Cell alignment follows DESIGN.md's grid rule one level down: feature row ``i`` belongs to cell row
+Cell alignment follows the grid rule (docs/semantics.md) one level down: feature row ``i`` belongs to cell row
 ``floor(i * P / h)`` (columns alike), the same rule that maps pixel rows to cells, so a feature row whose
 receptive-field centre lies in cell ``r`` is pooled into cell ``r``. When the map is smaller than the grid
 (``h < P``) no partition exists; each cell then takes the area-weighted average of the feature rows its

@@ -4,7 +4,7 @@ Layer for layer the torchvision ``resnet50`` ("v1.5": stride on the 3x3 conv of 
 projection shortcuts), so its state dict keys under ``backbone.`` match torchvision's apart from ``fc``
 (here ``head.fc``): 25,557,032 parameters with the 1000-class image classifier.
 ``(N, 3, 224, 224) -> (N, 2048, 7, 7)``: at 224 pixels a 4x4 grid pools uneven 2-or-1-row cells
-(DESIGN's floor rule); 256-pixel inputs give an 8x8 map that divides evenly.
+(the grid's floor rule, docs/semantics.md); 256-pixel inputs give an 8x8 map that divides evenly.
 """
 
 from __future__ import annotations
