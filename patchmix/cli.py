@@ -295,6 +295,7 @@ def cmd_search(args) -> int:
     seed = args.seed if args.seed is not None else cfg.run.seeds[0]
     with _job(cfg, out, args.quiet, "search") as (rt, log):
         ds = data_mod.from_config(cfg)
+        cfg.search.validate(ds.num_classes)  # before phase one trains, not after
         if args.checkpoint:
             net, _, _ = model_from_checkpoint(args.checkpoint, ds)
             net = net.to(rt.device)

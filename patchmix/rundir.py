@@ -31,14 +31,16 @@ from .config import Config
 from .errors import ConfigError, OutputError
 from .files import read_json
 
-#: Files a run writes, relative to the output folder (regular expressions over the relative path).
+#: Files a run writes, relative to the output folder (a regular expression over the relative path): the
+#: names above, an older version's search checkpoint (``.pkl``), and the temporary file of a write that a
+#: kill interrupted (``<name>.tmp<pid>``).
 RUN_FILES = re.compile(
-    r"(config|metrics)\.json|log\.jsonl|report\.md|policy\.json"
+    r"((config|metrics)\.json|log\.jsonl|report\.md|policy\.json"
     r"|checkpoints/(base|mixup|cutmix|random|guided)-seed-?\d+\.pt"
-    r"|checkpoints/search(-seed-?\d+)?\.npz"
+    r"|checkpoints/search(-seed-?\d+)?\.(npz|pkl)"
     r"|policies/seed-?\d+\.json"
     r"|search/(seed-?\d+-)?logbook\.json"
-    r"|figures/(samples|guided_samples|fitness|pairs|accuracy|curves)\.png"
+    r"|figures/(samples|guided_samples|fitness|pairs|accuracy|curves)\.png)(\.tmp\d+)?"
 )
 
 #: Settings that may change between a run and its resume without changing its results.

@@ -127,8 +127,10 @@ class Workflow:
         self.done = {(r["method"], r["seed"]) for r in self.results}
         self.methods = [m for m in METHODS if m in cfg.run.methods]
         self.jobs = list(self.methods)
-        if "guided" in self.jobs and "random" not in self.jobs:  # phase four needs phase one's f_T
-            self.jobs.insert(self.jobs.index("guided"), "random")
+        if "guided" in self.jobs:
+            cfg.search.validate(self.ds.num_classes)  # e.g. search.num_pairs: refused now, not after phase one
+            if "random" not in self.jobs:  # phase four needs phase one's f_T
+                self.jobs.insert(self.jobs.index("guided"), "random")
         self.policies: dict[int, object] = {}
         self.logbooks: dict[str, list] = {}
 

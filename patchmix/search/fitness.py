@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..choices import DIRECTIONS, OBJECTIVES, SAME_CLASS, check_choice
+from ..files import torch_save
 from ..ops import grid_mix
 from ..ops.population_fitness import population_fitness
 from .pairs import check_num_pairs, default_num_pairs, pair_classes, pair_id, random_genome, slot_pools
@@ -182,8 +183,8 @@ class CachedLogits:
         return torch.cat(scores)
 
     def save(self, path) -> None:
-        torch.save({"logits": self.logits, "labels": self.labels, "grid_size": self.grid_size,
-                    "class_names": self.class_names}, path)
+        torch_save({"logits": self.logits, "labels": self.labels, "grid_size": self.grid_size,
+                    "class_names": self.class_names}, path)  # atomic; load() reads it with weights_only=True
 
     @classmethod
     def load(cls, path) -> CachedLogits:

@@ -1,10 +1,10 @@
 """Where a training runs: the device, mixed precision, the memory format and, under ``torchrun``, the
 process group (DDP).
 
-Collectives that carry data (epoch metrics, the search's population scores) use the default group: NCCL on
-CUDA devices, gloo on the CPU. The Ctrl-C decision that every rank must share is taken on a gloo group
-(:meth:`Runtime.any_rank`): a host-side message that never waits for the device, so the loop can check it
-after every step without a host-device sync.
+Collectives that carry tensors (epoch metrics, the search's population scores) use the default group: NCCL
+on CUDA devices, gloo on the CPU. Host-side messages go over a gloo group: Python objects (a policy, the
+mid-epoch states) and the Ctrl-C decision that every rank must share (:meth:`Runtime.any_rank`), which
+never waits for the device, so the loop can check it after every step without a host-device sync.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Runtime:
         import torch.distributed as dist
 
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self.control_group)  # pickled on the host: the gloo group
         return box[0]
 
     def gather_objects(self, obj: Any) -> list:
@@ -78,7 +78,7 @@ class Runtime:
         import torch.distributed as dist
 
         out = [None] * self.world
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=self.control_group)
         return out
 
     def barrier(self) -> None:
