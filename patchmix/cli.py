@@ -46,7 +46,7 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
                    help="digits: the quick CPU demo (default); paper-cifar: the paper's recipe (400 epochs, batch "
                         "100, SGD Nesterov 0.9, wd 5e-4, lr 0.1 cosine, P=4, alpha=1, ResNet-32)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config key, e.g. --set train.warmup_epochs=5 --set search.draws=64 (repeatable)")
+                   help="any config key, e.g. --set train.warmup_epochs=5 --set search.num_draws=64 (repeatable)")
     g = p.add_argument_group("data and model")
     g.add_argument("--data", metavar="PATH", help="'digits' or a dataset folder (see below)")
     g.add_argument("--format", choices=DATA_FORMATS,
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="search seed")
     p.add_argument("--population", type=int)
     p.add_argument("--generations", type=int)
-    p.add_argument("--pairs", type=int, help="N, the maximum number of active class pairs (default 2K)")
+    p.add_argument("--pairs", type=int, help="N, the number of active class pairs of a policy (default 2K)")
     p.add_argument("--objective", choices=OBJECTIVES)
     p.add_argument("--maximize", action="store_true", default=None,
                    help="prefer easy interpolations (default: minimise, hardest first)")
