@@ -38,9 +38,10 @@ SPECS = {
     "mobilenetv2": (10, 3, 32, 8, 2.24e6),
     "resnet50": (1000, 3, 64, 2, 25_557_032),
     "small_cnn": (10, 1, 8, 8, None),
+    "small_resnet": (10, 1, 32, 8, None),
 }
 FEATURES = {"resnet32": 64, "preact_resnet56": 64, "preact_resnet164": 256, "mobilenetv2": 1280,
-            "resnet50": 2048, "small_cnn": 32}
+            "resnet50": 2048, "small_cnn": 32, "small_resnet": 32}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -203,7 +204,7 @@ def test_patch_logits_layout():
     assert torch.equal(flat, pl.flatten(2).transpose(1, 2))
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "resnet32", "mobilenetv2"])
+@pytest.mark.parametrize("name", ["small_cnn", "small_resnet", "resnet32", "mobilenetv2"])
 def test_channels_last(name):
     K, C, S, _, _ = SPECS[name]
     model = create_model(name, K, grid_size=3, in_channels=C).eval()

@@ -3,7 +3,7 @@
 
 * :func:`create_model` builds the paper's backbones, written here (no torchvision): ``resnet32``,
   ``preact_resnet56``, ``preact_resnet164`` (CIFAR), ``mobilenetv2`` (CIFAR strides), ``resnet50``
-  (ImageNet), and ``small_cnn`` for the embedded 8x8 digits demo.
+  (ImageNet), ``small_cnn`` for the embedded 8x8 digits demo and ``small_resnet`` (32x32 inputs on a CPU).
 * :class:`PatchHead` / :class:`PatchModel` put the image and patch heads on any backbone's feature map;
   :func:`from_torchvision` / :func:`from_timm` wrap those libraries' CNNs when they import.
 
@@ -21,8 +21,9 @@ from .mobilenetv2 import MobileNetV2CIFAR
 from .resnet import ResNetImageNet
 from .resnet_cifar import PreActResNetCIFAR, ResNetCIFAR
 from .small_cnn import SmallCNN
+from .small_resnet import SmallResNet
 
-MODEL_NAMES = ("resnet32", "preact_resnet56", "preact_resnet164", "mobilenetv2", "resnet50", "small_cnn")
+MODEL_NAMES = ("resnet32", "preact_resnet56", "preact_resnet164", "mobilenetv2", "resnet50", "small_cnn", "small_resnet")
 
 _BACKBONES = {
     "resnet32": lambda c, **kw: ResNetCIFAR(32, in_channels=c, **kw),
@@ -31,6 +32,7 @@ _BACKBONES = {
     "mobilenetv2": lambda c, **kw: MobileNetV2CIFAR(in_channels=c, **kw),
     "resnet50": lambda c, **kw: ResNetImageNet((3, 4, 6, 3), in_channels=c, **kw),
     "small_cnn": lambda c, **kw: SmallCNN(in_channels=c, **kw),
+    "small_resnet": lambda c, **kw: SmallResNet(in_channels=c, **kw),
 }
 
 
@@ -59,6 +61,6 @@ def create_model(name: str, num_classes: int, grid_size: int = 4, in_channels: i
 
 __all__ = [
     "MODEL_NAMES", "MobileNetV2CIFAR", "PatchHead", "PatchModel", "PreActResNetCIFAR", "ResNetCIFAR",
-    "ResNetImageNet", "SmallCNN", "cell_pooling_matrix", "create_model", "from_timm", "from_torchvision",
+    "ResNetImageNet", "SmallCNN", "SmallResNet", "cell_pooling_matrix", "create_model", "from_timm", "from_torchvision",
     "region_pool",
 ]
