@@ -15,8 +15,9 @@ METHOD_LABELS = {"base": "Base", "mixup": "Mixup", "cutmix": "CutMix", "random":
 PATCH_SUPERVISED = ("random",)
 
 #: ``data.format``: "auto" detects the format from the folder's files.
-DATA_FORMATS = ("auto", "digits", "cifar10", "cifar100", "tinyimagenet", "folder")
-#: ``data.augment``: "auto" is crop + flip for natural images and none for digits.
+DATA_FORMATS = ("auto", "digits", "mnist5k", "cifar10", "cifar100", "tinyimagenet", "folder")
+#: ``data.augment``: "auto" is the dataset's default: crop + flip for photos, crop for mnist5k, none for the 8x8
+#: digits.
 AUGMENTATIONS = ("auto", "crop-flip", "crop", "none")
 #: The three splits of a dataset.
 SPLITS = ("train", "val", "test")
