@@ -33,6 +33,11 @@ SAME_CLASS = ("forced", "allowed", "excluded")
 OBJECTIVES = ("logprob", "accuracy")
 #: ``search.direction``: minimise (the paper's choice, hardest interpolations) or maximise the fitness.
 DIRECTIONS = ("min", "max")
+#: ``search.crossover``: mask crossover of shared pairs: each cell from either parent, or the paper's halves.
+CROSSOVERS = ("uniform", "half")
+#: ``search.replacement``: the next generation: parents and offspring compete (DEAP's mu + lambda), or the
+#: paper's generational step (the elite and the offspring).
+REPLACEMENTS = ("plus", "generational")
 
 
 def check_choice(name: str, value, choices, error: type[Exception] = ValueError):

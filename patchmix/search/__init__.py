@@ -30,7 +30,7 @@ from .fitness import (
 )
 from .pairs import pair_classes, pair_id
 from .policy import Policy, PolicyError
-from .settings import MUTATIONS, SearchConfig
+from .settings import MUTATIONS, PAPER_OPERATORS, SearchConfig
 
 _GENETIC = ("GeneticSearch", "SearchResult", "search")
 
@@ -43,6 +43,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "MUTATIONS",
+    "PAPER_OPERATORS",
     "CachedFitness",
     "CachedLogits",
     "ExactFitness",
