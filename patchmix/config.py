@@ -112,6 +112,11 @@ class RunConfig:
     show_samples: int = 16
     #: torch.set_num_threads (None: leave torch's default).
     threads: int | None = None
+    #: The cache's fidelity after each search (report.md, metrics.json): Spearman correlation of the cached and
+    #: the exact fitness over this many random policies and as many of the final population (0: not measured).
+    fidelity_individuals: int = 32
+    #: Validation pairs per class pair of that check (it runs f_T on individuals x N x draws composed images).
+    fidelity_draws: int = 8
 
 
 @dataclass
@@ -169,6 +174,9 @@ class Config:
             raise ConfigError(f"run.methods: unknown {bad}; choose from {', '.join(METHODS)}")
         if not r.seeds:
             raise ConfigError("run.seeds must name at least one seed")
+        if r.fidelity_individuals < 0 or r.fidelity_draws < 1:
+            raise ConfigError(f"run.fidelity_individuals must be >= 0 and run.fidelity_draws >= 1, got "
+                              f"{r.fidelity_individuals} and {r.fidelity_draws}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

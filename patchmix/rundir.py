@@ -10,7 +10,8 @@ A ``patchmix run`` folder::
     checkpoints/       <method>-seed<s>.pt (training), search-seed<s>.npz (search)
     policy.json        the first seed's policy (policies/seed<s>.json: every seed's)
     search/            seed<s>-logbook.json: best/mean/worst fitness and pair changes per generation
-    figures/           samples.png, guided_samples.png, fitness.png, pairs.png, accuracy.png, curves.png
+    figures/           samples.png, guided_samples.png, fitness.png, pairs.png, accuracy.png, curves.png,
+                       fidelity.png
 
 ``patchmix train`` and ``patchmix search`` write the same kinds of files (``search.npz``, ``logbook.json``).
 
@@ -40,7 +41,7 @@ RUN_FILES = re.compile(
     r"|checkpoints/search(-seed-?\d+)?\.(npz|pkl)"
     r"|policies/seed-?\d+\.json"
     r"|search/(seed-?\d+-)?logbook\.json"
-    r"|figures/(samples|guided_samples|fitness|pairs|accuracy|curves)\.png)(\.tmp\d+)?"
+    r"|figures/(samples|guided_samples|fitness|pairs|accuracy|curves|fidelity)\.png)(\.tmp\d+)?"
 )
 
 #: Settings that may change between a run and its resume without changing its results.

@@ -65,10 +65,35 @@ class DistributedFitness:
         return torch.cat([o.cpu()[: b - a] for o, a, b in zip(out, bounds, bounds[1:], strict=False)])
 
 
+#: The cache-fidelity check holds the validation split as float32 in memory; above this it is skipped.
+FIDELITY_MAX_BYTES = 1 << 30
+
+
+def measure_fidelity(cfg: Config, ds: data_mod.Dataset, net, cache, result, seed: int) -> dict:
+    """The cache's fidelity after a search (:func:`patchmix.search.cache_fidelity`): Spearman correlation of the
+    cached and the exact fitness of ``net`` (``f_T``) over ``run.fidelity_individuals`` random policies and as
+    many of ``result``'s final population, with ``run.fidelity_draws`` draws; ``seconds`` it took."""
+    from .search import cache_fidelity
+
+    size = len(ds.val) * ds.channels * ds.image_size ** 2 * 4
+    if size > FIDELITY_MAX_BYTES:
+        return {"skipped": f"the validation split would take {size / 2**30:.1f} GB as float32"}
+    t0 = time.perf_counter()
+    images = data_mod.to_float(ds.val.get(torch.arange(len(ds.val)))[0], "cpu")
+    out = cache_fidelity(cache, net, images, num_pairs=cfg.search.resolved_pairs(ds.num_classes),
+                         final=[result.population, result.offspring], same_class=cfg.search.same_class, objective=cfg.search.objective,
+                         num_draws=cfg.run.fidelity_draws, individuals=cfg.run.fidelity_individuals,
+                         seed=derive_seed(seed, "fidelity") % 2**32)
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
 def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *, checkpoint: str | None = None,
                resume: bool = False, log: Log | None = None):
     """Phase two: cache ``net``'s patch logits over the validation split and run the genetic search with the
-    run's ``search`` settings (:class:`patchmix.search.SearchConfig`). Returns the ``SearchResult``."""
+    run's ``search`` settings (:class:`patchmix.search.SearchConfig`). Returns the ``SearchResult``; on rank 0
+    its ``extra["fidelity"]`` holds the cache's fidelity (:func:`measure_fidelity`) unless
+    ``run.fidelity_individuals`` is 0."""
     from .search import CachedFitness, CachedLogits, search
 
     log = log or Log.silent()
@@ -90,6 +115,11 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
     log.event("search", seed=seed, fitness=result.best_fitness, generations=result.generations,
               evaluations=result.evaluations, seconds=round(result.time_total, 3),
               pairs=[list(p) for p in result.policy.named_pairs()])
+    if rt.is_main and cfg.run.fidelity_individuals:
+        fid = result.extra["fidelity"] = measure_fidelity(cfg, ds, net, cache, result, seed)
+        log.event("fidelity", seed=seed, **{k: v for k, v in fid.items() if k not in ("random", "final")},
+                  random=(fid.get("random") or {}).get("spearman"), final=(fid.get("final") or {}).get("spearman"))
+        log.info(f"search seed {seed}: {report.fidelity_text(fid)}")
     return result
 
 
@@ -198,7 +228,7 @@ class Workflow:
                     "stopped_early": result.stopped_early, "evaluations": result.evaluations,
                     "seconds": round(result.time_total, 3), "fitness_seconds": round(result.time_fitness, 3),
                     "cache_seconds": round(result.extra.get("cache_seconds", 0.0), 3),
-                    "pairs": [list(p) for p in policy.named_pairs()]}
+                    "pairs": [list(p) for p in policy.named_pairs()], "fidelity": result.extra.get("fidelity")}
                 self.flush()
             log.info(f"search seed {seed}: fitness {result.best_fitness:.4f} after {result.generations} generations "
                      f"({result.time_total:.1f} s), {len(policy)} pairs")
@@ -224,7 +254,8 @@ class Workflow:
                 fgsm_summary[m] = {e: sum(r[e] for r in rows) / len(rows) for e in rows[0]}
         policies = list(self.policies.values())
         first_policy = policies[0] if policies else None
-        figures = report.make_figures(cfg, ds, out, results, summary, first_policy, policies, self.logbooks)
+        figures = report.make_figures(cfg, ds, out, results, summary, first_policy, policies, self.logbooks,
+                                      self.searches)
         files = {"config": "config.json", "metrics": "metrics.json", "log": "log.jsonl", "checkpoints": "checkpoints/"}
         if first_policy is not None:
             first_policy.save(os.path.join(out, "policy.json"))
@@ -234,7 +265,8 @@ class Workflow:
                                                         "splits": ds.split_rule, "classes": list(ds.classes)},
                    "model": model_name(cfg, ds), "device": str(rt.device) + (f" x{rt.world}" if rt.distributed else ""),
                    "threads": torch.get_num_threads(), "summary": summary, "fgsm_summary": fgsm_summary,
-                   "results": results, "search": self.searches, "figures": figures, "files": files,
+                   "results": results, "search": self.searches, "fidelity": report.fidelity_summary(self.searches),
+                   "figures": figures, "files": files,
                    "wall_seconds": round(time.perf_counter() - t_start, 2)}
         write_json(os.path.join(out, "metrics.json"), metrics)
         report.write_report(out, metrics, figures)

@@ -40,13 +40,22 @@ def test_run_end_to_end(finished_run, capsys):
     assert all(s["n"] == 2 for s in m["summary"].values())
     assert len(m["results"]) == 10 and set(m["search"]) == {"0", "1"}
     for f in ("config.json", "report.md", "policy.json", "log.jsonl", "figures/accuracy.png", "figures/pairs.png",
-              "figures/fitness.png", "figures/samples.png", "figures/guided_samples.png"):
+              "figures/fitness.png", "figures/samples.png", "figures/guided_samples.png", "figures/fidelity.png"):
         path = os.path.join(out, f)
         assert os.path.isfile(path) and os.path.getsize(path) > 0, f
         if f.endswith(".png"):
             assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     for line in open(os.path.join(out, "log.jsonl")):
         json.loads(line)  # JSON lines
+    # the cache's fidelity, per seed and summarised, in metrics.json and report.md
+    for seed in ("0", "1"):
+        fid = m["search"][seed]["fidelity"]
+        assert fid["random"]["n"] == 32 and fid["draws"] == 8 and fid["final"]["n"] >= 1
+        assert fid["random"]["spearman"] is None or -1 <= fid["random"]["spearman"] <= 1
+    assert m["fidelity"]["goal"] == 0.8 and m["fidelity"]["random"]["seeds"] == 2
+    report = open(os.path.join(out, "report.md")).read()
+    assert "## Cache fidelity" in report and "| 1 |" in report and "figures/fidelity.png" in report
+    assert ("Below the goal" in report) == m["fidelity"]["below_goal"]
 
 
 def test_config_file_reruns_and_resume_keeps_results(finished_run, capsys):

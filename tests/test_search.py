@@ -133,6 +133,32 @@ def test_exact_fitness_equals_cached_for_a_per_patch_model():
         assert res["spearman"] == pytest.approx(1.0)
 
 
+def test_cache_fidelity_of_a_per_patch_model_is_perfect_on_random_and_final_policies():
+    """A model whose patch logits depend on its own cell only: the cache is exact, Spearman 1 on both."""
+    from patchmix.search import cache_fidelity
+    from patchmix.search.fidelity import unique_individuals
+
+    torch.manual_seed(0)
+    model = TinyPatchModel(num_classes=4, grid_size=2)
+    images, labels = tiny_data(K=4, per_class=5)
+    cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
+    f = CachedFitness(cache, num_draws=3, seed=0)
+    r = search(f, population=12, generations=3, num_pairs=6, seed=0, progress=False, patience=None)
+    fid = cache_fidelity(cache, model, images, num_pairs=6, final=[r.population, r.offspring], num_draws=3,
+                         individuals=10, seed=2)
+    assert fid["random"]["n"] == 10 and fid["random"]["spearman"] == pytest.approx(1.0)
+    assert 3 <= fid["final"]["n"] <= 10 and fid["final"]["spearman"] == pytest.approx(1.0)
+    np.testing.assert_allclose(fid["final"]["cached"], fid["final"]["exact"], rtol=1e-4, atol=1e-4)
+    # one policy is one policy whatever the order of its slots; a population of copies has one
+    p, m = r.population["pairs"][:1], r.population["masks"][:1]
+    perm = np.random.default_rng(0).permutation(6)
+    same = unique_individuals(np.concatenate([p, p, p[:, perm]]), np.concatenate([m, m, m[:, perm]]))
+    assert len(same[0]) == 1
+    one = cache_fidelity(cache, model, images, num_pairs=6, final=[{"pairs": np.repeat(p, 5, 0),
+                                                                   "masks": np.repeat(m, 5, 0)}], num_draws=3)
+    assert one["final"]["n"] == 1 and one["final"]["spearman"] is None  # undefined, said so
+
+
 def test_rank_correlation():
     assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

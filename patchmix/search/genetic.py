@@ -232,7 +232,9 @@ class SearchResult:
     (``gen, nevals, best, mean, worst, entered, left``; pairs as ``[c_i, c_j]`` class indices);
     ``generations``: generations run (without generation 0); ``stopped_early``; ``evaluations``; timings in s;
     ``population``: the final population as ``pairs (I, N)`` int64, ``masks (I, N, P, P)`` bool and fitness
-    ``values (I,)`` float64 arrays (e.g. to check the cached fitness against the exact one where it matters)."""
+    ``values (I,)`` float64 arrays; ``offspring``: the last generation's scored offspring, the same way (what
+    the final selection ranked: a converged population may hold one policy many times, its offspring are the
+    variants around it). Both serve to check the cached fitness against the exact one where it matters."""
 
     policy: Policy
     best_pairs: np.ndarray
@@ -246,6 +248,7 @@ class SearchResult:
     time_fitness: float = 0.0
     extra: dict = field(default_factory=dict)
     population: dict[str, np.ndarray] = field(default_factory=dict)
+    offspring: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _fingerprint(fitness: CachedFitness) -> str:
@@ -284,6 +287,7 @@ class GeneticSearch:
         self.callback = callback
         self.time_fitness = 0.0
         self.evaluations = 0
+        self.last_offspring: list = []
         self.Individual = individual_class(self.config.direction)
         self.rng = np.random.default_rng([self.seed, 0x5EA7C4])
         self.py_state = random.Random(self.seed).getstate()
@@ -442,10 +446,13 @@ class GeneticSearch:
         offspring = algorithms.varAnd(offspring, self.toolbox, c.cxpb, c.mutpb)
         if c.replacement == "generational":
             elites = [clone(ind) for ind in tools.selBest(population, c.elite)]
-            return elites + offspring, self._evaluate_invalid(offspring)
+            nevals = self._evaluate_invalid(offspring)
+            self.last_offspring = offspring
+            return elites + offspring, nevals
         # plus: an offspring still valid was neither crossed nor mutated, a copy of its parent: dropped
         offspring = [ind for ind in offspring if not ind.fitness.valid]
         nevals = self._evaluate_invalid(offspring)
+        self.last_offspring = offspring
         return tools.selBest(population + offspring, c.population), nevals
 
     def run(self) -> SearchResult:
@@ -503,12 +510,10 @@ class GeneticSearch:
         cls = self.fitness.classes.numpy()
         policy = Policy(cls[best.pairs], best.masks.copy(), self.class_names, self.P, best.fitness.values[0],
                         self.seed, search=self._policy_meta(gen))
-        final = {"pairs": np.stack([ind.pairs for ind in population]),
-                 "masks": np.stack([ind.masks for ind in population]),
-                 "values": np.array([ind.fitness.values[0] for ind in population], dtype=np.float64)}
         return SearchResult(policy, best.pairs.copy(), best.masks.copy(), float(best.fitness.values[0]),
                             [dict(r) for r in self.logbook], gen, bool(state["stopped_early"]), self.evaluations,
-                            time.perf_counter() - t_start, self.time_fitness, population=final)
+                            time.perf_counter() - t_start, self.time_fitness, population=_arrays(population),
+                            offspring=_arrays(self.last_offspring))
 
     def _policy_meta(self, gen: int) -> dict:
         f, c = self.fitness, self.config
@@ -516,6 +521,14 @@ class GeneticSearch:
                 "num_draws": f.num_draws, "draw_seed": f.seed, "same_class": c.same_class, "num_pairs": self.N,
                 "population": c.population, "generations": gen, "cxpb": c.cxpb, "mutpb": c.mutpb,
                 "crossover": c.crossover, "replacement": c.replacement}
+
+
+def _arrays(individuals: list) -> dict[str, np.ndarray]:
+    """``{"pairs" (I, N), "masks" (I, N, P, P), "values" (I,)}`` of scored individuals (empty dict for none)."""
+    if not individuals:
+        return {}
+    return {"pairs": np.stack([ind.pairs for ind in individuals]), "masks": np.stack([ind.masks for ind in individuals]),
+            "values": np.array([ind.fitness.values[0] for ind in individuals], dtype=np.float64)}
 
 
 def search(fitness: CachedFitness, config: SearchConfig | None = None, *, seed: int = 0,
