@@ -14,6 +14,10 @@ METHOD_LABELS = {"base": "Base", "mixup": "Mixup", "cutmix": "CutMix", "random":
 #: Methods trained with the patch term of ``L_T`` (the others train the image term ``L_O`` only).
 PATCH_SUPERVISED = ("random",)
 
+#: ``patchmix ablate``: the paper's ablations (Table 6: fitness and same-class pairs; Table 7: supervision and
+#: grid size).
+ABLATIONS = ("table6", "table7")
+
 #: ``data.format``: "auto" detects the format from the folder's files.
 DATA_FORMATS = ("auto", "digits", "mnist5k", "cifar10", "cifar100", "tinyimagenet", "folder")
 #: ``data.augment``: "auto" is the dataset's default: crop + flip for photos, crop for mnist5k, none for the 8x8

@@ -5,6 +5,7 @@
     patchmix search --model M.pt      phase two on a trained Random PatchMix model (or trains one first)
     patchmix show                     a PNG of mixed samples (any dataset, any method, or a policy)
     patchmix eval --checkpoint M.pt   top-1 and FGSM robustness
+    patchmix ablate table6|table7     the paper's ablations (fitness and same-class pairs; supervision x grid)
 
 Every command takes the configuration from ``--preset``/``--config``, then flags, then ``--set key=value``,
 and writes the resolved ``config.json`` next to its results. Exit codes, by the type of the error
@@ -20,7 +21,7 @@ import os
 import sys
 from contextlib import contextmanager
 
-from .choices import CHANNELS_LAST, DATA_FORMATS, METHODS, OBJECTIVES, SPLITS
+from .choices import ABLATIONS, CHANNELS_LAST, DATA_FORMATS, METHODS, OBJECTIVES, SPLITS
 from .config import PRESETS
 from .errors import ConfigError, PatchmixError
 
@@ -143,6 +144,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=SPLITS)
     p.add_argument("--output", "-o", default="runs/show.png", help="PNG file to write")
 
+    p = sub.add_parser("ablate", formatter_class=_Formatter, epilog=EPILOG_DATA,
+                       help="the paper's ablations (Table 6: fitness x same-class pairs; Table 7: supervision x grid)",
+                       description="table6 (paper Table 6): the guided model with the search's fitness minimised or\n"
+                                   "maximised, same-class pairs allowed or excluded (one f_T per seed for the four).\n"
+                                   "table7 (paper Tables 5 and 7): Random PatchMix with image + patch, image-only and\n"
+                                   "patch-only supervision at grid sizes 2, 4, 8. Same budget and seeds as `run`\n"
+                                   "(default: the preset's). Writes <table>.md, <table>.json and figures/<table>.png\n"
+                                   "into --out and prints the table. Jobs finished in --out are reused (also those\n"
+                                   "of a `patchmix run` with the same settings: --out runs/mnist5k after\n"
+                                   "`patchmix run --preset mnist5k --out runs/mnist5k` reuses its f_T); an\n"
+                                   "interrupted job continues when the command runs again.")
+    p.add_argument("table", choices=ABLATIONS, help="which ablation")
+    _common(p, out_default=None)
+    p.add_argument("--out", help="output folder (default: runs/ablate-<table>)")
+    p.add_argument("--population", type=int, help="search population (table6)")
+    p.add_argument("--generations", type=int, help="search generations (table6)")
+
     p = sub.add_parser("eval", formatter_class=_Formatter, help="top-1 and FGSM robustness of a checkpoint",
                        description="Top-1 accuracy of a trained checkpoint, and top-1 under the FGSM white-box\n"
                                    "attack at each epsilon (pixel units, images in [0, 1]) as in the paper's Table 4.")
@@ -176,7 +194,7 @@ def _updates(args) -> dict:
             u[key] = v
     if getattr(args, "maximize", None):
         u["search.direction"] = "max"
-    if getattr(args, "seed", None) is not None and args.command in ("run", "train"):
+    if getattr(args, "seed", None) is not None and args.command in ("run", "train", "ablate"):
         u["run.seeds"] = str(args.seed)
     for item in getattr(args, "overrides", []) or []:
         if "=" not in item:
@@ -223,6 +241,28 @@ def cmd_run(args) -> int:
         _print(format_table(metrics["summary"], metrics.get("fgsm_summary")))
         _print()
         _print(f"wall time {metrics['wall_seconds']:.1f} s; report: {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from .ablation import format_ablation, run_ablation
+    from .training import shutdown_distributed
+
+    cfg = _config(args)
+    out = args.out or f"runs/ablate-{args.table}"
+    clean = False
+    try:
+        doc = run_ablation(args.table, cfg, out, quiet=args.quiet, command="patchmix " + " ".join(sys.argv[1:]))
+        clean = True
+    finally:
+        shutdown_distributed(clean)
+    if doc:
+        _print()
+        _print(f"{doc['dataset']}, {cfg.train.epochs} epochs:")
+        _print(format_ablation(doc))
+        _print()
+        _print(f"wall time {doc['wall_seconds']:.1f} s; table: {os.path.join(out, args.table + '.md')} "
+               f"(+ .json, {doc['figure']})")
     return 0
 
 
@@ -394,7 +434,8 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "search": cmd_search, "show": cmd_show, "eval": cmd_eval}
+COMMANDS = {"run": cmd_run, "train": cmd_train, "search": cmd_search, "show": cmd_show, "eval": cmd_eval,
+            "ablate": cmd_ablate}
 
 
 def main(argv: list[str] | None = None) -> int:

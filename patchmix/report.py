@@ -7,6 +7,7 @@
 * :func:`accuracy_figure`: test accuracy per method, mean with the spread over seeds, every seed as a dot.
 * :func:`curves_figure`: validation accuracy per epoch, per method (mean over seeds).
 * :func:`fidelity_figure`: cached against exact fitness of the fidelity check's policies.
+* :func:`ablation_figure`: an ablation's table (``patchmix ablate``) as grouped bars.
 * :func:`make_figures`: every figure of a ``patchmix run``.
 * :func:`summarize`, :func:`format_table`, :func:`fidelity_summary`, :func:`fidelity_text`, :func:`write_report`.
 """
@@ -221,6 +222,38 @@ def fidelity_figure(searches: dict, path: str) -> str:
             ax.legend(fontsize=7)
     axes[0].set_ylabel("exact fitness (f_T on composed images)")
     fig.suptitle("Cache fidelity: does the cache rank policies as f_T does?", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def ablation_figure(doc: dict, path: str) -> str:
+    """Grouped bars of an ablation table (:func:`patchmix.ablation.tabulate`): one group per row, one bar per
+    column (mean test top-1, error bar: std over seeds, dots: each seed)."""
+    plt = _plt()
+    rows, cols = doc["rows"], doc["cols"]
+    fig, ax = plt.subplots(figsize=(1.7 * len(rows) * len(cols) / 2 + 2.5, 3.8))
+    width = 0.8 / len(cols)
+    everything = []
+    for j, c in enumerate(cols):
+        x = np.arange(len(rows)) + (j - (len(cols) - 1) / 2) * width
+        means = [100 * (doc["cells"][r][c]["mean"] or 0.0) for r in rows]
+        stds = [100 * doc["cells"][r][c]["std"] for r in rows]
+        ax.bar(x, means, width * 0.9, yerr=stds, capsize=3, color=f"C{j}", alpha=0.8, label=doc["col_labels"][c])
+        for xi, r in zip(x, rows, strict=True):
+            vals = [100 * v for v in doc["cells"][r][c]["values"]]
+            everything += vals
+            ax.scatter([xi] * len(vals), vals, color="black", s=8, zorder=3)
+    if everything:
+        lo, hi = min(everything), max(everything)
+        pad = max(0.5, (hi - lo) * 0.4)
+        ax.set_ylim(max(0, lo - pad), min(100.5, hi + pad))
+    ax.set_xticks(np.arange(len(rows)))
+    ax.set_xticklabels([doc["row_labels"][r].split(" (")[0] for r in rows], fontsize=8)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(doc["table"].replace("table", "Table ") + (": fitness x same-class pairs" if doc["table"] == "table6"
+                                                            else ": supervision x grid size"), fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -123,6 +123,54 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
     return result
 
 
+def train_job(cfg: Config, ds: data_mod.Dataset, out: str, rt: Runtime, log: Log, method: str, seed: int, *,
+              policy=None, tag: str = "", resume: bool = False, fgsm: bool = True):
+    """One training job of an output folder (its checkpoint ``rundir.checkpoint_path(out, method, seed, tag)``):
+    trains (or, resuming, continues or reads the finished job), adds FGSM accuracy, logs the result line.
+    Returns ``(model, result, checkpoint path)``."""
+    desc = f"{method:>6} seed {seed}" + (f" [{tag}]" if tag else "")
+    ck = rundir.checkpoint_path(out, method, seed, tag)
+    net, res = train_model(cfg, ds, method, seed, rt=rt, checkpoint=ck, resume=resume, policy=policy, log=log,
+                           desc=desc)
+    if fgsm and cfg.run.fgsm_epsilons:
+        res["fgsm"] = fgsm_evaluate(net, ds.test, cfg.run.fgsm_epsilons, 256, rt)
+    log.info(f"{desc}: test top-1 {100 * res['test_acc']:.2f}%  ({res['train_seconds']:.1f} s)")
+    return net, res, ck
+
+
+def stop_if_requested(checkpoint: str) -> None:
+    """Ctrl-C after a training's last step: its checkpoint is complete; stop before the next job."""
+    if stop_requested():
+        raise Interrupted(checkpoint)
+
+
+def search_policy(cfg: Config, ds: data_mod.Dataset, out: str, rt: Runtime, log: Log, f_t, seed: int, *,
+                  tag: str = "", resume: bool = False):
+    """Phases two and three of an output folder: the search on ``f_t`` (checkpoint
+    ``rundir.search_checkpoint_path(out, seed, tag)``), its policy (``policies/``) and logbook (``search/``)
+    written by rank 0. Returns ``(policy, record)``: the policy on every rank; the search's record for
+    ``metrics.json`` on rank 0 (None elsewhere)."""
+    s = cfg.search
+    label = f"search seed {seed}" + (f" [{tag}]" if tag else "")
+    log.info(f"{label}: population {s.population}, {s.generations} generations, {s.direction}imise, same-class "
+             f"pairs {s.same_class}")
+    result = run_search(cfg, ds, f_t, seed, rt, resume=resume, log=log,
+                        checkpoint=rundir.search_checkpoint_path(out, seed, tag))
+    policy = rt.broadcast_object(result.policy)
+    record = None
+    if rt.is_main:
+        policy.save(rundir.policy_path(out, seed, tag))
+        write_json(rundir.logbook_path(out, seed, tag), result.logbook)
+        record = {"fitness": result.best_fitness, "generations": result.generations,
+                  "stopped_early": result.stopped_early, "evaluations": result.evaluations,
+                  "seconds": round(result.time_total, 3), "fitness_seconds": round(result.time_fitness, 3),
+                  "cache_seconds": round(result.extra.get("cache_seconds", 0.0), 3),
+                  "pairs": [list(p) for p in policy.named_pairs()], "fidelity": result.extra.get("fidelity")}
+    log.info(f"{label}: fitness {result.best_fitness:.4f} after {result.generations} generations "
+             f"({result.time_total:.1f} s), {len(policy)} pairs")
+    return policy, record
+
+
 def run_workflow(cfg: Config, out: str, *, resume: bool = False, quiet: bool = False) -> dict:
     """Run every configured method for every seed, the search included; write the output folder.
 
@@ -188,19 +236,13 @@ class Workflow:
         return self.finish(t_start) if self.rt.is_main else {}
 
     def train(self, method: str, seed: int, policy):
-        cfg, rt, desc = self.cfg, self.rt, f"{method:>6} seed {seed}"
-        ck = rundir.checkpoint_path(self.out, method, seed)
-        net, res = train_model(cfg, self.ds, method, seed, rt=rt, checkpoint=ck, resume=self.resume, policy=policy,
-                               log=self.log, desc=desc)
-        if cfg.run.fgsm_epsilons:
-            res["fgsm"] = fgsm_evaluate(net, self.ds.test, cfg.run.fgsm_epsilons, 256, rt)
-        if rt.is_main:
+        net, res, ck = train_job(self.cfg, self.ds, self.out, self.rt, self.log, method, seed, policy=policy,
+                                 resume=self.resume)
+        if self.rt.is_main:
             self.results.append(res)
             self.flush()
         self.done.add((method, seed))
-        self.log.info(f"{desc}: test top-1 {100 * res['test_acc']:.2f}%  ({res['train_seconds']:.1f} s)")
-        if stop_requested():  # Ctrl-C after this training's last step: its checkpoint is complete
-            raise Interrupted(ck)
+        stop_if_requested(ck)
         return net
 
     def policy(self, seed: int, f_t):
@@ -216,22 +258,10 @@ class Workflow:
             if f_t is None:
                 f_t, _ = train_model(cfg, ds, "random", seed, rt=rt, checkpoint=rundir.checkpoint_path(
                     self.out, "random", seed), resume=True, log=log, desc=f"{'random':>6} seed {seed}")
-            log.info(f"search seed {seed}: population {cfg.search.population}, {cfg.search.generations} generations")
-            result = run_search(cfg, ds, f_t, seed, rt, resume=self.resume, log=log,
-                                checkpoint=rundir.search_checkpoint_path(self.out, seed))
-            policy = rt.broadcast_object(result.policy)
+            policy, record = search_policy(cfg, ds, self.out, rt, log, f_t, seed, resume=self.resume)
             if rt.is_main:
-                policy.save(path)
-                write_json(rundir.logbook_path(self.out, seed), result.logbook)
-                self.searches[str(seed)] = {
-                    "fitness": result.best_fitness, "generations": result.generations,
-                    "stopped_early": result.stopped_early, "evaluations": result.evaluations,
-                    "seconds": round(result.time_total, 3), "fitness_seconds": round(result.time_fitness, 3),
-                    "cache_seconds": round(result.extra.get("cache_seconds", 0.0), 3),
-                    "pairs": [list(p) for p in policy.named_pairs()], "fidelity": result.extra.get("fidelity")}
+                self.searches[str(seed)] = record
                 self.flush()
-            log.info(f"search seed {seed}: fitness {result.best_fitness:.4f} after {result.generations} generations "
-                     f"({result.time_total:.1f} s), {len(policy)} pairs")
         self.policies[seed] = policy
         book = read_json(rundir.logbook_path(self.out, seed), None)
         if book:
@@ -274,4 +304,5 @@ class Workflow:
         return metrics
 
 
-__all__ = ["DistributedFitness", "Workflow", "run_search", "run_workflow"]
+__all__ = ["DistributedFitness", "Workflow", "measure_fidelity", "run_search", "run_workflow", "search_policy",
+           "stop_if_requested", "train_job"]

@@ -66,6 +66,52 @@ def test_config_file_reruns_and_resume_keeps_results(finished_run, capsys):
     assert rc == 0 and "Guided PatchMix" in out and "Base" in out and "±" in out
 
 
+def test_ablate_table6_in_a_run_folder_reuses_its_f_t(finished_run, capsys):
+    """Table 6 in the run's own folder: the run's f_T (random-seed0.pt) serves the four searches untouched."""
+    ck = os.path.join(finished_run, "checkpoints", "random-seed0.pt")
+    before = (os.path.getmtime(ck), open(os.path.join(finished_run, "config.json")).read())
+    rc, text, _ = _run(["ablate", "table6", *TINY, "--seeds", "0", "--population", "8", "--generations", "3",
+                        "--set", "run.show_samples=8", "--set", "run.fgsm_epsilons=0.1", "--out", finished_run], capsys)
+    assert rc == 0 and "Table 6" in text and "same-class pairs excluded" in text and "maximised" in text
+    assert (os.path.getmtime(ck), open(os.path.join(finished_run, "config.json")).read()) == before
+    doc = json.load(open(os.path.join(finished_run, "table6.json")))
+    assert doc["rows"] == ["min", "max"] and doc["cols"] == ["allowed", "excluded"]
+    assert all(doc["cells"][r][c]["n"] == 1 for r in doc["rows"] for c in doc["cols"])
+    for tag in ("min-allowed", "min-excluded", "max-allowed", "max-excluded"):
+        assert os.path.isfile(os.path.join(finished_run, "checkpoints", f"guided-{tag}-seed0.pt"))
+        pol = json.load(open(os.path.join(finished_run, "policies", f"{tag}-seed0.json")))
+        assert pol["search"]["direction"] == tag.split("-")[0]
+        assert pol["search"]["same_class"] == tag.split("-")[1]
+        if tag.endswith("excluded"):
+            assert all(a != b for a, b in pol["pairs"])
+    assert os.path.isfile(os.path.join(finished_run, "table6.md"))
+    assert os.path.isfile(os.path.join(finished_run, "figures", "table6.png"))
+    # other settings than the folder's run: refused, nothing written
+    rc, _, err = _run(["ablate", "table6", *TINY, "--epochs", "2", "--out", finished_run], capsys)
+    assert rc == 2 and "ablate: the settings differ" in err and "train.epochs: 1 -> 2" in err
+
+
+def test_ablate_table7_supervision_by_grid_size(tmp_path, capsys):
+    out = str(tmp_path / "t7")
+    args = ["ablate", "table7", *QUICK, "--seed", "0", "--out", out]
+    rc, text, _ = _run(args, capsys)
+    assert rc == 0 and "image only (L_O)" in text and "8x8 grid" in text
+    doc = json.load(open(os.path.join(out, "table7.json")))
+    assert doc["rows"] == ["P2", "P4", "P8"] and doc["cols"] == ["both", "image", "patch"]
+    names = sorted(os.listdir(os.path.join(out, "checkpoints")))
+    assert "random-seed0.pt" in names  # P = 4 with both terms: the run's own Random PatchMix job
+    assert "random-P8-image-seed0.pt" in names and "random-P4-patch-seed0.pt" in names and len(names) == 9
+    from patchmix.train import load_checkpoint
+
+    ck = load_checkpoint(os.path.join(out, "checkpoints", "random-P8-patch-seed0.pt"))
+    assert ck["config"]["model"]["grid_size"] == 8
+    assert (ck["config"]["train"]["image_weight"], ck["config"]["train"]["patch_weight"]) == (0.0, 1.0)
+    # again: every job is reused, the same table
+    assert _run(args, capsys)[0] == 0
+    again = json.load(open(os.path.join(out, "table7.json")))
+    assert again["cells"] == doc["cells"]
+
+
 def test_train_show_search_eval(tmp_path, capsys):
     out = str(tmp_path / "t")
     rc, text, _ = _run(["train", "--method", "random", *TINY, "--seed", "3", "--out", out], capsys)
@@ -91,7 +137,7 @@ def test_train_show_search_eval(tmp_path, capsys):
 
 
 def test_help_for_every_command(capsys):
-    for cmd in ([], ["run"], ["train"], ["search"], ["show"], ["eval"]):
+    for cmd in ([], ["run"], ["train"], ["search"], ["show"], ["eval"], ["ablate"]):
         with pytest.raises(SystemExit) as info:
             main([*cmd, "--help"])
         assert info.value.code == 0
