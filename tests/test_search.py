@@ -250,6 +250,21 @@ def test_uniform_crossover_takes_each_cell_of_a_shared_pair_from_either_parent()
     assert 0 < mixed.sum() < diff.sum()  # some differing cells from each parent
 
 
+def test_shared_slots_by_lookup_match_intersect1d():
+    from patchmix.search.genetic import coin_flips, shared_slots
+
+    rng = np.random.default_rng(0)
+    scratch = np.zeros(500, np.int32)
+    for _ in range(20):
+        p1, p2 = rng.choice(500, 40, replace=False), rng.choice(500, 40, replace=False)
+        i1, i2 = shared_slots(p1, p2, scratch)
+        j1, j2 = shared_slots(p1, p2)
+        assert sorted(zip(i1.tolist(), i2.tolist(), strict=True)) == sorted(zip(j1.tolist(), j2.tolist(), strict=True))
+        assert (p1[i1] == p2[i2]).all() and not scratch.any()  # the scratch is left at zero
+    flips = coin_flips(rng, (300, 4, 4))
+    assert flips.dtype == bool and flips.shape == (300, 4, 4) and 0.45 < flips.mean() < 0.55
+
+
 def test_crossover_exchanges_unshared_pairs_with_their_masks():
     rng = np.random.default_rng(1)
     K = 10

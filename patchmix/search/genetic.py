@@ -113,14 +113,38 @@ def clone(ind):
 # --------------------------------------------------------------------------------------------------
 
 
+def coin_flips(rng: np.random.Generator, shape) -> np.ndarray:
+    """Fair random booleans of ``shape``, from random bytes (8 per byte: a third of the time of
+    ``rng.random(shape) < 0.5`` for a 2,000-pair individual's 32,000 cells)."""
+    n = int(np.prod(shape))
+    bits = np.unpackbits(rng.integers(0, 256, size=(n + 7) // 8, dtype=np.uint8))
+    return bits[:n].view(bool).reshape(shape)
+
+
+def shared_slots(pairs1: np.ndarray, pairs2: np.ndarray, scratch: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Slots ``(i1, i2)`` with ``pairs1[i1] == pairs2[i2]`` (pair ids unique within an individual).
+
+    ``scratch``: int32 zeros with one entry per pair id (``Q``), returned to zeros: a lookup instead of
+    ``np.intersect1d``'s sort (at ImageNet scale, ``N = 2000``: 0.8 ms -> a few us per crossover)."""
+    if scratch is None:
+        _, i1, i2 = np.intersect1d(pairs1, pairs2, assume_unique=True, return_indices=True)
+        return i1, i2
+    scratch[pairs1] = np.arange(1, len(pairs1) + 1, dtype=np.int32)
+    hit = scratch[pairs2]
+    scratch[pairs1] = 0
+    i2 = np.flatnonzero(hit)
+    return hit[i2].astype(np.int64) - 1, i2
+
+
 def crossover(ind1, ind2, rng: np.random.Generator, num_forced: int = 0, cx_pairs: bool = True,
-              kind: str = "uniform"):
+              kind: str = "uniform", scratch: np.ndarray | None = None):
     """Mask crossover of the shared pairs (``uniform`` cells or the paper's ``half`` masks) and, with
-    ``cx_pairs``, exchange of unshared slots with their masks; in place."""
-    _, i1, i2 = np.intersect1d(ind1.pairs, ind2.pairs, assume_unique=True, return_indices=True)
+    ``cx_pairs``, exchange of unshared slots with their masks; in place. ``scratch``: see :func:`shared_slots`."""
+    i1, i2 = shared_slots(ind1.pairs, ind2.pairs, scratch)
     m1, m2 = ind1.masks[i1], ind2.masks[i2]
     if kind == "uniform":
-        swap = rng.random(m1.shape) < 0.5
+        swap = coin_flips(rng, m1.shape)
     else:  # half: child 1 keeps its left half (columns < P // 2) and takes the right half of parent 2
         swap = np.zeros(m1.shape, bool)
         swap[..., m1.shape[-1] // 2:] = True
@@ -212,12 +236,13 @@ def flip_heads(ind, rng: np.random.Generator, optional: np.ndarray, num_forced: 
 
 
 def random_tails(ind, rng: np.random.Generator, indpb: float | None = None):
-    """Flip mask cells, each with probability ``indpb`` (default ``2 / (N * P * P)``), at least one."""
-    p = 2.0 / ind.masks.size if indpb is None else indpb
-    flips = rng.random(ind.masks.shape) < p
-    if not flips.any():
-        flips.flat[rng.integers(ind.masks.size)] = True
-    ind.masks ^= flips
+    """Flip mask cells, each with probability about ``indpb`` (default ``2 / (N * P * P)``), at least one: a
+    binomial count of cells drawn at random (a cell drawn twice flips once)."""
+    size = ind.masks.size
+    p = 2.0 / size if indpb is None else indpb
+    count = max(1, int(rng.binomial(size, p)))
+    cells = np.unique(rng.integers(size, size=count))
+    ind.masks.flat[cells] = ~ind.masks.flat[cells]
     return (ind,)
 
 
@@ -318,7 +343,8 @@ class GeneticSearch:
         tb.register("individual", lambda: self.Individual(*random_genome(self.rng, self.forced, self.optional, self.N, self.P)))
         tb.register("population", tools.initRepeat, list, tb.individual)
         tb.register("clone", clone)
-        tb.register("mate", crossover, rng=self.rng, num_forced=nf, cx_pairs=c.cx_pairs, kind=c.crossover)
+        tb.register("mate", crossover, rng=self.rng, num_forced=nf, cx_pairs=c.cx_pairs, kind=c.crossover,
+                    scratch=np.zeros(self.fitness.num_pairs, np.int32))
         tb.register("mutate", mutate)
         tb.register("select", tools.selTournament, tournsize=c.tournament_size)
         tb.register("evaluate", lambda ind: self.evaluate([ind])[0])
@@ -555,4 +581,5 @@ def search(fitness: CachedFitness, config: SearchConfig | None = None, *, seed: 
 
 
 __all__ = ["MUTATIONS", "GeneticSearch", "Genome", "PairNeighbours", "SearchConfig", "SearchResult", "clone",
-           "crossover", "flip_heads", "flip_tails", "individual_class", "random_tails", "search", "transpose"]
+           "coin_flips", "crossover", "flip_heads", "flip_tails", "individual_class", "random_tails", "search",
+           "shared_slots", "transpose"]
