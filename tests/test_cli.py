@@ -110,6 +110,10 @@ def test_ablate_table7_supervision_by_grid_size(tmp_path, capsys):
     assert _run(args, capsys)[0] == 0
     again = json.load(open(os.path.join(out, "table7.json")))
     assert again["cells"] == doc["cells"]
+    from patchmix.rundir import RUN_FILES
+
+    written = [os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs]
+    assert all(RUN_FILES.fullmatch(f) for f in written)  # all of them the files a run may replace
 
 
 def test_train_show_search_eval(tmp_path, capsys):
