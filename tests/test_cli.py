@@ -101,11 +101,15 @@ def test_ablate_table7_supervision_by_grid_size(tmp_path, capsys):
     names = sorted(os.listdir(os.path.join(out, "checkpoints")))
     assert "random-seed0.pt" in names  # P = 4 with both terms: the run's own Random PatchMix job
     assert "random-P8-image-seed0.pt" in names and "random-P4-patch-seed0.pt" in names and len(names) == 9
-    from patchmix.train import load_checkpoint
+    from patchmix.train import load_checkpoint, model_from_checkpoint
 
     ck = load_checkpoint(os.path.join(out, "checkpoints", "random-P8-patch-seed0.pt"))
     assert ck["config"]["model"]["grid_size"] == 8
     assert (ck["config"]["train"]["image_weight"], ck["config"]["train"]["patch_weight"]) == (0.0, 1.0)
+    assert ck["config"]["model"]["separate_patch_classifier"] is False  # its image head is its patches' mean
+    net, _, _ = model_from_checkpoint(ck)
+    image_logits, patch_logits = net.eval()(torch.rand(3, 1, 8, 8))
+    assert torch.allclose(image_logits, patch_logits.mean((2, 3)), atol=1e-5)
     # again: every job is reused, the same table
     assert _run(args, capsys)[0] == 0
     again = json.load(open(os.path.join(out, "table7.json")))
