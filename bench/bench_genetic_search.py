@@ -23,8 +23,8 @@ seed 0 unless said:
 =========  =========  =====================  =========  =======  =======  =====  =====  ==========  ========
 scale      operators  gap to the optimum     search s   ms/gen   build s  cache  table  draws       peak RSS
 =========  =========  =====================  =========  =======  =======  =====  =====  ==========  ========
-CIFAR-100  paper      5.75%                  5.8-17.4   23-70    1.0      31 MB  1 MB   2.5 MB      0.5 GB
-CIFAR-100  default    0.35-0.45% (seeds      13.9-58.7  56-235   1.0      31 MB  1 MB   2.5 MB      0.5 GB
+CIFAR-100  paper      5.57-5.75%             5.0-17.4   20-70    1.0      31 MB  1 MB   2.5 MB      0.5 GB
+CIFAR-100  default    0.38-0.45% (seeds      19.2-58.7  77-235   1.0      31 MB  1 MB   2.5 MB      0.5 GB
                       0, 1, 2: 0.45, 0.44,
                       0.38%)
 ImageNet   default    6.29%                  531        2,123    98.6     1.5 GB 122 MB 244 MB      5.1 GB
