@@ -252,7 +252,7 @@ def cmd_ablate(args) -> int:
     out = args.out or f"runs/ablate-{args.table}"
     clean = False
     try:
-        doc = run_ablation(args.table, cfg, out, quiet=args.quiet, command="patchmix " + " ".join(sys.argv[1:]))
+        doc = run_ablation(args.table, cfg, out, quiet=args.quiet, command="patchmix " + " ".join(args.argv))
         clean = True
     finally:
         shutdown_distributed(clean)
@@ -441,6 +441,7 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "search": cmd_search, "show": cm
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the records (e.g. table6.json)
     if not args.command:
         parser.print_help()
         return 2

@@ -65,7 +65,8 @@ def checkpoint_path(out: str, method: str, seed: int, tag: str = "") -> str:
 
 
 def search_checkpoint_path(out: str, seed: int | None = None, tag: str = "") -> str:
-    return os.path.join(out, "checkpoints", "search.npz" if seed is None else f"search-{_tagged(tag, f'seed{seed}')}.npz")
+    name = "search.npz" if seed is None else f"search-{_tagged(tag, f'seed{seed}')}.npz"
+    return os.path.join(out, "checkpoints", name)
 
 
 def policy_path(out: str, seed: int, tag: str = "") -> str:
@@ -73,7 +74,8 @@ def policy_path(out: str, seed: int, tag: str = "") -> str:
 
 
 def logbook_path(out: str, seed: int | None = None, tag: str = "") -> str:
-    return os.path.join(out, "search", "logbook.json" if seed is None else f"{_tagged(tag, f'seed{seed}')}-logbook.json")
+    name = "logbook.json" if seed is None else f"{_tagged(tag, f'seed{seed}')}-logbook.json"
+    return os.path.join(out, "search", name)
 
 
 def is_run_folder(out: str) -> bool:
@@ -130,5 +132,6 @@ def check_resume_config(cfg: Config, out: str, free: set[str] = RESUME_FREE, wha
         )
 
 
-__all__ = ["ABLATION_FREE", "RESUME_FREE", "RUN_FILES", "check_output", "check_resume_config", "checkpoint_path", "clean_output",
+__all__ = ["ABLATION_FREE", "RESUME_FREE", "RUN_FILES", "check_output", "check_resume_config", "checkpoint_path",
+           "clean_output",
            "is_run_folder", "logbook_path", "policy_path", "search_checkpoint_path"]

@@ -80,8 +80,9 @@ def measure_fidelity(cfg: Config, ds: data_mod.Dataset, net, cache, result, seed
         return {"skipped": f"the validation split would take {size / 2**30:.1f} GB as float32"}
     t0 = time.perf_counter()
     images = data_mod.to_float(ds.val.get(torch.arange(len(ds.val)))[0], "cpu")
-    out = cache_fidelity(cache, net, images, num_pairs=cfg.search.resolved_pairs(ds.num_classes),
-                         final=[result.population, result.offspring], same_class=cfg.search.same_class, objective=cfg.search.objective,
+    s = cfg.search
+    out = cache_fidelity(cache, net, images, num_pairs=s.resolved_pairs(ds.num_classes),
+                         final=[result.population, result.offspring], same_class=s.same_class, objective=s.objective,
                          num_draws=cfg.run.fidelity_draws, individuals=cfg.run.fidelity_individuals,
                          seed=derive_seed(seed, "fidelity") % 2**32)
     out["seconds"] = round(time.perf_counter() - t0, 3)

@@ -75,7 +75,8 @@ def cache_fidelity(cache: CachedLogits, model: nn.Module, images: Tensor, *, num
     out["final"] = None
     parts = [f for f in final or [] if len(f.get("pairs", ()))]
     if parts:
-        p, m = unique_individuals(np.concatenate([f["pairs"] for f in parts]), np.concatenate([f["masks"] for f in parts]))
+        p, m = unique_individuals(np.concatenate([f["pairs"] for f in parts]),
+                                  np.concatenate([f["masks"] for f in parts]))
         if len(p) > individuals:  # an even sample of the distinct policies
             keep = np.linspace(0, len(p) - 1, individuals).round().astype(np.int64)
             p, m = p[keep], m[keep]

@@ -553,7 +553,8 @@ def _arrays(individuals: list) -> dict[str, np.ndarray]:
     """``{"pairs" (I, N), "masks" (I, N, P, P), "values" (I,)}`` of scored individuals (empty dict for none)."""
     if not individuals:
         return {}
-    return {"pairs": np.stack([ind.pairs for ind in individuals]), "masks": np.stack([ind.masks for ind in individuals]),
+    return {"pairs": np.stack([ind.pairs for ind in individuals]),
+            "masks": np.stack([ind.masks for ind in individuals]),
             "values": np.array([ind.fitness.values[0] for ind in individuals], dtype=np.float64)}
 
 

@@ -106,7 +106,8 @@ class SearchConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"search.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.offspring_ratio <= 0 or self.offspring_ratio * self.population < 1:
-            raise ConfigError(f"search.offspring_ratio must be > 0 (at least one offspring), got {self.offspring_ratio}")
+            raise ConfigError(f"search.offspring_ratio must be > 0 (at least one offspring), got "
+                              f"{self.offspring_ratio}")
         if not 0 <= self.elite < self.population:
             raise ConfigError(f"search.elite must be in [0, population), got {self.elite}")
         if self.patience is not None and self.patience < 1:
