@@ -164,3 +164,79 @@ def test_mixed_batch_helpers():
     torch.testing.assert_close(plain.soft_targets(5), torch.nn.functional.one_hot(y, 5).float())
     moved = out.to("cpu")
     assert moved.mask is None and torch.equal(moved.images, out.images)
+
+
+# ------------------------------------------------------------------------------------------------
+# sampling without host reads: meta tensors, torch.compile, fixed rounds
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("generator", [None, torch.Generator().manual_seed(0)])
+@pytest.mark.parametrize("mixer", [RandomPatchMix, Mixup, CutMix])
+def test_mixers_run_on_meta_tensors(mixer, generator, monkeypatch):
+    """The whole forward (sampling, composition, labels) runs on ``meta`` tensors, which have no data: any host
+    read of device data (``.item()``, ``bool()``, ``.tolist()``, a copy to the CPU) would raise there."""
+    for name in ("item", "tolist", "__bool__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _n=name, **k: pytest.fail(f"host read: {_n}"))
+    x = torch.empty(7, 3, 13, 11, device="meta")
+    y = torch.empty(7, dtype=torch.int64, device="meta")
+    kwargs = {"grid_size": 4} if mixer is RandomPatchMix else {}
+    out = mixer(generator=generator, **kwargs)(x, y)
+    assert out.images.device.type == "meta" and out.images.shape == x.shape
+    assert out.lam.shape == (7,) and out.lam.dtype == torch.float32 and out.target_b.shape == (7,)
+    if mixer is RandomPatchMix:
+        assert out.mask.shape == (7, 4, 4) and out.mask.device.type == "meta"
+
+
+def test_sampling_compiles_fullgraph():
+    torch._dynamo.reset()
+    mixer = RandomPatchMix(grid_size=4, alpha=0.5, prob=0.8)
+    masks = torch.compile(lambda: mixer.sample_masks(64, torch.device("cpu")), fullgraph=True)()
+    assert masks.shape == (64, 4, 4) and masks.dtype == torch.bool
+    boxes = torch.compile(lambda: CutMix(alpha=1.0).boxes(32, 17, 23, torch.device("cpu")), fullgraph=True)()
+    assert boxes.shape == (32, 4) and bool((boxes[:, 0] <= boxes[:, 1]).all())
+    lam = torch.compile(lambda: sample_beta(0.3, 1000), fullgraph=True)()
+    assert lam.shape == (1000,) and bool(((lam >= 0) & (lam <= 1)).all())
+
+
+@pytest.mark.parametrize("alpha", [0.05, 1.0, 50.0])
+def test_gamma_rounds_almost_never_fall_back(alpha):
+    """Every draw finds an accepted proposal within GAMMA_ROUNDS (the fallback's probability is < 2e-16), and the
+    Gamma mean and variance (both equal to the shape) come out right."""
+    from patchmix.augment import GAMMA_ROUNDS, sample_gamma
+
+    assert GAMMA_ROUNDS >= 12
+    g = torch.Generator().manual_seed(3)
+    s = sample_gamma(alpha, 200_000, g)
+    assert torch.isfinite(s).all() and bool((s >= 0).all())
+    torch.testing.assert_close(s.mean().item(), alpha, rtol=0.02, atol=1e-3)
+    torch.testing.assert_close(s.var().item(), alpha, rtol=0.05, atol=1e-3)
+
+
+def test_generator_on_the_data_device_is_used_directly():
+    g1 = torch.Generator().manual_seed(11)
+    g2 = torch.Generator().manual_seed(11)
+    mixer = RandomPatchMix(generator=g1)
+    assert mixer.draw_generator(torch.device("cpu")) is g1
+    mask = mixer.sample_masks(5, torch.device("cpu"))
+    lam = sample_beta(1.0, 5, g2)
+    want = torch.rand(5, 4, 4, generator=g2) < lam[:, None, None]
+    assert torch.equal(mask, want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_without_host_sync_and_reproducible_from_a_cpu_generator():
+    x = torch.rand(64, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (64,), device="cuda")
+    outs = []
+    for _ in range(2):
+        mixers = [RandomPatchMix(generator=torch.Generator().manual_seed(5)), Mixup(generator=torch.Generator().manual_seed(5)),
+                  CutMix(generator=torch.Generator().manual_seed(5))]
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            outs.append([m(x, y) for m in mixers])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.lam, b.lam)
