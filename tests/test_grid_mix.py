@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import patchmix
 from patchmix.ops import check_errors, grid_mix, grid_mix_reference
-from patchmix.ops.grid_mix import upsample_mask
-from tests.conftest import devices, triton_device, triton_launcher
+from patchmix.ops.grid_mix import grid_mix_backward_reference, upsample_mask
+from tests.conftest import devices, poison_like, triton_device, triton_launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8]
@@ -313,3 +313,120 @@ def test_bad_input_each_kernel(name, kernel):
             return
     with pytest.raises(exc, match=msg):
         fn(*change(*_ok()))
+
+
+# ------------------------------------------------------------------------------------------------
+# out=: a preallocated (possibly pinned) buffer
+# ------------------------------------------------------------------------------------------------
+
+
+def out_backends():
+    out = [(f"dispatch-{d}", None, d) for d in devices()]
+    out.append(("triton", "triton", triton_device()))
+    return out
+
+
+@pytest.mark.parametrize("backend,fn,device", out_backends(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("case", [(3, 2, 7, 5, 3, 3), (4, 3, 13, 11, 4, 7), (2, 3, 12, 16, 4, 3), (3, 4, 6, 10, 5, 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_out_matches_reference(backend, fn, device, case, dtype, channels_last):
+    B, C, H, W, P, N = case
+    x, mask, ia, ib = make_inputs(B, C, H, W, P, N, dtype=dtype, device=device, channels_last=channels_last)
+    ref, ref_lam = grid_mix_reference(x.cpu(), mask.cpu(), ia.cpu(), ib.cpu())
+    fmt = torch.channels_last if channels_last and C > 1 else torch.contiguous_format
+    out = torch.empty((N, C, H, W), dtype=dtype, device=device, memory_format=fmt)
+    poison_like(out)
+    if fn == "triton":
+        triton_launcher("grid_mix")  # skips without Triton
+        from patchmix._kernels.grid_mix import grid_mix_out_cuda
+
+        lam = grid_mix_out_cuda(x, mask, ia, ib, out)
+        got = out
+    else:
+        got, lam = grid_mix(x, mask, ia, ib, out=out)
+        assert got is out
+    torch.testing.assert_close(out.cpu().double(), ref.double(), rtol=0, atol=0)
+    torch.testing.assert_close(lam.cpu(), ref_lam, rtol=0, atol=0)
+    assert got.data_ptr() == out.data_ptr()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_out_into_pinned_buffer():
+    x, mask, ia, ib = make_inputs(4, 3, 16, 16, 4, 6, dtype=torch.uint8)
+    out = torch.empty((6, 3, 16, 16), dtype=torch.uint8, pin_memory=True)
+    grid_mix(x, mask, ia, ib, out=out)
+    assert out.is_pinned() and torch.equal(out, grid_mix_reference(x, mask, ia, ib)[0])
+
+
+def test_out_opcheck_and_errors():
+    x, mask, ia, ib = make_inputs(3, 2, 7, 5, 2, 4)
+    out = torch.empty(4, 2, 7, 5)
+    torch.library.opcheck(torch.ops.patchmix.grid_mix_out.default, (x, mask, ia, ib, out))
+    with pytest.raises(ValueError, match=r"out must have shape \(N, C, H, W\) = \(4, 2, 7, 5\)"):
+        grid_mix(x, mask, ia, ib, out=out[:3])
+    with pytest.raises(ValueError, match="out has dtype torch.float64 but x has dtype torch.float32"):
+        grid_mix(x, mask, ia, ib, out=out.double())
+    with pytest.raises(ValueError, match="out must be contiguous like x"):
+        grid_mix(x, mask, ia, ib, out=out.contiguous(memory_format=torch.channels_last))
+    with pytest.raises(ValueError, match="out overlaps x"):
+        grid_mix(x, mask[:3], ia[:3], ib[:3], out=x)
+    with pytest.raises(ValueError, match="out= is not differentiable"):
+        grid_mix(x.requires_grad_(), mask, ia, ib, out=out)
+
+
+def test_out_compiles_fullgraph():
+    torch._dynamo.reset()
+    x, mask, ia, ib = make_inputs(3, 2, 8, 8, 4, 5)
+    out = torch.empty(5, 2, 8, 8)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(x, out):
+        return grid_mix(x, mask, ia, ib, out=out)[1] * 2
+
+    lam = f(x, out)
+    ref, ref_lam = grid_mix_reference(x, mask, ia, ib)
+    assert torch.equal(out, ref) and torch.equal(lam, ref_lam * 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# the backward op: a deterministic gather, one launch on CUDA
+# ------------------------------------------------------------------------------------------------
+
+
+def bwd_backends():
+    out = [(f"dispatch-{d}", torch.ops.patchmix.grid_mix_backward, d) for d in devices()]
+    out.append(("triton", "triton", triton_device()))
+    return out
+
+
+@pytest.mark.parametrize("backend,fn,device", bwd_backends(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("case", [(3, 2, 7, 5, 3, 4), (4, 3, 8, 8, 4, 4), (5, 1, 9, 13, 4, 9), (2, 2, 36, 40, 34, 3),
+                                  (3, 3, 6, 6, 2, 0), (4, 2, 5, 5, 1, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_backward_op_matches_reference(backend, fn, device, case, dtype, channels_last):
+    if fn == "triton":
+        from patchmix._kernels.grid_mix import grid_mix_backward_cuda as fn
+    B, C, H, W, P, N = case
+    g = torch.randn(N, C, H, W, dtype=torch.float64).to(dtype).to(device)
+    if channels_last:
+        g = g.contiguous(memory_format=torch.channels_last)
+    mask = (torch.rand(N, P, P) < 0.5).to(device)
+    with_a = N != B
+    ia = torch.randint(0, B, (N,)).to(device) if with_a else None
+    ib = torch.randint(0, B, (N,)).to(device)
+    got = fn(g, mask, ia, ib, B)
+    want = grid_mix_backward_reference(g.cpu(), mask.cpu(), None if ia is None else ia.cpu(), ib.cpu(), B)
+    assert got.shape == want.shape and got.dtype == dtype and got.stride() == want.stride()
+    # sums of up to N terms: the order differs from index_add's only beyond two contributions per pixel
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got.cpu(), want, **tol)
+
+
+def test_backward_op_opcheck_and_double_backward():
+    _, mask, ia, ib = make_inputs(3, 2, 7, 5, 2, 4, dtype=torch.float64)
+    g = torch.randn(4, 2, 7, 5, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.patchmix.grid_mix_backward.default, (g, mask, ia, ib, 3))
+    x = torch.rand(3, 2, 7, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: grid_mix(t, mask, ia, ib)[0], (x,))

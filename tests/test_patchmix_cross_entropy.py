@@ -558,3 +558,102 @@ def test_float16_backward_survives_a_loss_scale():
     (patchmix_cross_entropy(ref_i, ref_p, ta, tb, lam, mask) * 65536.0).backward()
     torch.testing.assert_close(logits.grad.float(), ref_p.grad, rtol=2e-3, atol=1e-2)
     torch.testing.assert_close(image.grad.float(), ref_i.grad, rtol=2e-3, atol=1e-2)
+
+
+# --------------------------------------------------------------------------------------------------
+# float64 exactness, per-sample term weights, the backward op
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "N, K, P, layout, reduction, parts",
+    [(5, 7, 2, "nkpp", "mean", "both"), (3, 11, 3, "npk", "sum", "both"), (4, 6, 2, "nkpp", "none", "patch"),
+     (1, 9000, 1, "nkpp", "mean", "image")],  # K > 8192: the online two-pass loop
+)
+def test_triton_float64_matches_reference_to_1e12(N, K, P, layout, reduction, parts):
+    """float64 logits get float64 scalars (tl.float64 parameters), so the kernel agrees with the float64 reference
+    to rounding (a float32 weight would leave ~1e-8 relative error)."""
+    launcher = triton_launcher("patchmix_cross_entropy")
+    img, pat, ta, tb, lam, mask = make(N, K, P, layout=layout, dtype=torch.float64, device=triton_device())
+    lam = lam.double()
+    if parts == "image":
+        pat, mask = None, None
+    if parts == "patch":
+        img = None
+    weights = torch.rand(N, 2, dtype=torch.float64, device=triton_device()) * 2
+    args = (img, pat, ta, tb, lam, mask, weights, 0.1 / 3, 1 / 7, 0.1, reduction, True)
+    for g, w in zip(launcher(*args), patchmix_cross_entropy_reference(*args), strict=True):
+        assert g.dtype == w.dtype == torch.float64
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_term_weights_every_backend(device):
+    N, K, P = 6, 9, 2
+    img, pat, ta, tb, lam, mask = make(N, K, P, device=device, dtype=torch.float64)
+    weights = torch.tensor([[1, 1], [2, 0], [1, 0], [0.5, 3], [0, 1], [1, 1]], dtype=torch.float64, device=device)
+    kw = dict(term_weights=weights, image_weight=0.3, patch_weight=0.7, label_smoothing=0.1)
+    want = run(patchmix_cross_entropy_eager, img, pat, ta, tb, lam, mask, reduction="none", **kw)
+    got = run(patchmix_cross_entropy, img, pat, ta, tb, lam, mask, reduction="none", **kw)
+    assert_matches(got, want, rtol=1e-10, atol=1e-12)
+    assert bool((got[1][1][[1, 2]] == 0).all()), "no patch term: zero patch gradient"
+    ref = patchmix_cross_entropy_reference(img, pat, ta, tb, lam, mask, weights, 0.3, 0.7, 0.1, "sum", True)
+    trit = triton_launcher("patchmix_cross_entropy")(
+        *(t.to(triton_device()) if t is not None else None for t in (img, pat, ta, tb, lam, mask, weights)),
+        0.3, 0.7, 0.1, "sum", True)
+    for a, b in zip(ref, trit, strict=True):
+        torch.testing.assert_close(a, b.to(a.device), rtol=1e-10, atol=1e-12)
+    plain = patchmix_cross_entropy(img, pat, ta, tb, lam, mask, term_weights=torch.ones_like(weights), reduction="sum")
+    torch.testing.assert_close(plain, patchmix_cross_entropy(img, pat, ta, tb, lam, mask, reduction="sum"))
+    bad = weights.clone()
+    bad[3, 1] = -1
+    if device == "cpu":
+        with pytest.raises(ValueError, match="term_weights holds -1.0, outside"):
+            patchmix_cross_entropy(img, pat, ta, tb, lam, mask, term_weights=bad)
+    with pytest.raises(ValueError, match=r"term_weights must have shape \(N, 2\) = \(6, 2\)"):
+        patchmix_cross_entropy(img, pat, ta, tb, lam, mask, term_weights=weights[:, :1])
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_backward_launcher_scales_in_place(per_sample, dtype):
+    from patchmix._kernels.patchmix_cross_entropy import patchmix_cross_entropy_backward_cuda as launcher
+
+    triton_launcher("patchmix_cross_entropy")
+    dev = triton_device()
+    gi = torch.randn(5, 7, device=dev).to(dtype)
+    gp = torch.randn(5, 7, 2, 2, device=dev).to(dtype).contiguous(memory_format=torch.channels_last)
+    for g in ([1.0, 1.0, 1.0, 1.0, 1.0], [0.5, 1.0, 2.0, 0.0, 4096.0]) if per_sample else ([1.0], [0.37], [4096.0]):
+        grad_loss = torch.tensor(g, device=dev) if per_sample else torch.tensor(g[0], device=dev)
+        want = [(t.float() * (grad_loss.view(-1, *[1] * (t.dim() - 1)) if per_sample else grad_loss)).to(dtype)
+                for t in (gi, gp)]
+        a, b = gi.clone(), gp.clone()
+        launcher(a, b, grad_loss)
+        torch.testing.assert_close(a, want[0], rtol=0, atol=0)
+        torch.testing.assert_close(b, want[1], rtol=0, atol=0)
+
+
+def test_retained_graph_backward_with_other_scales():
+    """The first backward scales the saved gradient in place; later ones recompute and leave its result alone."""
+    img, pat, ta, tb, lam, mask = make(4, 6, 2, dtype=torch.float64)
+    img.requires_grad_()
+    pat.requires_grad_()
+    loss = patchmix_cross_entropy(img, pat, ta, tb, lam, mask, reduction="none")
+    first = torch.autograd.grad(loss, (img, pat), torch.tensor([0.0, 1.0, 2.0, 0.5], dtype=torch.float64), retain_graph=True)
+    second = torch.autograd.grad(loss, (img, pat), torch.tensor([1.0, 0.0, 3.0, 1.0], dtype=torch.float64))
+    w1 = f64_loss_and_grads(img, pat, ta, tb, lam, mask, reduction="none", grad_out=torch.tensor([0.0, 1.0, 2.0, 0.5]))[1]
+    w2 = f64_loss_and_grads(img, pat, ta, tb, lam, mask, reduction="none", grad_out=torch.tensor([1.0, 0.0, 3.0, 1.0]))[1]
+    for got, want in zip(first + second, w1 + w2, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_reduction_counter_is_reset_and_result_repeats():
+    from patchmix._kernels import patchmix_cross_entropy as kernel_module
+
+    launcher = triton_launcher("patchmix_cross_entropy")
+    dev = torch.device(triton_device())
+    img, pat, ta, tb, lam, mask = make(9, 5, 2, device=dev)
+    a = launcher(img, pat, ta, tb, lam, mask, None, 0.5, 0.5, 0.0, "mean", True)
+    b = launcher(img, pat, ta, tb, lam, mask, None, 0.5, 0.5, 0.0, "mean", True)
+    assert torch.equal(a[0], b[0])
+    assert int(kernel_module._counter(dev)[0]) == 0
