@@ -156,6 +156,7 @@ def _patchmix_cross_entropy_kernel(
     N, K, s_in, s_ik, s_gin, s_gik, s_pn, s_pk, s_pr, s_pc, s_gpn, s_gpk, s_gpr, s_gpc,
     image_weight: tl.float64, patch_weight: tl.float64, label_smoothing: tl.float64,
     HAS_IMAGE: tl.constexpr, HAS_PATCH: tl.constexpr, HAS_TW: tl.constexpr, P: tl.constexpr,
+    DENSE_PATCHES: tl.constexpr, ROW_ALIGN: tl.constexpr,
     SPB: tl.constexpr, PPB: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr, REDUCTION: tl.constexpr, ACC: tl.constexpr,
 ):
@@ -172,7 +173,11 @@ def _patchmix_cross_entropy_kernel(
     loss = tl.zeros([SPB], ACC)
     if HAS_IMAGE:
         w = tl.full([], image_weight, ACC) * _term_weight(tw_ptr, samples, s_ok, 0, status_ptr, HAS_TW, True, ACC)
-        ce = _ce_rows(img_ptr, gimg_ptr, samples.to(tl.int64) * s_in, samples.to(tl.int64) * s_gin, s_ik, s_gik,
+        # rows start at multiples of ROW_ALIGN elements (the launcher checks strides and pointers): with classes
+        # contiguous the loads of a row can be vectors
+        x_row = tl.multiple_of(samples.to(tl.int64) * s_in, ROW_ALIGN)
+        g_row = tl.multiple_of(samples.to(tl.int64) * s_gin, ROW_ALIGN)
+        ce = _ce_rows(img_ptr, gimg_ptr, x_row, g_row, s_ik, s_gik,
                       a, b, lam, w * scale, s_ok, K, eps, inv_k, COMPUTE_GRAD, ACC, BLOCK_K, SINGLE)
         loss += w * ce
     if HAS_PATCH:
@@ -186,14 +191,18 @@ def _patchmix_cross_entropy_kernel(
             la, lb = _labels(ta_ptr, tb_ptr, n, ok, K, status_ptr, False)
             m = tl.load(mask_ptr + n * PP + p, mask=ok, other=0)
             label = tl.where(m != 0, la, lb)
-            r = p // P
-            c = p % P
             n64 = n.to(tl.int64)
-            x_off = n64 * s_pn + r * s_pr + c * s_pc
-            g_off = n64 * s_gpn + r * s_gpr + c * s_gpc
-            ce = _ce_rows(pat_ptr, gpat_ptr, x_off, g_off, s_pk, s_gpk, label, label, tl.full([SPB * PPB], 1.0, ACC),
-                          w_row * scale, ok, K, eps, inv_k, COMPUTE_GRAD, ACC, BLOCK_K, SINGLE)
-            loss += tl.sum(tl.reshape(tl.where(ok, w_row * ce, 0.0), (SPB, PPB)), 1)
+            if DENSE_PATCHES:  # patch p at p * s_pc (s_pr == P * s_pc): contiguous patches stay provably contiguous
+                x_off = n64 * s_pn + p * s_pc
+                g_off = n64 * s_gpn + p * s_gpc
+            else:
+                r = p // P
+                c = p % P
+                x_off = n64 * s_pn + r * s_pr + c * s_pc
+                g_off = n64 * s_gpn + r * s_gpr + c * s_gpc
+            ce_p = _ce_rows(pat_ptr, gpat_ptr, x_off, g_off, s_pk, s_gpk, label, label, tl.full([SPB * PPB], 1.0, ACC),
+                            w_row * scale, ok, K, eps, inv_k, COMPUTE_GRAD, ACC, BLOCK_K, SINGLE)
+            loss += tl.sum(tl.reshape(tl.where(ok, w_row * ce_p, 0.0), (SPB, PPB)), 1)
     if REDUCTION == 0:
         tl.store(loss_ptr + samples, loss, mask=s_ok)
     else:
@@ -236,14 +245,16 @@ def _patchmix_cross_entropy_backward_kernel(
     g1_ptr, n1, g2_ptr, n2, gl_ptr,
     PER1: tl.constexpr, PER2: tl.constexpr, PER_SAMPLE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Programs ``[0, cdiv(n1, BLOCK))`` scale ``g1`` (the image gradient), the rest ``g2`` (the patch gradient)."""
-    pid = tl.program_id(0)
+    """Blocks ``[0, cdiv(n1, BLOCK))`` scale ``g1`` (the image gradient), the rest ``g2`` (the patch gradient); a
+    program visits every ``num_programs``-th block (a fixed grid: with an incoming gradient of 1 the launch is
+    a few hundred programs that read one scalar and stop)."""
     first = tl.cdiv(n1, BLOCK)
-    if pid < first:
-        _scale_block(g1_ptr, pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK), gl_ptr, PER1, PER_SAMPLE, n1, ACC)
-    else:
-        _scale_block(g2_ptr, (pid - first).to(tl.int64) * BLOCK + tl.arange(0, BLOCK), gl_ptr, PER2, PER_SAMPLE, n2,
-                     ACC)
+    for blk in tl.range(tl.program_id(0), first + tl.cdiv(n2, BLOCK), tl.num_programs(0)):
+        start = tl.zeros([], tl.int64) + blk  # 64-bit offsets (the interpreter's loop index is a Python int)
+        if blk < first:
+            _scale_block(g1_ptr, start * BLOCK + tl.arange(0, BLOCK), gl_ptr, PER1, PER_SAMPLE, n1, ACC)
+        else:
+            _scale_block(g2_ptr, (start - first) * BLOCK + tl.arange(0, BLOCK), gl_ptr, PER2, PER_SAMPLE, n2, ACC)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,6 +262,16 @@ def _patchmix_cross_entropy_backward_kernel(
 # --------------------------------------------------------------------------------------------------
 
 _COUNTERS: dict = {}
+_SMS: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors of ``device`` (132, an H100/H200, off CUDA)."""
+    if device.type != "cuda":
+        return 132
+    if device not in _SMS:
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device]
 
 
 def _counter(device: torch.device) -> torch.Tensor:
@@ -308,6 +329,12 @@ def patchmix_cross_entropy_cuda(
     gp = grad_patch if grad_patch.numel() else pat
     ps = patch_strides(pat, P) if patch_logits is not None else (0, 0, 0, 0)
     gps = patch_strides(gp, P) if patch_logits is not None else (0, 0, 0, 0)
+    dense = ps[2] == P * ps[3] and gps[2] == P * gps[3]
+    vec = 16 // ref.element_size()
+    row_align = vec
+    for v in (img.stride(0), gi.stride(0), img.data_ptr() // ref.element_size(), gi.data_ptr() // ref.element_size()):
+        while row_align > 1 and v % row_align:
+            row_align //= 2
     ta, tb = target_a.contiguous(), target_b.contiguous()
     _patchmix_cross_entropy_kernel[(programs,)](
         img, gi, pat, gp, ta, tb, lam.contiguous(), mask.contiguous().view(torch.uint8) if mask is not None else ta,
@@ -316,7 +343,7 @@ def patchmix_cross_entropy_cuda(
         N, K, img.stride(0), img.stride(-1), gi.stride(0), gi.stride(-1), *ps, *gps,
         float(image_weight), float(patch_weight), float(label_smoothing),
         HAS_IMAGE=image_logits is not None, HAS_PATCH=patch_logits is not None, HAS_TW=term_weights is not None,
-        P=P, COMPUTE_GRAD=compute_grad, REDUCTION={"none": 0, "sum": 1, "mean": 2}[reduction],
+        P=P, DENSE_PATCHES=dense, ROW_ALIGN=row_align, COMPUTE_GRAD=compute_grad, REDUCTION={"none": 0, "sum": 1, "mean": 2}[reduction],
         ACC=tl.float64 if acc == torch.float64 else tl.float32, **cfg,
     )
     errors.launched(ref.device)
@@ -336,7 +363,7 @@ def patchmix_cross_entropy_backward_cuda(grad_image, grad_patch, grad_loss):
     N = max(grad_loss.numel(), 1)
     acc = tl.float64 if torch.float64 in (grad_image.dtype, grad_patch.dtype) else tl.float32
     dense = [g.as_strided((g.numel(),), (1,)) if g.numel() else g for g in (grad_image, grad_patch)]
-    programs = max(1, triton.cdiv(n1, block) + triton.cdiv(n2, block))
+    programs = max(1, min(triton.cdiv(n1, block) + triton.cdiv(n2, block), 4 * _sm_count(grad_loss.device)))
     _patchmix_cross_entropy_backward_kernel[(programs,)](
         dense[0], n1, dense[1], n2, grad_loss.contiguous(),
         PER1=max(n1 // N, 1), PER2=max(n2 // N, 1), PER_SAMPLE=per_sample, ACC=acc, BLOCK=block, num_warps=4,

@@ -34,7 +34,7 @@ from patchmix.ops.contracts.population_fitness import (
 _ERR_PAIRS = tl.constexpr(ERROR_PAIRS)
 _ERR_DRAWS = tl.constexpr(ERROR_DRAWS)
 _ERR_CLASSES = tl.constexpr(ERROR_PAIR_CLASSES)
-TILE = 4096  # elements of the image term's (DRAWS, P*P, K) tile
+TILE_BYTES = 16384  # the image term's (DRAWS, P*P, K) tile: 4096 float32 or 2048 float64 values (128 threads)
 
 
 @triton.jit
@@ -131,8 +131,9 @@ def population_fitness_cuda(table, pairs, masks, logits, draws, pair_classes, im
     acc = tl.float64 if table.dtype == torch.float64 else tl.float32
     pp_block = triton.next_power_of_2(PP)
     block_k = triton.next_power_of_2(K)
-    slots = 1 if has_image else min(triton.next_power_of_2(N), max(1, TILE // pp_block))
-    draws_block = max(1, min(triton.next_power_of_2(S), TILE // (pp_block * block_k)))
+    tile = TILE_BYTES // table.element_size()
+    slots = 1 if has_image else min(triton.next_power_of_2(N), max(1, tile // pp_block))
+    draws_block = max(1, min(triton.next_power_of_2(S), tile // (pp_block * block_k)))
     scores = torch.empty((n_ind, N), dtype=table.dtype, device=table.device)
     pc = pairs.contiguous()
     _population_fitness_kernel[(n_ind, triton.cdiv(N, slots))](

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -169,6 +170,7 @@ def _compile_one(launch: dict, arch: int) -> dict:
         "int_divisions": len(re.findall(r"\b(?:div|rem)\.(?:s|u)(?:16|32|64)\b", ptx)),
         "sass_instructions": len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+\S", sass, re.M)),
         "num_warps": options.num_warps,
+        "programs": int(math.prod(launch["grid"])),
     }
 
 
@@ -187,13 +189,15 @@ def compile_launches(launches: list[Launch], archs=ARCHS, timeout: float = 600) 
 
 def table(rows: list[dict]) -> str:
     """The audit table, one line per (kernel, shape, arch)."""
-    head = (f"{'kernel':<34} {'shape':<34} {'arch':<6} {'warps':>5} {'regs':>5} {'spill B':>7} "
-            f"{'ld bits':>7} {'st bits':>7} {'int div':>7} {'SASS':>6}")
+    head = (f"{'kernel':<40} {'shape':<36} {'arch':<5} {'grid':>6} {'warps':>5} {'regs':>4} {'spill B':>7} "
+            f"{'ld bits':>7} {'st bits':>7} {'int div':>7} {'SASS':>5}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['kernel']:<34} {r['label']:<34} {r['arch']:<6} {r['num_warps']:>5} {r['registers']:>5} "
-                     f"{r['spill_bytes']:>7} {r['load_bits']:>7} {r['store_bits']:>7} {r['int_divisions']:>7} "
-                     f"{r['sass_instructions']:>6}")
+        lines.append(f"{r['kernel']:<40} {r['label']:<36} {r['arch']:<5} {r['programs']:>6} {r['num_warps']:>5} "
+                     f"{r['registers']:>4} {r['spill_bytes']:>7} {r['load_bits']:>7} {r['store_bits']:>7} "
+                     f"{r['int_divisions']:>7} {r['sass_instructions']:>5}")
+    lines.append("grid: programs launched; ld/st bits: the widest global load/store of the data's element type; "
+                 "int div: software integer divisions in the PTX; SASS: static instruction count")
     return "\n".join(lines)
 
 
@@ -206,3 +210,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+LAST_ROWS: list[dict] = []  # the audit rows of this process's last run (printed in the terminal summary)

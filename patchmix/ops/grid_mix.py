@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ._registry import below_autograd, define_op
+from .contracts import _common
 from .contracts.grid_mix import (
     BACKWARD_SCHEMA,
     OUT_SCHEMA,
@@ -184,7 +185,7 @@ def grid_mix(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor, *
     """
     check_args(x, mask, index_a, index_b)
     eager = not torch.compiler.is_compiling()
-    if eager and x.device.type == "cpu":
+    if _common.host_checks(x):
         # host check on the CPU (free), in Python: an exception thrown inside patchmix._C was once seen to
         # crash a process on a CUDA build of torch 2.11, so the C++ kernel's own check is a second line
         check_index_ranges(x.shape[0], index_a, index_b)

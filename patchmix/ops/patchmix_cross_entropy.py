@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._registry import define_op
+from .contracts import _common
 from .contracts.patchmix_cross_entropy import (
     BACKWARD_SCHEMA,
     REDUCTIONS,
@@ -316,7 +317,7 @@ def patchmix_cross_entropy(
     """
     _, K, _ = check_args(image_logits, patch_logits, target_a, target_b, lam, mask, term_weights, image_weight,
                          patch_weight, label_smoothing, reduction)
-    if target_a.device.type == "cpu" and not torch.compiler.is_compiling():
+    if _common.host_checks(target_a):
         # host check on the CPU (free), in Python (see grid_mix); CUDA kernels check in the kernel
         check_data(target_a, target_b, lam, K, term_weights)
     compute_grad = torch.is_grad_enabled() and any(

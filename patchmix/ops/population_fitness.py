@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ._registry import define_op
+from .contracts import _common
 from .contracts.population_fitness import SCHEMA, check_args, check_data
 
 # --------------------------------------------------------------------------------------------------
@@ -97,6 +98,6 @@ def population_fitness(
     out-of-bounds read) and ``patchmix.ops.check_errors()`` raises (no host sync here).
     """
     check_args(table, pairs, masks, logits, draws, pair_classes, image_weight)
-    if not torch.compiler.is_compiling() and table.device.type == "cpu":  # in Python, as grid_mix does
+    if _common.host_checks(table):  # in Python, as grid_mix does
         check_data(table, pairs, logits, draws, pair_classes, image_weight)
     return population_fitness_op(table, pairs, masks, logits, draws, pair_classes, float(image_weight))

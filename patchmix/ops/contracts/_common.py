@@ -48,6 +48,12 @@ def _first_outside(t: Tensor, lo: float, hi: float) -> float | None:
     return hi_v if hi_v > hi else None
 
 
+def host_checks(t: Tensor) -> bool:
+    """Whether an op wrapper checks data on the host before the kernel runs: for eager calls on CPU tensors (a
+    host read is free there). CUDA kernels check in the kernel; traced calls cannot read data."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def capturing(t: Tensor) -> bool:
     """True while ``t``'s device stream is being captured into a CUDA graph (no host reads allowed)."""
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
