@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from patchmix._kernels._checks import checked_load
 
 from patchmix.ops import errors
 from patchmix.ops.contracts.grid_mix import (
@@ -67,15 +68,6 @@ def _rows_of(pid, total_rows, RPI: tl.constexpr, H: tl.constexpr, P: tl.constexp
     rin = rows % RPI
     cell_r = ((rin % H) * P) // H
     return rows, row_ok, n, rin, cell_r
-
-
-@triton.jit
-def _checked_index(ptr, n, ok, B, status_ptr, CODE: tl.constexpr):
-    """``ptr[n]`` where ``ok``, clamped to ``[0, B)``; an entry out of range sets ``CODE`` in the status word."""
-    idx = tl.load(ptr + n, mask=ok, other=0)
-    bad = ok & ((idx < 0) | (idx >= B))
-    tl.atomic_or(status_ptr, CODE, mask=tl.max(bad.to(tl.int32)) > 0)
-    return tl.where(bad, 0, idx)
 
 
 @triton.jit
@@ -145,9 +137,9 @@ def _grid_mix_kernel(
 ):
     pid = tl.program_id(0)
     rows, row_ok, n, rin, cell_r = _rows_of(pid, total_rows, RPI, H, P, ROWS)
-    src_b = _checked_index(ib_ptr, n, row_ok, B, status_ptr, _ERROR_B)
+    src_b = checked_load(ib_ptr, n, row_ok, 0, B, status_ptr, _ERROR_B)
     if HAS_A:
-        src_a = _checked_index(ia_ptr, n, row_ok, B, status_ptr, _ERROR_A)
+        src_a = checked_load(ia_ptr, n, row_ok, 0, B, status_ptr, _ERROR_A)
     else:
         src_a = n.to(tl.int64)
     in_row = rin.to(tl.int64) * ROW_WORDS

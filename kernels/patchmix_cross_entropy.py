@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from patchmix._kernels._checks import checked_load, report
 
 from patchmix.ops import errors
 from patchmix.ops.contracts.patchmix_cross_entropy import (
@@ -56,11 +57,6 @@ _ERR_TW = tl.constexpr(ERROR_TERM_WEIGHTS)
 # --------------------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _report(bad, status_ptr, CODE: tl.constexpr):
-    tl.atomic_or(status_ptr, CODE, mask=tl.max(bad.to(tl.int32)) > 0)
 
 
 @triton.jit
@@ -125,25 +121,18 @@ def _ce_rows(x_ptr, g_ptr, x_off, g_off, sxk, sgk, la, lb, wa, coef, row_ok, K, 
 
 
 @triton.jit
-def _labels(ta_ptr, tb_ptr, n, ok, K, status_ptr, REPORT: tl.constexpr):
-    """``target_a[n]``, ``target_b[n]`` clamped to ``[0, K)`` (out of range: reported when ``REPORT``)."""
-    a = tl.load(ta_ptr + n, mask=ok, other=0)
-    b = tl.load(tb_ptr + n, mask=ok, other=0)
-    bad_a = ok & ((a < 0) | (a >= K))
-    bad_b = ok & ((b < 0) | (b >= K))
-    if REPORT:
-        _report(bad_a, status_ptr, _ERR_A)
-        _report(bad_b, status_ptr, _ERR_B)
-    return tl.where(bad_a, 0, a), tl.where(bad_b, 0, b)
+def _labels(ta_ptr, tb_ptr, n, ok, K, status_ptr):
+    """``target_a[n]``, ``target_b[n]``, checked against ``[0, K)``."""
+    return (checked_load(ta_ptr, n, ok, 0, K, status_ptr, _ERR_A),
+            checked_load(tb_ptr, n, ok, 0, K, status_ptr, _ERR_B))
 
 
 @triton.jit
-def _term_weight(tw_ptr, n, ok, which, status_ptr, HAS_TW: tl.constexpr, REPORT: tl.constexpr, ACC: tl.constexpr):
-    """``term_weights[n, which]`` (1 without term weights); not finite or negative: reported when ``REPORT``."""
+def _term_weight(tw_ptr, n, ok, which, status_ptr, HAS_TW: tl.constexpr, ACC: tl.constexpr):
+    """``term_weights[n, which]`` (1 without term weights); not finite or negative: reported."""
     if HAS_TW:
         w = tl.load(tw_ptr + n * 2 + which, mask=ok, other=0).to(ACC)
-        if REPORT:
-            _report(ok & ~((w >= 0) & (w < float("inf"))), status_ptr, _ERR_TW)
+        report(ok & ~((w >= 0) & (w < float("inf"))), status_ptr, _ERR_TW)
     else:
         w = tl.full(n.shape, 1.0, ACC)
     return w
@@ -167,12 +156,12 @@ def _patchmix_cross_entropy_kernel(
     inv_k = tl.full([], 1.0, ACC) / K
     # gradient scale of "mean": 1/N (the loss itself is divided once, in float64, by the last program)
     scale = tl.full([], 1.0, ACC) / N if REDUCTION == 2 else tl.full([], 1.0, ACC)
-    a, b = _labels(ta_ptr, tb_ptr, samples, s_ok, K, status_ptr, True)
+    a, b = _labels(ta_ptr, tb_ptr, samples, s_ok, K, status_ptr)
     lam = tl.load(lam_ptr + samples, mask=s_ok, other=0).to(ACC)
-    _report(s_ok & ~((lam >= 0) & (lam <= 1)), status_ptr, _ERR_LAM)
+    report(s_ok & ~((lam >= 0) & (lam <= 1)), status_ptr, _ERR_LAM)
     loss = tl.zeros([SPB], ACC)
     if HAS_IMAGE:
-        w = tl.full([], image_weight, ACC) * _term_weight(tw_ptr, samples, s_ok, 0, status_ptr, HAS_TW, True, ACC)
+        w = tl.full([], image_weight, ACC) * _term_weight(tw_ptr, samples, s_ok, 0, status_ptr, HAS_TW, ACC)
         # rows start at multiples of ROW_ALIGN elements (the launcher checks strides and pointers): with classes
         # contiguous the loads of a row can be vectors
         x_row = tl.multiple_of(samples.to(tl.int64) * s_in, ROW_ALIGN)
@@ -184,11 +173,11 @@ def _patchmix_cross_entropy_kernel(
         PP: tl.constexpr = P * P
         j = tl.arange(0, SPB * PPB)
         n = pid * SPB + j // PPB
-        w_row = tl.full([], patch_weight, ACC) / PP * _term_weight(tw_ptr, n, n < N, 1, status_ptr, HAS_TW, True, ACC)
+        w_row = tl.full([], patch_weight, ACC) / PP * _term_weight(tw_ptr, n, n < N, 1, status_ptr, HAS_TW, ACC)
         for p0 in tl.range(0, PP, PPB):
             p = p0 + j % PPB
             ok = (n < N) & (p < PP)
-            la, lb = _labels(ta_ptr, tb_ptr, n, ok, K, status_ptr, False)
+            la, lb = _labels(ta_ptr, tb_ptr, n, ok, K, status_ptr)
             m = tl.load(mask_ptr + n * PP + p, mask=ok, other=0)
             label = tl.where(m != 0, la, lb)
             n64 = n.to(tl.int64)

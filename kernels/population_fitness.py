@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from patchmix._kernels._checks import checked_load
 
 from patchmix.ops import errors
 from patchmix.ops.contracts.population_fitness import (
@@ -38,15 +39,6 @@ TILE_BYTES = 16384  # the image term's (DRAWS, P*P, K) tile: 4096 float32 or 204
 
 
 @triton.jit
-def _clamped(ptr, offs, ok, lo, hi, status_ptr, CODE: tl.constexpr):
-    """``ptr[offs]`` where ``ok``, clamped to ``[lo, hi)``; a value outside sets ``CODE`` in the status word."""
-    v = tl.load(ptr + offs, mask=ok, other=lo)
-    bad = ok & ((v < lo) | (v >= hi))
-    tl.atomic_or(status_ptr, CODE, mask=tl.max(bad.to(tl.int32)) > 0)
-    return tl.where(bad, lo, v)
-
-
-@triton.jit
 def _population_fitness_kernel(
     table_ptr, pairs_ptr, masks_ptr, logits_ptr, draws_ptr, classes_ptr, scores_ptr, status_ptr,
     N, Q, S, V, K, image_weight: tl.float64,
@@ -56,7 +48,7 @@ def _population_fitness_kernel(
     i = tl.program_id(0).to(tl.int64)
     slots = tl.program_id(1) * SLOTS + tl.arange(0, SLOTS)
     slot_ok = slots < N
-    q = _clamped(pairs_ptr, i * N + slots, slot_ok, -1, Q, status_ptr, _ERR_PAIRS)
+    q = checked_load(pairs_ptr, i * N + slots, slot_ok, -1, Q, status_ptr, _ERR_PAIRS)
     act = slot_ok & (q >= 0)
     qs = tl.maximum(q, 0)
     cells = tl.arange(0, PP_BLOCK)
@@ -67,8 +59,8 @@ def _population_fitness_kernel(
     score = tl.sum(t, axis=1) / PP
     if HAS_IMAGE:  # SLOTS == 1: this program's one slot, its draws in blocks of DRAWS
         lam = tl.sum((ok & (m != 0)).to(ACC), axis=1) / PP  # (1,)
-        ci = _clamped(classes_ptr, qs * 2, act, 0, K, status_ptr, _ERR_CLASSES)
-        cj = _clamped(classes_ptr, qs * 2 + 1, act, 0, K, status_ptr, _ERR_CLASSES)
+        ci = checked_load(classes_ptr, qs * 2, act, 0, K, status_ptr, _ERR_CLASSES)
+        cj = checked_load(classes_ptr, qs * 2 + 1, act, 0, K, status_ptr, _ERR_CLASSES)
         kk = tl.arange(0, BLOCK_K)
         from_a = (m != 0)[:, None, :, None]  # (1, 1, PP_BLOCK, 1)
         cell_ok = (cells < PP)[None, :, None]
@@ -76,8 +68,8 @@ def _population_fitness_kernel(
         for s0 in tl.range(0, S, DRAWS):
             d = s0 + tl.arange(0, DRAWS)
             d_ok = act[:, None] & (d < S)[None, :]  # (1, DRAWS)
-            a = _clamped(draws_ptr, (qs[:, None] * S + d[None, :]) * 2, d_ok, 0, V, status_ptr, _ERR_DRAWS)
-            b = _clamped(draws_ptr, (qs[:, None] * S + d[None, :]) * 2 + 1, d_ok, 0, V, status_ptr, _ERR_DRAWS)
+            a = checked_load(draws_ptr, (qs[:, None] * S + d[None, :]) * 2, d_ok, 0, V, status_ptr, _ERR_DRAWS)
+            b = checked_load(draws_ptr, (qs[:, None] * S + d[None, :]) * 2 + 1, d_ok, 0, V, status_ptr, _ERR_DRAWS)
             src = tl.where(from_a, a[:, :, None, None], b[:, :, None, None])  # (1, DRAWS, PP_BLOCK, 1)
             tile_ok = d_ok[:, :, None, None] & cell_ok[None, :, :, :] & (kk < K)[None, None, None, :]
             z = tl.load(logits_ptr + (src * PP + cells[None, None, :, None]) * K + kk[None, None, None, :],
