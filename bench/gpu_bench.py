@@ -67,73 +67,80 @@ def _wall_ms(fn, reps=20):
 
 
 def bench_grid_mix(results: Results, extras: bool):
+    for shape in GRID_SHAPES:
+        _grid_mix_case(results, *shape, extras)
+
+
+def _grid_mix_case(results: Results, B, C, H, W, dtype, cl, target, extras: bool):
     import torch
 
     from patchmix.ops import grid_mix
     from patchmix.ops.grid_mix import grid_mix_compose, grid_mix_reference
 
-    for B, C, H, W, dtype, cl, target in GRID_SHAPES:
-        name = f"{B}x{C}x{H}x{W} {dtype}{' channels_last' if cl else ''}"
-        g = torch.Generator(device="cuda").manual_seed(0)
-        x = (torch.rand(B, C, H, W, device="cuda", generator=g) * 255).to(getattr(torch, dtype))
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        mask = torch.rand(B, 4, 4, device="cuda", generator=g) < 0.5
-        perm = torch.randperm(B, device="cuda", generator=g)
-        out, buf = torch.empty_like(x), torch.empty_like(x)
-        got, lam = grid_mix(x, mask, None, perm)
-        ref, ref_lam = grid_mix_reference(x, mask, None, perm)
-        assert torch.equal(got, ref) and torch.equal(lam, ref_lam), name
-        providers = {
-            "prealloc_copy": lambda: buf.copy_(x),
-            "clone": x.clone,
-            "patchmix": lambda: grid_mix(x, mask, None, perm),
-            "patchmix_out": lambda: grid_mix(x, mask, None, perm, out=out),
-        }
-        if extras:
-            from bench.bench_grid_mix import _kornia_cutmix
+    name = f"{B}x{C}x{H}x{W} {dtype}{' channels_last' if cl else ''}"
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = (torch.rand(B, C, H, W, device="cuda", generator=g) * 255).to(getattr(torch, dtype))
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    mask = torch.rand(B, 4, 4, device="cuda", generator=g) < 0.5
+    perm = torch.randperm(B, device="cuda", generator=g)
+    out, buf = torch.empty_like(x), torch.empty_like(x)
+    got, lam = grid_mix(x, mask, None, perm)
+    ref, ref_lam = grid_mix_reference(x, mask, None, perm)
+    assert torch.equal(got, ref) and torch.equal(lam, ref_lam), name
+    providers = {
+        "prealloc_copy": lambda: buf.copy_(x),
+        "clone": x.clone,
+        "patchmix": lambda: grid_mix(x, mask, None, perm),
+        "patchmix_out": lambda: grid_mix(x, mask, None, perm, out=out),
+    }
+    if extras:
+        from bench.bench_grid_mix import _kornia_cutmix
 
-            arange = torch.arange(B, device="cuda")
-            compiled = torch.compile(grid_mix_compose, dynamic=False)
-            providers["eager"] = lambda: grid_mix_reference(x, mask, None, perm)
-            providers["compiled"] = lambda: compiled(x, mask, arange, perm)
-            cutmix = _kornia_cutmix()
-            if cutmix is not None and x.is_floating_point():
-                labels = torch.zeros(B, dtype=torch.long, device="cuda")
-                providers["kornia"] = lambda: cutmix(x, labels)
-        copy_ms = None
-        for provider, fn in providers.items():
-            ms = _device_ms(fn)
-            copy_ms = copy_ms or ms
-            results.add(kind="grid_mix", shape=name, provider=provider, device_ms=ms, wall_ms=_wall_ms(fn),
-                        copy_ms=copy_ms, target=target if provider in ("patchmix", "patchmix_out") else None)
+        arange = torch.arange(B, device="cuda")
+        compiled = torch.compile(grid_mix_compose, dynamic=False)
+        providers["eager"] = lambda: grid_mix_reference(x, mask, None, perm)
+        providers["compiled"] = lambda: compiled(x, mask, arange, perm)
+        cutmix = _kornia_cutmix()
+        if cutmix is not None and x.is_floating_point():
+            labels = torch.zeros(B, dtype=torch.long, device="cuda")
+            providers["kornia"] = lambda: cutmix(x, labels)
+    copy_ms = None
+    for provider, fn in providers.items():
+        ms = _device_ms(fn)
+        copy_ms = copy_ms or ms
+        results.add(kind="grid_mix", shape=name, provider=provider, device_ms=ms, wall_ms=_wall_ms(fn),
+                    copy_ms=copy_ms, target=target if provider in ("patchmix", "patchmix_out") else None)
 
 
 def bench_loss(results: Results, extras: bool):
+    for K, target in LOSS_CLASSES:
+        _loss_case(results, K, target, extras)
+
+
+def _loss_case(results: Results, K: int, target: float, extras: bool):
     import torch
 
     from bench.bench_patchmix_cross_entropy import make
     from patchmix.ops import patchmix_cross_entropy, patchmix_cross_entropy_eager
 
-    for K, target in LOSS_CLASSES:
-        image, patch, ta, tb, lam, mask = make(K, "cuda")
-        fns = {"clone": lambda: (image.detach().clone(), patch.detach().clone())}
+    image, patch, ta, tb, lam, mask = make(K, "cuda")
 
-        def step(loss_fn=patchmix_cross_entropy):
-            image.grad = patch.grad = None
-            loss_fn(image, patch, ta, tb, lam, mask).backward()
+    def step(loss_fn=patchmix_cross_entropy):
+        image.grad = patch.grad = None
+        loss_fn(image, patch, ta, tb, lam, mask).backward()
 
-        fns["patchmix"] = step
-        if extras:
-            fns["eager"] = lambda: step(patchmix_cross_entropy_eager)
-            compiled = torch.compile(patchmix_cross_entropy_eager)
-            fns["compiled"] = lambda: step(compiled)
-        clone_ms = None
-        for provider, fn in fns.items():
-            ms = _device_ms(fn)
-            clone_ms = clone_ms or ms
-            results.add(kind="loss", shape=f"N=256 P*P=16 K={K} float32", provider=provider, device_ms=ms,
-                        wall_ms=_wall_ms(fn), clone_ms=clone_ms, target=target if provider == "patchmix" else None)
+    fns = {"clone": lambda: (image.detach().clone(), patch.detach().clone()), "patchmix": step}
+    if extras:
+        compiled = torch.compile(patchmix_cross_entropy_eager)
+        fns["eager"] = lambda: step(patchmix_cross_entropy_eager)
+        fns["compiled"] = lambda: step(compiled)
+    clone_ms = None
+    for provider, fn in fns.items():
+        ms = _device_ms(fn)
+        clone_ms = clone_ms or ms
+        results.add(kind="loss", shape=f"N=256 P*P=16 K={K} float32", provider=provider, device_ms=ms,
+                    wall_ms=_wall_ms(fn), clone_ms=clone_ms, target=target if provider == "patchmix" else None)
 
 
 def count_syncs(step) -> tuple[int, str]:

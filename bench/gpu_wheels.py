@@ -80,7 +80,7 @@ def check(folder: Path) -> list[str]:
     """Unmet requirements of the wheels in ``folder`` (none: the closure is complete)."""
     have, found = preinstalled(), wheels(folder)
     missing = []
-    for name, wheel in found.items():
+    for wheel in found.values():
         for req in requirements(wheel):
             dep = canonicalize_name(req.name)
             if dep in have:

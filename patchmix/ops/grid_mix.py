@@ -194,6 +194,6 @@ def grid_mix(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor, *
             return below_autograd(grid_mix_op.default, x, mask, index_a, index_b)
         return grid_mix_op(x, mask, index_a, index_b)
     check_out(x, mask, out)
-    if torch.is_grad_enabled() and x.requires_grad:
+    if x.requires_grad and torch.is_grad_enabled():
         raise ValueError("grid_mix: out= is not differentiable and x requires grad; call grid_mix without out")
     return out, grid_mix_out_op(x, mask, index_a, index_b, out)

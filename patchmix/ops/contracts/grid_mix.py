@@ -100,16 +100,16 @@ def check_out(x: Tensor, mask: Tensor, out: Tensor) -> None:
         name = "channels_last" if fmt == torch.channels_last else "contiguous"
         raise ValueError(f"grid_mix: out must be {name} like x (the kernels copy rows in x's layout)")
     if out.numel() and x.numel() and x.device.type != "meta" and not torch.compiler.is_compiling():
-        x_lo, out_lo = x.data_ptr(), out.data_ptr()
-        x_hi = x_lo + _span(x)
-        out_hi = out_lo + _span(out)
-        if out_lo < x_hi and x_lo < out_hi:
+        # out is dense: its bytes are [ptr, ptr + numel * size); so are x's when x is dense, else (a rare strided
+        # view) its whole storage counts
+        if x.is_contiguous(memory_format=fmt):
+            x_lo, x_hi = x.data_ptr(), x.data_ptr() + x.numel() * x.element_size()
+        else:
+            x_lo = x.untyped_storage().data_ptr()
+            x_hi = x_lo + x.untyped_storage().nbytes()
+        out_lo = out.data_ptr()
+        if out_lo < x_hi and x_lo < out_lo + out.numel() * out.element_size():
             raise ValueError("grid_mix: out overlaps x; give a separate buffer")
-
-
-def _span(t: Tensor) -> int:
-    """Bytes from ``t``'s first element to one past its last."""
-    return (sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride(), strict=True)) + 1) * t.element_size()
 
 
 def check_index_ranges(batch: int, index_a: Tensor | None, index_b: Tensor) -> None:
