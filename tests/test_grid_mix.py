@@ -32,7 +32,7 @@ def make_inputs(B, C, H, W, P, N=None, dtype=torch.float32, device="cpu", channe
 
 
 def by_definition(x, mask, index_a, index_b):
-    """DESIGN.md section 1 written as loops over pixels, float64: the reference's own check."""
+    """The semantics (cell of pixel h: floor(h * P / H)) written as loops over pixels, float64: the reference's own check."""
     B, C, H, W = x.shape
     N, P = mask.shape[0], mask.shape[1]
     ia = range(N) if index_a is None else index_a.tolist()
