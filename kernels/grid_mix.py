@@ -414,10 +414,9 @@ def _compose_into(x, mask, index_a, index_b, out):
     if N == 0:
         return lam
     errors.poll(x.device)
-    if B == 0 or C == 0:  # nothing to copy (B == 0: every index is out of range, as the status says)
-        if B == 0:
-            errors.status(x.device).bitwise_or_(ERROR_INDEX_B)
-        B = max(B, 1)
+    copy_rows = N > 0 and B > 0 and C > 0  # else only lam (B == 0: every index is out of range; say so)
+    if B == 0:
+        errors.status(x.device).bitwise_or_(ERROR_INDEX_B)
     fmt = output_memory_format(x)
     xc = x.contiguous(memory_format=fmt)
     plan = forward_plan(x.shape, P, x.element_size(), fmt == torch.channels_last,
@@ -426,7 +425,7 @@ def _compose_into(x, mask, index_a, index_b, out):
         _words(xc, plan.unit), mask.contiguous().view(torch.uint8),
         (index_a if index_a is not None else index_b).contiguous(), index_b.contiguous(),
         _words(out, plan.unit), lam, errors.status(x.device),
-        N, B, N * plan.rows_per_image * (C > 0),
+        N, max(B, 1), N * plan.rows_per_image if copy_rows else 0,
         H=H, W=W, P=P, RPI=max(plan.rows_per_image, 1), ROW_WORDS=max(plan.row, 1), PX_BYTES=plan.px,
         WORD_BYTES=plan.unit, ALIGN=plan.align, MODE=plan.mode, CHUNK=plan.chunk, HAS_A=index_a is not None,
         ROWS=plan.rows, num_warps=plan.num_warps,

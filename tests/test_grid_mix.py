@@ -430,3 +430,21 @@ def test_backward_op_opcheck_and_double_backward():
     torch.library.opcheck(torch.ops.patchmix.grid_mix_backward.default, (g, mask, ia, ib, 3))
     x = torch.rand(3, 2, 7, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda t: grid_mix(t, mask, ia, ib)[0], (x,))
+
+
+def test_triton_empty_sources_never_read():
+    """B = 0 sources (every index out of range) and C = 0 channels: nothing is copied or read, lam is still right,
+    and B = 0 is reported."""
+    launcher = triton_launcher("grid_mix")
+    dev = triton_device()
+    mask = (torch.rand(2, 2, 2) < 0.5).to(dev)
+    idx = torch.zeros(2, dtype=torch.int64, device=dev)
+    check_errors(dev)
+    _, lam = launcher(torch.empty(0, 3, 8, 8, device=dev), mask, idx, idx)
+    torch.testing.assert_close(lam.cpu(), mask.float().mean((1, 2)).cpu())
+    with pytest.raises(ValueError, match="index_b holds a value out of range"):
+        check_errors(dev)
+    out, lam = launcher(torch.empty(2, 0, 8, 8, device=dev), mask, idx, idx)
+    assert out.shape == (2, 0, 8, 8)
+    torch.testing.assert_close(lam.cpu(), mask.float().mean((1, 2)).cpu())
+    check_errors(dev)

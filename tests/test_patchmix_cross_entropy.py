@@ -159,7 +159,7 @@ def test_tiny_batches(N, device):
 
 
 @pytest.mark.parametrize("device", devices())
-def test_fused_reference_kernel_matches(device):
+def test_reference_kernel_matches(device):
     """The fallback kernel (used when the extension is not built) meets the op's contract."""
     img, pat, ta, tb, lam, mask = make(5, 11, 3, device=device)
     loss, gi, gp = patchmix_cross_entropy_reference(img, pat, ta, tb, lam, mask, None, 0.4, 0.6, 0.1, "sum", True)
