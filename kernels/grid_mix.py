@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from patchmix._kernels._checks import checked_load
 
 from patchmix.ops import errors
 from patchmix.ops.contracts.grid_mix import (
@@ -45,6 +44,8 @@ from patchmix.ops.contracts.grid_mix import (
     check_out,
     output_memory_format,
 )
+
+from ._checks import checked_load
 
 UNIFORM, SEGMENTS, ELEMENTS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # the copy paths (MODE)
 MAX_SEGMENTS = 32  # SEGMENTS unrolls P cell columns at compile time; beyond, ELEMENTS

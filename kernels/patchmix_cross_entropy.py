@@ -30,7 +30,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from patchmix._kernels._checks import checked_load, report
 
 from patchmix.ops import errors
 from patchmix.ops.contracts.patchmix_cross_entropy import (
@@ -44,6 +43,8 @@ from patchmix.ops.contracts.patchmix_cross_entropy import (
     patch_strides,
     scale_gradients,
 )
+
+from ._checks import checked_load, report
 
 MAX_SINGLE_K = 8192  # a row of K logits in registers (beyond: the online two-pass loop)
 TILE = 4096  # elements a program holds per step (4 warps: 32 per thread)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from patchmix._kernels._checks import checked_load
 
 from patchmix.ops import errors
 from patchmix.ops.contracts.population_fitness import (
@@ -31,6 +30,8 @@ from patchmix.ops.contracts.population_fitness import (
     ERROR_PAIRS,
     check_args,
 )
+
+from ._checks import checked_load
 
 _ERR_PAIRS = tl.constexpr(ERROR_PAIRS)
 _ERR_DRAWS = tl.constexpr(ERROR_DRAWS)
