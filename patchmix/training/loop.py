@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .. import data as data_mod
 from ..augment import MixedBatch
 from ..config import Config
+from ..ops import check_errors
 from .checkpoint import CheckpointSaver, TrainState
 from .evaluate import evaluate
 from .interrupt import Interrupted, StopCheck, StopFlag
@@ -147,8 +148,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, mixer: Callable[[Tensor,
 def end_of_epoch(meter: TrainMeter, rt: Runtime) -> dict:
     """The loop's epoch-end sync point, the one place a training step's results are read from the device:
     the epoch's sums over every rank, as ``{"train_loss", "train_acc"}``."""
-    # >>> epoch-end sync point. patchmix.ops.check_errors() goes here: it raises a data error that this
-    # >>> epoch's ops recorded on the device (deferred so that no step waits for the device).
+    # a data error this epoch's ops recorded on the device (deferred so that no step waits for it) is raised
+    # here, naming the op and the argument
+    check_errors(rt.device)
     totals = rt.all_reduce_sum(meter.totals())
     n = max(float(totals[2]), 1.0)
     return {"train_loss": float(totals[0]) / n, "train_acc": float(totals[1]) / n}
