@@ -14,6 +14,11 @@ METHOD_LABELS = {"base": "Base", "mixup": "Mixup", "cutmix": "CutMix", "random":
 #: Methods trained with the patch term of ``L_T`` (the others train the image term ``L_O`` only).
 PATCH_SUPERVISED = ("random",)
 
+#: ``patchmix.Mix``'s methods, in the order of its ``weights`` (and of ``train.mix_weights``).
+MIX_METHODS = ("mixup", "cutmix", "patchmix")
+#: ``train.mix_mode`` / ``Mix(mode=)``: one draw per batch, per pair of samples, or per sample (timm's names).
+MIX_MODES = ("batch", "pair", "elem")
+
 #: ``data.format``: "auto" detects the format from the folder's files.
 DATA_FORMATS = ("auto", "digits", "cifar10", "cifar100", "tinyimagenet", "folder")
 #: ``data.augment``: "auto" is crop + flip for natural images and none for digits.

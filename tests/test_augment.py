@@ -84,8 +84,14 @@ def test_mixup_is_convex_combination_per_sample():
     lam = out.lam[:, None, None, None]
     torch.testing.assert_close(out.images, lam * x + (1 - lam) * x[perm])
     assert out.mask is None and torch.equal(out.target_b, y[perm])
-    with pytest.raises(ValueError, match="floating"):
-        Mixup()(x.to(torch.uint8), y)
+    # uint8 images blend in float32 and round half to even, as timm's FastCollateMixup does
+    x8 = x.to(torch.uint8)
+    out8 = Mixup(alpha=0.4, generator=torch.Generator().manual_seed(2))(x8, y)
+    w = out8.lam.double()[:, None, None, None]
+    want = torch.round(x8.float() * w.float() + x8[perm].float() * (1 - w).float()).to(torch.uint8)
+    assert out8.images.dtype == torch.uint8 and torch.equal(out8.images, want)
+    with pytest.raises(ValueError, match="floating or uint8"):
+        Mixup()(x.to(torch.int32), y)
 
 
 def test_cutmix_lam_is_exact_clipped_area():
