@@ -22,9 +22,12 @@ mixers, or from timm's dense targets); :meth:`MixedBatch.to_dense` gives timm's 
 
 from __future__ import annotations
 
+import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -64,26 +67,107 @@ def box_mask(box: Tensor, height: int, width: int) -> Tensor:
     return in_rows[:, :, None] & in_cols[:, None, :]
 
 
-def blend_pixels(a: Tensor, b: Tensor, w: Tensor, discrete: bool = False) -> Tensor:
-    """``w * a + (1 - w) * b`` per sample (``w (N,)``): in ``a``'s dtype for floating tensors; in float32 and
-    rounded half to even for integer ones (timm's uint8 blend); ``a`` or ``b`` by the larger weight when
-    ``discrete`` (class-id maps) or for bool tensors."""
-    w = w.view(-1, *([1] * (a.dim() - 1)))
-    if discrete or a.dtype == torch.bool:
-        return torch.where(w >= 0.5, a, b)
-    # timm's arithmetic: the weights are Python floats there, 1 - lam taken in double and rounded to the dtype
+def blend_pixels(a: Tensor, b: Tensor, w: Tensor | float, discrete: bool = False, out: Tensor | None = None) -> Tensor:
+    """``w * a + (1 - w) * b`` per sample (``w (N,)``, or one number for the whole batch), with timm's weights
+    (Python floats there: ``1 - lam`` taken in double, then rounded to the dtype), ``b`` scaled in place: in ``a``'s
+    dtype for floating tensors (then ``a * w`` added in one pass: no allocation beyond ``b``'s gather, which
+    matters on the CPU, where a fresh batch-sized buffer can cost a page fault per 4 KiB); in float32 rounded
+    half to even for integer ones (timm's uint8 blend, each product rounded as timm does); ``a`` or ``b`` by the
+    larger weight when ``discrete`` (class-id maps) or for bool tensors. ``b`` must be a tensor of its own.
+    A number and a tensor of that number give the same bits. ``out``: where integer results go (default new)."""
     dtype = a.dtype if a.is_floating_point() else torch.float32
-    wa, wb = w.to(dtype), (1 - w.double()).to(dtype)
+    if not isinstance(w, Tensor) and dtype in (torch.float16, torch.bfloat16):  # add_(alpha=) rounds otherwise there
+        w = torch.full((a.shape[0],), w, dtype=torch.float32, device=a.device)
+    if isinstance(w, Tensor):
+        w = w.view(-1, *([1] * (a.dim() - 1)))
+        if discrete or a.dtype == torch.bool:
+            return select(w >= 0.5, a, b)
+        wa, wb = w.to(dtype), (1 - w.double()).to(dtype)
+    else:
+        if discrete or a.dtype == torch.bool:
+            return a.clone() if w >= 0.5 else b
+        wa, wb = (to_dtype(v, dtype) for v in (w, 1.0 - w))  # rounded to the dtype, as above
+    scalar = not isinstance(wa, Tensor)
     if a.is_floating_point():
-        return a * wa + b * wb
-    return torch.round(a.float() * wa + b.float() * wb).to(a.dtype)
+        return b.mul_(wb).add_(a, alpha=wa) if scalar else b.mul_(wb).addcmul_(a, wa)
+    # the two float32 products in a scratch buffer kept per thread: fresh batch-sized temporaries cost a page
+    # fault per 4 KiB on every call (740 faults, 4.3 ms against 1.0 ms for 256x3x32x32, measured); converting
+    # before multiplying keeps the multiply vectorised (0.08 against 0.12 ms)
+    f = _scratch((2, *a.shape), a.device)
+    f[0].copy_(a).mul_(wa)
+    f[1].copy_(b).mul_(wb)
+    blended = f[0].add_(f[1])
+    out = torch.empty_like(a) if out is None else out
+    if a.dtype == torch.uint8 and a.device.type == "cpu":
+        # round half to even by adding 2**23 (the float32 sum's last bit is then the units place; exact for
+        # |v| < 2**22) and keep the low byte: 0.12 ms against 0.10 ms round_ + 0.41 ms float32 -> uint8
+        return out.copy_(blended.add_(8388608.0).view(torch.int32))
+    return out.copy_(blended.round_())
+
+
+_SCRATCH = threading.local()
+#: scratch buffers up to this size are kept per thread (a 256-image 3x32x32 float32 pair is 6 MiB)
+SCRATCH_MAX_BYTES = 64 << 20
+
+
+def _scratch(shape: tuple[int, ...], device) -> Tensor:
+    """A float32 buffer of ``shape`` (contents undefined), reused per thread and device when small enough."""
+    n = 1
+    for s in shape:
+        n *= s
+    if n * 4 > SCRATCH_MAX_BYTES or torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=torch.float32, device=device)
+    cache = getattr(_SCRATCH, "buffer", None)
+    if cache is None or cache.numel() < n:
+        cache = _SCRATCH.buffer = torch.empty(n, dtype=torch.float32)
+    return cache[:n].view(shape)
+
+
+def to_dtype(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to float32 (``struct``, ~0.3 us against ~3 us for a tensor round trip) or kept for
+    float64; other dtypes through a tensor."""
+    if dtype == torch.float64:
+        return float(value)
+    if dtype == torch.float32:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    return float(torch.tensor(value, dtype=dtype))
+
+
+def rows(x: Tensor, index: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """``x[index]`` along the first dimension, a new tensor (or ``out``) in ``x``'s memory format
+    (``index_select``: 5 to 20x faster than advanced indexing for a 256-image batch on the CPU, 0.09 vs 0.45 ms
+    for float32 3x32x32); ``x`` itself for None."""
+    if index is None:
+        return x if out is None else out.copy_(x)
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        # index_select returns contiguous tensors: gather in the (B, H, W, C) view
+        into = None if out is None else out.permute(0, 2, 3, 1)
+        return torch.index_select(x.permute(0, 2, 3, 1), 0, index, out=into).permute(0, 3, 1, 2)
+    return torch.index_select(x, 0, index, out=out)
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def select(cond: Tensor, if_true: Tensor, if_false: Tensor, out: Tensor | None = None) -> Tensor:
+    """``torch.where(cond, if_true, if_false)`` for two tensors of one shape and dtype (``cond`` broadcasting), into
+    ``out`` when given. On the CPU as bit operations on an integer view, ``f ^ ((f ^ t) & -cond)``: vectorised
+    where ``where`` is not (256x3x32x32: 0.08 against 1.3 ms for uint8, 0.37 against 1.03 ms for float32)."""
+    if if_true.device.type != "cpu" or if_true.dtype.is_complex or if_true.shape != if_false.shape:
+        return torch.where(cond, if_true, if_false, out=out) if out is not None else torch.where(cond, if_true, if_false)
+    bits = torch.bool if if_true.dtype == torch.bool else _BITS[if_true.element_size()]
+    t, f = if_true.view(bits), if_false.view(bits)
+    ones = cond if bits == torch.bool else cond.to(bits).neg_()
+    res = torch.bitwise_xor(f, t, out=None if out is None else out.view(bits))  # the one batch-sized buffer
+    return res.bitwise_and_(ones).bitwise_xor_(f).view(if_true.dtype)
 
 
 def compose(x: Tensor, index_a: Tensor | None, index_b: Tensor, *, mask: Tensor | None = None,
-            box: Tensor | None = None, blend: Tensor | None = None, discrete: bool = False,
+            box: Tensor | None = None, blend: Tensor | float | None = None, discrete: bool = False,
             out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """The composition rule of the module docstring, for ``x (B, C, H, W)`` (or ``(B, H, W)``; any ``(B, ...)``
     when only ``blend`` is given) and ``index_a``, ``index_b`` int64 ``(N,)`` (``index_a=None``: ``arange(B)``).
+    ``blend`` may be one number for every sample when it is the only step.
 
     Returns ``(mixed (N, ...), grid_lam (N,) or None)``: ``grid_lam`` is the exact pixel fraction the grid
     takes from ``a`` (1 for an all-True mask). ``out``: a buffer of the result's shape and dtype to write into.
@@ -95,19 +179,26 @@ def compose(x: Tensor, index_a: Tensor | None, index_b: Tensor, *, mask: Tensor 
         res, lam = compose(x[:, None], index_a, index_b, mask=mask, box=box, blend=blend, discrete=discrete,
                            out=None if out is None else out[:, None])
         return res[:, 0], lam
-    a = x if index_a is None else x[index_a]
+    a = rows(x, index_a)
     res, grid_lam = a, None
+    # the last step writes straight into `out` (a shared-memory buffer in a DataLoader worker)
     if mask is not None:
+        last = out if box is None and blend is None else None
         if x.dtype in GRID_MIX_DTYPES:
-            res, grid_lam = grid_mix_out(x, mask, index_a, index_b, out)
+            res, grid_lam = grid_mix_out(x, mask, index_a, index_b, last)
         else:  # the op's rule for dtypes it does not serve (int64 label maps, bool masks)
             full = upsample_mask(mask, x.shape[-2], x.shape[-1])
-            res = torch.where(full[:, None], a, x[index_b])
+            res = select(full[:, None], a, rows(x, index_b), out=last)
     if box is not None:
-        res = torch.where(box_mask(box, x.shape[-2], x.shape[-1])[:, None], x[index_b], res)
+        res = select(box_mask(box, x.shape[-2], x.shape[-1])[:, None], rows(x, index_b), res,
+                     out=out if blend is None else None)
     if blend is not None:
-        blended = blend_pixels(a, x[index_b], blend, discrete)
-        res = torch.where((blend < 1).view(-1, *([1] * (x.dim() - 1))), blended, res) if spatial else blended
+        if spatial:
+            blended = blend_pixels(a, rows(x, index_b), blend, discrete)  # index_select: a tensor of its own
+            res = select((blend < 1).view(-1, *([1] * (x.dim() - 1))), blended, res, out=out)
+        else:  # b gathered into `out` when the blend is computed in place there
+            into = out if out is not None and x.is_floating_point() and not discrete else None
+            res = blend_pixels(a, rows(x, index_b, into), blend, discrete, out=None if into is not None else out)
     if res is x:
         res = x.clone()
     if out is not None and res is not out:
@@ -271,6 +362,15 @@ class MixedBatch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def __reduce__(self):
+        """Pickled (e.g. from a ``DataLoader`` worker to the main process) with the images as a tensor (shared
+        memory) and every other CPU tensor as a numpy array inside the message: sharing a tensor costs a shared
+        memory segment and a file descriptor each, about 0.8 ms, so seven small tensors cost 6x the batch's
+        images (measured: 5.7 against 0.7 ms per 256x3x32x32 uint8 batch)."""
+        small = {k: v.numpy() if v.device.type == "cpu" and not v.requires_grad else v
+                 for k, v in self.tensors().items() if v is not None and k != "images"}
+        return _rebuild_batch, (self.images, small, self.label_smoothing)
+
     @classmethod
     def cat(cls, batches: Sequence[MixedBatch], offsets: Sequence[int] | None = None) -> MixedBatch:
         """One batch from several (order kept). ``offsets``: where each part's input rows start in the joint
@@ -307,4 +407,9 @@ class MixedBatch:
                    label_smoothing=batches[0].label_smoothing, **index)
 
 
-__all__ = ["KORNIA_FORMATS", "MixedBatch", "blend_pixels", "box_mask", "compose", "grid_mix_out"]
+def _rebuild_batch(images: Tensor, small: dict, label_smoothing: float) -> MixedBatch:
+    fields_ = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in small.items()}
+    return MixedBatch(images, label_smoothing=label_smoothing, **fields_)
+
+
+__all__ = ["KORNIA_FORMATS", "MixedBatch", "blend_pixels", "box_mask", "compose", "grid_mix_out", "rows", "select", "to_dtype"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -111,10 +112,12 @@ def stack_batch(data) -> LoadedBatch:
     samples = list(data)
     if not samples:
         raise ValueError("MixCollate: the batch is empty")
-    x = torch.stack([torch.as_tensor(s[0]) for s in samples])
-    labels = [torch.as_tensor(s[1]) for s in samples]
-    y = torch.stack(labels).to(torch.int64) if labels[0].dim() == 0 and not labels[0].is_floating_point() \
-        else torch.stack(labels)
+    images, labels = [s[0] for s in samples], [s[1] for s in samples]
+    # one call per batch, not one per sample (256 torch.as_tensor calls cost ~0.8 ms)
+    x = torch.stack(images) if isinstance(images[0], Tensor) else torch.from_numpy(np.stack(images))
+    y = torch.stack(labels) if isinstance(labels[0], Tensor) else torch.tensor(np.asarray(labels))
+    if not y.is_floating_point():
+        y = y.to(torch.int64)
     return LoadedBatch(x, y, getattr(data, "key", None))
 
 

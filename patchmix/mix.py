@@ -24,13 +24,14 @@ accepted everywhere, Mixup rounding them as timm's ``FastCollateMixup`` does.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from .batch import MixedBatch, compose
+from .batch import MixedBatch, compose, rows, to_dtype
 from .choices import MIX_METHODS, MIX_MODES
 from .sampling import (
     PAIRINGS,
@@ -39,6 +40,10 @@ from .sampling import (
     cutmix_boxes,
     device_generator,
     grid_masks,
+    host_choice,
+    host_cutmix_box,
+    host_minmax_box,
+    host_rng,
     involution,
     minmax_boxes,
     partners,
@@ -161,12 +166,14 @@ class Mix(nn.Module):
         self.alphas = {"mixup": float(mixup_alpha), "cutmix": float(cutmix_alpha), "patchmix": float(patchmix_alpha)}
         self.weights = _method_weights(self.alphas, switch_prob, weights)
         self.methods = tuple(m for m, w in zip(MIX_METHODS, self.weights, strict=True) if w > 0)
+        self._active_weights = tuple(w for w in self.weights if w > 0)
         self.cutmix_minmax = cutmix_minmax
         self.prob, self.mode, self.correct_lam = float(prob), mode, bool(correct_lam)
         self.label_smoothing, self.num_classes = float(label_smoothing), num_classes
         self.grid_size, self.pairing, self.enabled = int(grid_size), pairing, bool(enabled)
         self.generator = generator
         self._device_generators: dict[torch.device, torch.Generator] = {}
+        self._rng = random.Random()  # batch mode's host draws, reseeded from the generator every call
 
     # ----------------------------------------------------------------------------------------------
     def draw_generator(self, device, generator: torch.Generator | None = None) -> torch.Generator | None:
@@ -194,7 +201,7 @@ class Mix(nn.Module):
         plan = self.sample(B, H, W, x.device, self.draw_generator(x.device, generator))
         images, grid_lam = compose(x, None, plan.index_b, mask=plan.mask, box=plan.box, blend=plan.blend, out=out)
         lam = plan.lam if grid_lam is None else plan.lam * grid_lam  # one factor differs from 1 per sample
-        return MixedBatch(images, y, y[plan.index_b], lam, plan.mask, torch.arange(B, device=x.device), plan.index_b,
+        return MixedBatch(images, y, rows(y, plan.index_b), lam, plan.mask, torch.arange(B, device=x.device), plan.index_b,
                           plan.has_grid, plan.box, plan.blend, self.label_smoothing)
 
     def dense(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -288,37 +295,58 @@ class Mix(nn.Module):
                              f"not one on {g.device}")
         B, _, H, W = x.shape
         dev = x.device
-        method = self.methods[int(choose(1, tuple(w for w in self.weights if w > 0), g)[0])]
-        if not float(torch.rand((), generator=g, dtype=torch.float64)) < self.prob:
+        rng = host_rng(g, self._rng)
+        method = self.methods[host_choice(rng, self._active_weights)]
+        if not rng.random() < self.prob:
             batch = MixedBatch.unmixed(x, y, self.grid_size if method == "patchmix" else None, self.label_smoothing)
             return batch if out is None else batch.map(lambda t: out.copy_(t) if t is x else t)
         index_b = partners(B, self.pairing, self.draw_generator(dev, g), dev)
         mask = box = blend = None
         if method == "mixup":
-            lam0 = float(sample_beta(self.alphas["mixup"], 1, g)[0])
-            blend = torch.full((B,), lam0, dtype=torch.float32, device=dev)
-            images, _ = compose(x, None, index_b, blend=blend, out=out)
-            lam = blend
+            lam0 = to_dtype(rng.betavariate(self.alphas["mixup"], self.alphas["mixup"]), torch.float32)
+            images, _ = compose(x, None, index_b, blend=lam0, out=out)  # scalar weights: the same bits, faster
+            blend = lam = _filled(lam0, B, torch.float32, dev)
         elif method == "cutmix":
-            cpu_box, cut_lam = self._boxes(1, H, W, "cpu", g)
-            top, bottom, left, right = cpu_box[0].tolist()
+            if self.cutmix_minmax is not None:
+                lam0, corners = None, host_minmax_box(rng, H, W, self.cutmix_minmax)
+            else:
+                lam0 = rng.betavariate(self.alphas["cutmix"], self.alphas["cutmix"])
+                corners = host_cutmix_box(rng, lam0, H, W)
+            top, bottom, left, right = corners
             images = x.clone() if out is None else out.copy_(x)
-            images[:, :, top:bottom, left:right] = x[:, :, top:bottom, left:right][index_b]  # the box region only
-            box = torch.stack([torch.full((B,), v, dtype=torch.int64, device=dev) for v in (top, bottom, left, right)], 1)
-            lam = torch.full((B,), float(cut_lam[0]), dtype=torch.float32, device=dev)
+            # one box for all: gather the partners' box regions straight into the output's box (no temporary)
+            region = (slice(None), slice(None), slice(top, bottom), slice(left, right))
+            torch.index_select(x[region], 0, index_b, out=images[region])
+            box = _filled(corners, B, torch.int64, dev)
+            area_lam = 1.0 - (bottom - top) * (right - left) / (H * W)
+            lam = _filled(lam0 if lam0 is not None and not self.correct_lam else area_lam, B, torch.float32, dev)
         else:
-            lam0 = float(sample_beta(self.alphas["patchmix"], 1, g)[0])
+            lam0 = rng.betavariate(self.alphas["patchmix"], self.alphas["patchmix"])
             cells = torch.rand(self.grid_size, self.grid_size, generator=self.draw_generator(dev, g), device=dev) < lam0
             mask = cells.expand(B, -1, -1)
             images, lam = compose(x, None, index_b, mask=mask, out=out)
-        return MixedBatch(images, y, y[index_b], lam, mask, torch.arange(B, device=dev), index_b, None, box, blend,
-                          self.label_smoothing)
+        return MixedBatch(images, y, rows(y, index_b), lam, mask, torch.arange(B, device=dev), index_b, None, box,
+                          blend, self.label_smoothing)
 
     def extra_repr(self) -> str:
         on = ", ".join(f"{m}={w:.3g}" for m, w in zip(MIX_METHODS, self.weights, strict=True) if w > 0)
         alphas = ", ".join(f"{m}_alpha={self.alphas[m]:g}" for m in self.methods)
         return (f"{on}; {alphas}, mode={self.mode!r}, prob={self.prob}, grid_size={self.grid_size}, "
                 f"label_smoothing={self.label_smoothing}, pairing={self.pairing!r}, enabled={self.enabled}")
+
+
+def _filled(value, n: int, dtype: torch.dtype, device) -> Tensor:
+    """``(n,)`` filled with a host number, or ``(n, k)`` with a host row of ``k`` numbers, on ``device``: built on
+    the CPU and expanded there (a few microseconds), with fill kernels elsewhere (a small tensor copied from
+    the host would wait for the device)."""
+    if not isinstance(value, (tuple, list)):
+        return torch.full((n,), value, dtype=dtype, device=device)
+    row, device = value, torch.device(device)
+    if device.type == "cpu":
+        out = torch.tensor(row, dtype=dtype).expand(n, len(row))
+    else:
+        out = torch.stack([torch.full((n,), v, dtype=dtype, device=device) for v in row], 1)
+    return out
 
 
 __all__ = ["MIX_METHODS", "MIX_MODES", "Mix", "MixPlan", "check_batch"]

@@ -23,7 +23,7 @@ from .choices import METHOD_LABELS
 from .files import atomic_path, atomic_write_text
 
 METHOD_COLORS = {"base": "#7f7f7f", "mixup": "#1f77b4", "cutmix": "#2ca02c", "random": "#ff7f0e",
-                 "guided": "#d62728"}
+                 "guided": "#d62728", "mix": "#9467bd"}
 
 
 def _plt():

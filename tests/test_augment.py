@@ -209,11 +209,12 @@ def test_sampling_compiles_fullgraph():
 def test_gamma_rounds_almost_never_fall_back(alpha):
     """Every draw finds an accepted proposal within GAMMA_ROUNDS (the fallback's probability is < 2e-16), and the
     Gamma mean and variance (both equal to the shape) come out right."""
-    from patchmix.augment import GAMMA_ROUNDS, sample_gamma
+    from patchmix.augment import GAMMA_ROUNDS
+    from patchmix.sampling import sample_gamma_rounds
 
     assert GAMMA_ROUNDS >= 12
     g = torch.Generator().manual_seed(3)
-    s = sample_gamma(alpha, 200_000, g)
+    s = sample_gamma_rounds(alpha, 200_000, g)
     assert torch.isfinite(s).all() and bool((s >= 0).all())
     torch.testing.assert_close(s.mean().item(), alpha, rtol=0.02, atol=1e-3)
     torch.testing.assert_close(s.var().item(), alpha, rtol=0.05, atol=1e-3)

@@ -37,7 +37,7 @@ def reference_images(x, batch: MixedBatch):
             t, bo, le, r = batch.box[n].tolist()
             img[..., t:bo, le:r] = b[..., t:bo, le:r]
         if batch.blend is not None and batch.blend[n] < 1:
-            w = float(batch.blend[n])
+            w = float(batch.blend[n])  # timm's arithmetic: Python floats, rounded to the dtype
             if x.is_floating_point():
                 img = a * torch.tensor(w, dtype=x.dtype) + b * torch.tensor(1 - w, dtype=x.dtype)
             else:
@@ -52,9 +52,17 @@ def source_map(batch: MixedBatch, B, H, W):
     return batch.apply(rows, discrete=True)
 
 
+def assert_images(got, want):
+    """Exact, except floating blends: one addcmul there (the rounding of a * w + b * (1 - w) within an ulp)."""
+    if got.is_floating_point():
+        torch.testing.assert_close(got, want, rtol=2 * torch.finfo(got.dtype).eps, atol=0)
+    else:
+        assert torch.equal(got, want)
+
+
 def check_batch(x, y, batch: MixedBatch):
     B, _, H, W = x.shape
-    assert torch.equal(batch.images, reference_images(x, batch))
+    assert_images(batch.images, reference_images(x, batch))
     assert torch.equal(batch.apply(x), batch.images), "apply(input) reproduces the images"
     assert batch.images.dtype == x.dtype
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
@@ -82,7 +90,12 @@ def test_every_mode_matches_the_per_sample_reference(mode, dtype, channels_last)
     x, y = make_batch(B=9, dtype=dtype, channels_last=channels_last)  # odd batch, 13x11 not divisible by P = 4
     for seed in range(6):
         mix = Mix(**ALL, prob=0.8, mode=mode, generator=torch.Generator().manual_seed(seed))
-        check_batch(x, y, mix(x, y))
+        batch = mix(x, y)
+        check_batch(x, y, batch)
+        # into a preallocated buffer (the collate's shared memory): the same images, in that buffer
+        out = torch.empty_like(x)
+        again = mix(x, y, generator=torch.Generator().manual_seed(seed), out=out)
+        assert again.images is out and torch.equal(out, batch.images) and torch.equal(again.lam, batch.lam)
 
 
 @pytest.mark.parametrize("method", ["mixup", "cutmix", "patchmix"])
@@ -180,7 +193,7 @@ def test_batch_mode_with_flip_pairing_is_timms_mix_batch():
             assert lam == pytest.approx(1 - (yh - yl) * (xh - xl) / (16 * 16))  # correct_lam
         elif batch.blend is not None:  # timm: x.flip(0).mul_(1 - lam); x.mul_(lam).add_(x_flipped)
             xt = xt.mul_(lam).add_(x.flip(0).mul_(1.0 - lam))
-        assert torch.equal(batch.images, xt)
+        assert_images(batch.images, xt)
         torch.testing.assert_close(batch.to_dense(K), timm_mixup_target(y, K, lam, 0.1))
         images, dense = Mix(mixup_alpha=0.8, cutmix_alpha=1.0, mode="batch", pairing="flip", num_classes=K,
                             generator=torch.Generator().manual_seed(seed)).dense(x, y)
@@ -318,9 +331,9 @@ def test_apply_mixes_segmentation_maps_views_and_weight_maps():
         src = source_map(batch, 9, 16, 12)
         assert torch.equal(out, seg.to(dtype)[src, torch.arange(16)[:, None], torch.arange(12)])
     weights = torch.rand(9, 1, 16, 12, dtype=torch.float64)
-    torch.testing.assert_close(batch.apply(weights), reference_images(weights, batch))
+    assert_images(batch.apply(weights), reference_images(weights, batch))
     view2 = torch.rand(9, 3, 16, 12)
-    assert torch.equal(batch.apply(view2), reference_images(view2, batch))
+    assert_images(batch.apply(view2), reference_images(view2, batch))
     # a grid applies at a coarser resolution (the cell rule), a box needs the image size
     grid_only = Mix(mixup_alpha=0.0, patchmix_alpha=1.0, mode="elem", generator=torch.Generator().manual_seed(0))(x, y)
     half = torch.rand(9, 2, 8, 6)
@@ -449,3 +462,55 @@ def test_cuda_mixing_is_sync_free_and_matches_the_cpu_rule(mode):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     check_batch(x, y, batch.to("cpu"))
+
+
+# ------------------------------------------------------------------------------------------------
+# the composition's building blocks: bit-select, blends, host draws
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool, torch.float16, torch.float32, torch.float64])
+def test_select_is_where(dtype):
+    from patchmix.batch import select
+
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(6, 3, 5, 7, generator=g) * 100 for _ in range(2))
+    a, b = ((t > 0) if dtype == torch.bool else t.to(dtype) for t in (a, b))
+    a = a.contiguous(memory_format=torch.channels_last)
+    b = b.contiguous(memory_format=torch.channels_last)
+    cond = torch.rand(6, 1, 5, 7, generator=g) < 0.5
+    assert torch.equal(select(cond, a, b), torch.where(cond, a, b))
+    out = torch.empty_like(a)
+    assert select(cond, a, b, out=out) is not None and torch.equal(out, torch.where(cond, a, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_blend_with_one_number_and_with_a_tensor_gives_the_same_bits(dtype):
+    from patchmix.batch import blend_pixels, to_dtype
+
+    x, _ = make_batch(B=8, dtype=dtype)
+    b = x.flip(0)
+    for lam in (0.0, 0.25, 0.3137, 0.5, 0.999):
+        w = to_dtype(lam, torch.float32)
+        one = blend_pixels(x, b.clone(), w)
+        many = blend_pixels(x, b.clone(), torch.full((8,), w))
+        assert torch.equal(one, many)
+    # uint8 rounds half to even, like torch.round (timm): 0.5 -> 0, 1.5 -> 2, 2.5 -> 2
+    a8 = torch.tensor([[1, 3, 5, 255, 0]], dtype=torch.uint8).view(1, 1, 1, 5)
+    z8 = torch.zeros_like(a8)
+    got = blend_pixels(a8, z8.clone(), torch.tensor([0.5]))
+    assert got.flatten().tolist() == torch.round(a8.float() * 0.5).flatten().tolist() == [0, 2, 2, 128, 0]
+
+
+def test_batch_mode_minmax_and_uncorrected_lam():
+    x, y = make_batch(B=6, H=20, W=30)
+    for seed in range(8):
+        batch = Mix(mixup_alpha=0.0, cutmix_minmax=(0.2, 0.8), mode="batch",
+                    generator=torch.Generator().manual_seed(seed))(x, y)
+        check_batch(x, y, batch)
+        t, b, le, r = batch.box[0].tolist()
+        assert 4 <= b - t < 16 and 6 <= r - le < 24 and b < 20 and r < 30
+    drawn = [Mix(mixup_alpha=0.0, cutmix_alpha=1.0, mode="batch", correct_lam=False,
+                 generator=torch.Generator().manual_seed(s))(x, y) for s in range(8)]
+    area = [1 - (d.box[0, 1] - d.box[0, 0]) * (d.box[0, 3] - d.box[0, 2]) / 600 for d in drawn]
+    assert any(abs(float(d.lam[0]) - float(a)) > 1e-3 for d, a in zip(drawn, area, strict=True))
