@@ -1,11 +1,10 @@
 """Builds patchmix._C from csrc/ against the installed torch (no build isolation).
 
-* ``csrc/*.cpp``: op kernels (also built by CMakeLists.txt, found by the same glob).
+* ``csrc/*.cpp``: the CPU op kernels (also built by CMakeLists.txt, found by the same glob).
 * ``csrc/python/*.cpp``: the pybind11 module glue (Python builds only).
-* ``csrc/cuda/*.cu``: CUDA sources, compiled only when the installed torch has CUDA.
-* ``PATCHMIX_NO_EXTENSION=1`` skips compilation entirely; the package then runs the reference ops.
-
-The Triton kernels in ``kernels/`` install as ``patchmix._kernels``.
+* CUDA devices are served by the Triton kernels in ``kernels/`` (installed as ``patchmix._kernels``), so
+  nothing here needs a CUDA compiler.
+* ``PATCHMIX_NO_EXTENSION=1`` skips compilation entirely; the package then runs the reference ops on the CPU.
 """
 
 import glob
@@ -17,24 +16,12 @@ from setuptools import find_packages, setup
 ext_modules = []
 cmdclass = {}
 if os.environ.get("PATCHMIX_NO_EXTENSION", "0") != "1":
-    import torch
-    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/python/*.cpp"))
-    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
-    with_cuda = bool(cuda_sources) and torch.version.cuda is not None and CUDA_HOME is not None
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
-    cxx = ["-O3", *openmp] + (["-DPATCHMIX_WITH_CUDA"] if with_cuda else [])
-    if with_cuda:
-        ext = CUDAExtension(
-            "patchmix._C",
-            sources + cuda_sources,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-DPATCHMIX_WITH_CUDA"]},
-            extra_link_args=openmp,
-        )
-    else:
-        ext = CppExtension("patchmix._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=openmp)
-    ext_modules = [ext]
+    ext_modules = [CppExtension("patchmix._C", sources, extra_compile_args={"cxx": ["-O3", *openmp]},
+                                extra_link_args=openmp)]
     cmdclass = {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 setup(

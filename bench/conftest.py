@@ -1,8 +1,9 @@
 """Benchmark set-up: same Triton/interpreter rule as the tests, and one ratio table per run.
 
 Every bench parametrises ``provider``; the table puts, per group (shape/dtype/device), each provider's
-median beside the eager reference (``eager``) and the bandwidth floor (a provider named ``clone`` or
-``copy``), all measured in the same run.
+median beside the eager reference (``eager``), the bandwidth floor (a provider named ``clone``, ``copy`` or
+``plain``) and, where the group has one, the copy into a preallocated buffer (``prealloc_copy``), all
+measured in the same run. The codegen audit's table (``bench_codegen.py``) follows.
 """
 
 import torch
@@ -35,6 +36,15 @@ def record_device_time(benchmark, fn) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    _ratio_table(terminalreporter, config)
+    from tests import codegen
+
+    if codegen.LAST_ROWS:
+        terminalreporter.write_sep("=", "patchmix: Triton codegen audit (AOT, no GPU)")
+        terminalreporter.write_line(codegen.table(codegen.LAST_ROWS))
+
+
+def _ratio_table(terminalreporter, config):
     session = getattr(config, "_benchmarksession", None)
     benches = getattr(session, "benchmarks", None) or []
     rows = {}
@@ -52,17 +62,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     tr.write_sep("=", "patchmix: ratios measured in this run (median times)")
     tr.write_line(
-        f"{'group':<48} {'provider':<12} {'median ms':>10} {'x eager':>9} {'x floor':>9} {'device ms':>10} {'x floor':>9}"
+        f"{'group':<48} {'provider':<14} {'median ms':>10} {'x eager':>9} {'x floor':>9} {'x prealloc':>10} "
+        f"{'device ms':>10} {'x floor':>9}"
     )
     for group, provs in sorted(rows.items()):
         eager = provs.get("eager", (None, None))[0]
         floor, floor_dev = next((provs[p] for p in provs if p in FLOORS), (None, None))
+        prealloc = provs.get("prealloc_copy", (None, None))[0]
         for p, (t, dev) in sorted(provs.items(), key=lambda kv: kv[1][0]):
             speed = f"{eager / t:8.2f}x" if eager else "        -"
             vs_floor = f"{t / floor:8.2f}x" if floor else "        -"
+            vs_prealloc = f"{t / prealloc:9.2f}x" if prealloc else "         -"
             dev_ms = f"{dev:10.4f}" if dev is not None else "         -"
             dev_floor = f"{dev / floor_dev:8.2f}x" if dev is not None and floor_dev else "        -"
-            tr.write_line(f"{group:<48} {p:<12} {t * 1e3:>10.3f} {speed:>9} {vs_floor:>9} {dev_ms} {dev_floor:>9}")
-    tr.write_line("x eager: speed-up over the eager reference; x floor: time over the bandwidth floor (lower is better)")
+            tr.write_line(f"{group:<48} {p:<14} {t * 1e3:>10.3f} {speed:>9} {vs_floor:>9} {vs_prealloc:>10} {dev_ms} "
+                          f"{dev_floor:>9}")
+    tr.write_line("x eager: speed-up over the eager reference; x floor: time over the bandwidth floor (lower is better);")
+    tr.write_line("x prealloc: time over a copy into a preallocated buffer (the floor of grid_mix's out=)")
     tr.write_line("device ms (CUDA only): the GPU's own time per call (kernels + copies, from the profiler), and its ratio")
     tr.write_line("to the floor's device time: what a bandwidth target is about, without host launch overhead")

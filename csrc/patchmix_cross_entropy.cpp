@@ -30,6 +30,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common.h"
+
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -42,16 +44,15 @@
 #include <type_traits>
 #include <vector>
 
+// The float vector helpers below never pass vectors across an ABI boundary (always inlined); GCC's -Wpsabi
+// notes about AVX vector arguments are noise here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 namespace patchmix {
 
 namespace {
-
-// The loop templates must be inlined into each per-ISA wrapper, or all three would share one baseline copy.
-#if defined(__GNUC__)
-#define PATCHMIX_INLINE inline __attribute__((always_inline))
-#else
-#define PATCHMIX_INLINE inline
-#endif
 
 // -------------------------------------------------------------------------------------------------
 // element math
@@ -409,27 +410,19 @@ struct Loops {
 #endif
 
 PATCHMIX_CE_LOOPS(base, PATCHMIX_NO_TRAPPING_MATH, 4)
-// GCC 12+ (ISA-level names in target attributes and __builtin_cpu_supports); other compilers build the baseline.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__)
-#define PATCHMIX_CE_X86 1
-PATCHMIX_CE_LOOPS(v3, __attribute__((target("arch=x86-64-v3"))) PATCHMIX_NO_TRAPPING_MATH, 8)
-PATCHMIX_CE_LOOPS(v4, __attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))) PATCHMIX_NO_TRAPPING_MATH, 16)
+#ifdef PATCHMIX_X86_ISAS
+PATCHMIX_CE_LOOPS(v3, PATCHMIX_TARGET_V3 PATCHMIX_NO_TRAPPING_MATH, 8)
+PATCHMIX_CE_LOOPS(v4, PATCHMIX_TARGET_V4 PATCHMIX_NO_TRAPPING_MATH, 16)
 #endif
 
-// The widest variant the CPU runs; PATCHMIX_CPU_ISA=baseline or x86-64-v3 caps it (tests cover every variant).
 const Loops<float>& float_loops() {
-  static const Loops<float>* chosen = [] {
-    const char* cap = std::getenv("PATCHMIX_CPU_ISA");
-    const std::string limit = cap != nullptr ? cap : "";
-    if (limit == "baseline") return &loops_base;
-#ifdef PATCHMIX_CE_X86
-    __builtin_cpu_init();
-    if (limit != "x86-64-v3" && __builtin_cpu_supports("x86-64-v4")) return &loops_v4;
-    if (__builtin_cpu_supports("x86-64-v3")) return &loops_v3;
+  switch (cpu_isa()) {
+#ifdef PATCHMIX_X86_ISAS
+    case Isa::x86_64_v4: return loops_v4;
+    case Isa::x86_64_v3: return loops_v3;
 #endif
-    return &loops_base;
-  }();
-  return *chosen;
+    default: return loops_base;
+  }
 }
 
 const Loops<double>& double_loops() {
@@ -481,6 +474,7 @@ struct Kernel {
   const int64_t* ta = nullptr;
   const int64_t* tb = nullptr;
   const double* lam = nullptr;
+  const double* tw = nullptr;  // per-sample (image, patch) term weights (N, 2), or null
   const bool* mask = nullptr;
   Geometry g;
   acc_t eps = 0, w_img = 0, w_pat = 0, gw_img = 0, gw_pat = 0;
@@ -522,7 +516,7 @@ struct Kernel {
   }
 
   // Sum over the P*P patches of one sample, patches as vector lanes (k-major tile).
-  acc_t lanes(const Loops<acc_t>& L, int64_t n, const int64_t* label, acc_t* tile, acc_t* lane_buf) const {
+  acc_t lanes(const Loops<acc_t>& L, int64_t n, const int64_t* label, acc_t coef, acc_t* tile, acc_t* lane_buf) const {
     const int64_t K = g.K, P = g.P, PP = g.PP;
     const scalar_t* x = pat + n * ps[0];
     const bool x_lanes = ps[3] == 1 && ps[2] == P;  // patch p at x + p
@@ -566,11 +560,11 @@ struct Kernel {
       acc_t ce = (1 - eps) * (ls - (xl[p] - m[p]));
       if (eps != 0) ce += eps * (ls - sd[p] / static_cast<acc_t>(K));
       total += ce;
-      a[p] = gw_pat / s[p];
+      a[p] = coef / s[p];
     }
     if (compute_grad) {
-      L.lanes_affine(e, se, K, PP, a, gw_pat * eps / static_cast<acc_t>(K));
-      for (int64_t p = 0; p < PP; ++p) e[label[p] * se + p] -= gw_pat * (1 - eps);
+      L.lanes_affine(e, se, K, PP, a, coef * eps / static_cast<acc_t>(K));
+      for (int64_t p = 0; p < PP; ++p) e[label[p] * se + p] -= coef * (1 - eps);
       if (e == tile) {
         for (int64_t k = 0; k < K; ++k)
           for (int64_t r = 0; r < P; ++r)
@@ -593,11 +587,13 @@ struct Kernel {
       std::vector<int64_t> label(PP);
       for (int64_t n = begin; n < end; ++n) {
         acc_t loss = 0;
+        const acc_t wi = tw != nullptr ? static_cast<acc_t>(tw[2 * n]) : acc_t(1);
+        const acc_t wp = tw != nullptr ? static_cast<acc_t>(tw[2 * n + 1]) : acc_t(1);
         if (img != nullptr) {
           const acc_t l = static_cast<acc_t>(lam[n]);
           const acc_t ce = row(L, img + n * is[0], is[1], compute_grad ? gimg + n * gis[0] : nullptr, gis[1], ta[n],
-                               tb[n], l, 1 - l, gw_img, xbuf.data(), ebuf.data());
-          loss += w_img * ce;
+                               tb[n], l, 1 - l, gw_img * wi, xbuf.data(), ebuf.data());
+          loss += w_img * wi * ce;
         }
         if (pat != nullptr) {
           for (int64_t p = 0; p < PP; ++p) label[p] = mask[n * PP + p] ? ta[n] : tb[n];
@@ -607,12 +603,12 @@ struct Kernel {
               const int64_t r = p / P, c = p % P;
               sum += row(L, pat + n * ps[0] + r * ps[2] + c * ps[3], 1,
                          compute_grad ? gpat + n * gps[0] + r * gps[2] + c * gps[3] : nullptr, gps[1], label[p],
-                         label[p], 1, 0, gw_pat, xbuf.data(), ebuf.data());
+                         label[p], 1, 0, gw_pat * wp, xbuf.data(), ebuf.data());
             }
           } else {
-            sum = lanes(L, n, label.data(), tile.data(), lane_buf.data());
+            sum = lanes(L, n, label.data(), gw_pat * wp, tile.data(), lane_buf.data());
           }
-          loss += w_pat * sum;
+          loss += w_pat * wp * sum;
         }
         sample_loss[n] = static_cast<double>(loss);
       }
@@ -635,8 +631,8 @@ at::Tensor empty_grad(const at::Tensor& ref) { return at::empty({0}, ref.options
 std::tuple<at::Tensor, at::Tensor, at::Tensor> patchmix_cross_entropy_cpu(
     const std::optional<at::Tensor>& image_logits, const std::optional<at::Tensor>& patch_logits,
     const at::Tensor& target_a, const at::Tensor& target_b, const at::Tensor& lam,
-    const std::optional<at::Tensor>& mask, double image_weight, double patch_weight, double label_smoothing,
-    c10::string_view reduction, bool compute_grad) {
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& term_weights, double image_weight,
+    double patch_weight, double label_smoothing, c10::string_view reduction, bool compute_grad) {
   const bool has_img = image_logits.has_value(), has_pat = patch_logits.has_value();
   TORCH_CHECK_VALUE(has_img || has_pat,
                     "patchmix_cross_entropy: image_logits and patch_logits are both None; give at least one");
@@ -710,6 +706,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patchmix_cross_entropy_cpu(
                         " is outside [0, 1]");
     }
   }
+  at::Tensor tw64;
+  if (term_weights.has_value()) {
+    TORCH_CHECK_VALUE(at::isFloatingType(term_weights->scalar_type()) && term_weights->dim() == 2 &&
+                          term_weights->size(0) == g.N && term_weights->size(1) == 2 && term_weights->device().is_cpu(),
+                      "patchmix_cross_entropy: term_weights must be a floating CPU tensor of shape (", g.N, ", 2), got ",
+                      term_weights->scalar_type(), " ", term_weights->sizes());
+    tw64 = term_weights->to(at::kDouble).contiguous();
+    const double* w = tw64.data_ptr<double>();
+    for (int64_t i = 0; i < 2 * g.N; ++i) {
+      TORCH_CHECK_VALUE(w[i] >= 0.0 && std::isfinite(w[i]), "patchmix_cross_entropy: term_weights[", i / 2, ", ",
+                        i % 2, "] = ", w[i], " is not a finite value >= 0");
+    }
+  }
   at::Tensor mask_c;
   if (has_pat) {
     TORCH_CHECK_VALUE(mask->device().is_cpu(), "patchmix_cross_entropy: the CPU kernel got a tensor on ",
@@ -730,6 +739,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patchmix_cross_entropy_cpu(
     k.ta = ta.data_ptr<int64_t>();
     k.tb = tb.data_ptr<int64_t>();
     k.lam = lam64.data_ptr<double>();
+    k.tw = tw64.defined() ? tw64.data_ptr<double>() : nullptr;
     k.eps = static_cast<acc_t>(label_smoothing);
     k.compute_grad = compute_grad;
     k.w_img = static_cast<acc_t>(image_weight);
@@ -773,7 +783,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patchmix_cross_entropy_cpu(
 TORCH_LIBRARY_FRAGMENT(patchmix, m) {
   m.def(
       "patchmix_cross_entropy(Tensor? image_logits, Tensor? patch_logits, Tensor target_a, Tensor target_b, "
-      "Tensor lam, Tensor? mask, float image_weight, float patch_weight, float label_smoothing, str reduction, "
+      "Tensor lam, Tensor? mask, Tensor? term_weights, float image_weight, float patch_weight, float label_smoothing, "
+      "str reduction, "
       "bool compute_grad) -> (Tensor, Tensor, Tensor)");
 }
 

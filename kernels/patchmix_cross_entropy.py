@@ -1,19 +1,28 @@
-"""Triton kernel for ``patchmix::patchmix_cross_entropy`` on CUDA devices (also runs under ``TRITON_INTERPRET=1``).
+"""Triton kernels for ``patchmix::patchmix_cross_entropy`` and ``patchmix_cross_entropy_backward`` on CUDA
+devices (they also run under ``TRITON_INTERPRET=1``).
 
-One kernel, launched once for the image rows (``N`` rows of ``K`` logits) and once for the patch rows
-(``N * P * P`` rows; row ``n * P*P + r * P + c`` reads ``patch_logits`` through its strides, so both the
-``(N, P*P, K)`` and the head's natural ``(N, K, P, P)`` layouts are read in place). A program owns ``ROWS`` rows,
-as a ``(ROWS, BLOCK_K)`` tile when classes are contiguous, or as a ``(BLOCK_K, ROWS)`` tile (``ROWS_INNER``) for
-the natural layout, where one sample's ``P*P`` patches of a class are contiguous (coalesced accesses either way):
+Floor: read the image and patch logits once and write their gradient once (a training step needs the
+gradient: it is computed in the forward pass), one launch forward, no host read; the backward moves no bytes
+when the incoming gradient is 1 (``loss.backward()``). At N = 256, P = 4, K = 1000 that is 2 x 17.4 MB.
 
-* pass 1 streams the row in ``BLOCK_K`` chunks with an online max / sum of exponentials (and the sum of
-  ``x - max`` for label smoothing, re-based when the max moves), plus two gathered logits;
-* pass 2 (``COMPUTE_GRAD``) streams it again and writes ``coef * (softmax - target)`` in the logits' dtype.
+Forward, one launch. Program ``i`` owns samples ``i * SPB ...``: it reads their labels, ``lam`` and term
+weights (checked in the kernel: a bad value is clamped, never read out of bounds, and sets the op's bit in
+the device status word, see ``patchmix.ops.errors``), then their image rows and their ``P*P`` patch rows. A
+block of rows is one tile: with ``SINGLE`` (a row of ``K`` fits, ``K <= 8192``) each row is read once into
+registers, reduced (max, sum of exponentials, the two target logits, the sum for label smoothing) and its
+gradient ``coef * (softmax - target)`` written from the same registers; beyond, an online two-pass loop over
+``BLOCK_K`` chunks (the logits are read twice). Patch rows are read through the logits' strides, so both the
+``(N, P*P, K)`` and the head's natural ``(N, K, P, P)`` layouts are read in place; when the patches of a sample
+are dense the patch index is the fast axis of the natural layout and the loads are coalesced.
 
-The row's loss, times ``coef`` (the term's weight, divided by ``N`` for ``mean``, the same factor as the
-gradient's), goes to a small ``(N, 1 + P*P)`` buffer that the host sums (per sample for ``none``, all at once
-in float64 otherwise), so the reduction is deterministic (no atomics). Scalars that may equal 1 (``P``, strides) are specialised to
-constexpr by Triton, so the kernel never calls ``.to()`` on an argument, only on tensors.
+Reduction without float atomics: each program writes the float64 sum of its samples' losses to
+``partials[i]``, then increments an integer counter (``atomic_add``, acquire-release); the program that sees
+the count ``programs - 1`` sums every partial in a fixed order, writes the loss and resets the counter. The
+result does not depend on the order the programs run in.
+
+Scalars (``image_weight``, ``patch_weight``, ``label_smoothing``) are ``tl.float64`` parameters and enter the
+arithmetic through ``tl.full`` in the accumulation type, so float64 logits get float64 coefficients (a plain
+Python float argument is rounded to float32 on the GPU).
 """
 
 from __future__ import annotations
@@ -22,175 +31,330 @@ import torch
 import triton
 import triton.language as tl
 
-from patchmix.ops.patchmix_cross_entropy import (
+from patchmix.ops import errors
+from patchmix.ops.contracts.patchmix_cross_entropy import (
+    ERROR_LAM,
+    ERROR_TARGET_A,
+    ERROR_TARGET_B,
+    ERROR_TERM_WEIGHTS,
     accumulation_dtype,
-    check_patchmix_cross_entropy_args,
-    check_patchmix_cross_entropy_data,
+    check_args,
+    check_backward_args,
+    patch_strides,
+    scale_gradients,
 )
+
+from ._checks import checked_load, report
+
+MAX_SINGLE_K = 8192  # a row of K logits in registers (beyond: the online two-pass loop)
+TILE = 4096  # elements a program holds per step (4 warps: 32 per thread)
+BLOCK_PARTIALS = tl.constexpr(1024)
+_ERR_A = tl.constexpr(ERROR_TARGET_A)
+_ERR_B = tl.constexpr(ERROR_TARGET_B)
+_ERR_LAM = tl.constexpr(ERROR_LAM)
+_ERR_TW = tl.constexpr(ERROR_TERM_WEIGHTS)
+
+
+# --------------------------------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _patchmix_cross_entropy_kernel(
-    x_ptr, g_ptr, ta_ptr, tb_ptr, lam_ptr, mask_ptr, loss_ptr,
-    n_rows, K, P, PP,
-    sxn, sxk, sxr, sxc, sgn, sgk, sgr, sgc,
-    loss_stride, loss_offset,
-    coef, eps, eps_over_k, inv_k,
-    IS_PATCH: tl.constexpr, COMPUTE_GRAD: tl.constexpr, ACC: tl.constexpr, ROWS_INNER: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)
-    row_ok = rows < n_rows
-    if IS_PATCH:
-        n = rows // PP
-        p = rows % PP
-        r = p // P
-        c = p % P
-        from_a = tl.load(mask_ptr + rows, mask=row_ok, other=0) != 0  # mask (N, P, P) contiguous: index = row
-        la = tl.where(from_a, tl.load(ta_ptr + n, mask=row_ok, other=0), tl.load(tb_ptr + n, mask=row_ok, other=0))
-        lb = la
-        wa = tl.full([ROWS], 1.0, ACC)
-        wb = tl.zeros([ROWS], ACC)
-        x_off = n * sxn + r * sxr + c * sxc
-        g_off = n * sgn + r * sgr + c * sgc
-        loss_off = n * loss_stride + loss_offset + p
-    else:
-        n = rows
-        la = tl.load(ta_ptr + n, mask=row_ok, other=0)
-        lb = tl.load(tb_ptr + n, mask=row_ok, other=0)
-        wa = tl.load(lam_ptr + n, mask=row_ok, other=0).to(ACC)
-        wb = 1.0 - wa
-        x_off = n * sxn
-        g_off = n * sgn
-        loss_off = n * loss_stride + loss_offset
-
-    # pass 1: online max (m), reference point m_ref (0 while the max is still -inf, so that exp(-inf - m_ref)
-    # is 0, not NaN), s = sum exp(x - m_ref), sd = sum (x - m_ref)
-    m = tl.full([ROWS], float("-inf"), ACC)
-    m_ref = tl.zeros([ROWS], ACC)
-    s = tl.zeros([ROWS], ACC)
-    sd = tl.zeros([ROWS], ACC)
-    for k0 in tl.range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        if ROWS_INNER:  # (BLOCK_K, ROWS) tile: the patches of one class are the contiguous, fast axis
-            ok = (cols < K)[:, None] & row_ok[None, :]
-            x = tl.load(x_ptr + x_off[None, :] + cols.to(tl.int64)[:, None] * sxk, mask=ok, other=float("-inf"))
-            x = x.to(ACC)
-            m_new = tl.maximum(m, tl.max(x, 0))
-            ref_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-            s = s * tl.exp(m_ref - ref_new) + tl.sum(tl.exp(x - ref_new[None, :]), 0)
-            sd = sd - k0 * (ref_new - m_ref) + tl.sum(tl.where(ok, x - ref_new[None, :], 0.0), 0)
-        else:  # (ROWS, BLOCK_K) tile: classes contiguous
+def _ce_rows(x_ptr, g_ptr, x_off, g_off, sxk, sgk, la, lb, wa, coef, row_ok, K, eps, inv_k,
+             COMPUTE_GRAD: tl.constexpr, ACC: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE: tl.constexpr):
+    """Cross-entropy ``(R,)`` of rows ``x[x_off + k * sxk]`` against ``wa`` on class ``la`` and ``1 - wa`` on ``lb``,
+    smoothed by ``eps``; with ``COMPUTE_GRAD`` writes ``coef * (softmax - target)`` to ``g[g_off + k * sgk]``."""
+    wb = 1.0 - wa
+    if SINGLE:  # one read, everything from registers
+        cols = tl.arange(0, BLOCK_K)
+        ok = row_ok[:, None] & (cols < K)[None, :]
+        x = tl.load(x_ptr + x_off[:, None] + cols[None, :] * sxk, mask=ok, other=float("-inf")).to(ACC)
+        m = tl.max(x, 1)
+        m_ref = tl.where(m == float("-inf"), 0.0, m)  # rows past the end (all -inf): exp(-inf - 0) = 0, not NaN
+        e = tl.exp(x - m_ref[:, None])
+        s = tl.sum(e, 1)
+        sd = tl.sum(tl.where(ok, x - m_ref[:, None], 0.0), 1)
+        xa = tl.sum(tl.where(cols[None, :] == la[:, None], x, 0.0), 1)
+        xb = tl.sum(tl.where(cols[None, :] == lb[:, None], x, 0.0), 1)
+    else:  # online max and sums over BLOCK_K chunks (m_ref re-based when the max moves)
+        m_ref = tl.zeros(row_ok.shape, ACC)
+        m = tl.full(row_ok.shape, float("-inf"), ACC)
+        s = tl.zeros(row_ok.shape, ACC)
+        sd = tl.zeros(row_ok.shape, ACC)
+        for k0 in tl.range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
             ok = row_ok[:, None] & (cols < K)[None, :]
-            x = tl.load(x_ptr + x_off[:, None] + cols.to(tl.int64)[None, :] * sxk, mask=ok, other=float("-inf"))
-            x = x.to(ACC)
+            x = tl.load(x_ptr + x_off[:, None] + cols[None, :] * sxk, mask=ok, other=float("-inf")).to(ACC)
             m_new = tl.maximum(m, tl.max(x, 1))
             ref_new = tl.where(m_new == float("-inf"), 0.0, m_new)
             s = s * tl.exp(m_ref - ref_new) + tl.sum(tl.exp(x - ref_new[:, None]), 1)
             sd = sd - k0 * (ref_new - m_ref) + tl.sum(tl.where(ok, x - ref_new[:, None], 0.0), 1)
-        m = m_new
-        m_ref = ref_new
-    log_s = tl.log(tl.where(row_ok, s, 1.0))  # rows past the end: no log(0) warnings under the interpreter
-    xa = tl.load(x_ptr + x_off + la * sxk, mask=row_ok, other=0).to(ACC)
-    xb = tl.load(x_ptr + x_off + lb * sxk, mask=row_ok, other=0).to(ACC)
+            m = m_new
+            m_ref = ref_new
+        xa = tl.load(x_ptr + x_off + la * sxk, mask=row_ok, other=0).to(ACC)
+        xb = tl.load(x_ptr + x_off + lb * sxk, mask=row_ok, other=0).to(ACC)
+    log_s = tl.log(tl.where(row_ok, s, 1.0))
+    xa = tl.where(row_ok, xa, 0.0)  # rows past the end: finite (their -inf logits would give inf * 0 below)
+    xb = tl.where(row_ok, xb, 0.0)
     ce = tl.where(wa != 0, wa * (log_s - (xa - m_ref)), 0.0) + tl.where(wb != 0, wb * (log_s - (xb - m_ref)), 0.0)
-    ce = ce * (1.0 - eps)
-    ce += tl.where(eps != 0, eps * (log_s - sd * inv_k), 0.0)
-    tl.store(loss_ptr + loss_off, coef * ce, mask=row_ok)
-
+    ce = ce * (1.0 - eps) + tl.where(eps != 0, eps * (log_s - sd * inv_k), 0.0)
     if COMPUTE_GRAD:
-        lse = m_ref + log_s
-        ta_w = (1.0 - eps) * wa
-        tb_w = (1.0 - eps) * wb
-        for k0 in tl.range(0, K, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            if ROWS_INNER:
-                ok = (cols < K)[:, None] & row_ok[None, :]
-                cols64 = cols.to(tl.int64)[:, None]
-                x = tl.load(x_ptr + x_off[None, :] + cols64 * sxk, mask=ok, other=0).to(ACC)
-                target = eps_over_k + tl.where(cols64 == la[None, :], ta_w[None, :], 0.0)
-                target += tl.where(cols64 == lb[None, :], tb_w[None, :], 0.0)
-                grad = coef * (tl.exp(x - lse[None, :]) - target)
-                tl.store(g_ptr + g_off[None, :] + cols64 * sgk, grad.to(g_ptr.dtype.element_ty), mask=ok)
-            else:
+        ta_w = ((1.0 - eps) * wa)[:, None]
+        tb_w = ((1.0 - eps) * wb)[:, None]
+        if SINGLE:
+            p = e * (1.0 / tl.where(row_ok, s, 1.0))[:, None]
+            target = eps * inv_k + tl.where(cols[None, :] == la[:, None], ta_w, 0.0)
+            target += tl.where(cols[None, :] == lb[:, None], tb_w, 0.0)
+            grad = coef[:, None] * (p - target)
+            tl.store(g_ptr + g_off[:, None] + cols[None, :] * sgk, grad.to(g_ptr.dtype.element_ty), mask=ok)
+        else:
+            lse = m_ref + log_s
+            for k0 in tl.range(0, K, BLOCK_K):
+                cols = k0 + tl.arange(0, BLOCK_K)
                 ok = row_ok[:, None] & (cols < K)[None, :]
-                cols64 = cols.to(tl.int64)[None, :]
-                x = tl.load(x_ptr + x_off[:, None] + cols64 * sxk, mask=ok, other=0).to(ACC)
-                target = eps_over_k + tl.where(cols64 == la[:, None], ta_w[:, None], 0.0)
-                target += tl.where(cols64 == lb[:, None], tb_w[:, None], 0.0)
-                grad = coef * (tl.exp(x - lse[:, None]) - target)
-                tl.store(g_ptr + g_off[:, None] + cols64 * sgk, grad.to(g_ptr.dtype.element_ty), mask=ok)
+                x = tl.load(x_ptr + x_off[:, None] + cols[None, :] * sxk, mask=ok, other=0).to(ACC)
+                target = eps * inv_k + tl.where(cols[None, :] == la[:, None], ta_w, 0.0)
+                target += tl.where(cols[None, :] == lb[:, None], tb_w, 0.0)
+                grad = coef[:, None] * (tl.exp(x - lse[:, None]) - target)
+                tl.store(g_ptr + g_off[:, None] + cols[None, :] * sgk, grad.to(g_ptr.dtype.element_ty), mask=ok)
+    return ce
 
 
-def _patch_strides(t: torch.Tensor, P: int) -> tuple[int, int, int, int]:
-    """(n, k, r, c) strides; for ``(N, P*P, K)`` patch ``p = r * P + c`` sits at ``p * stride(1)``."""
-    if t.dim() == 3:
-        return t.stride(0), t.stride(2), t.stride(1) * P, t.stride(1)
-    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+@triton.jit
+def _labels(ta_ptr, tb_ptr, n, ok, K, status_ptr):
+    """``target_a[n]``, ``target_b[n]``, checked against ``[0, K)``."""
+    return (checked_load(ta_ptr, n, ok, 0, K, status_ptr, _ERR_A),
+            checked_load(tb_ptr, n, ok, 0, K, status_ptr, _ERR_B))
 
 
-def _launch_config(K: int, rows_inner: bool = False, PP: int = 1) -> tuple[int, int]:
-    """(ROWS, BLOCK_K): about 4096 elements per tile; with ROWS_INNER, ROWS covers one sample's patches."""
-    if rows_inner:
-        rows = min(triton.next_power_of_2(PP), 64)
-        return rows, max(16, min(triton.next_power_of_2(max(K, 1)), 4096 // rows))
-    block_k = min(triton.next_power_of_2(max(K, 1)), 1024)
-    rows = max(1, min(64, 4096 // block_k))
-    return rows, block_k
+@triton.jit
+def _term_weight(tw_ptr, n, ok, which, status_ptr, HAS_TW: tl.constexpr, ACC: tl.constexpr):
+    """``term_weights[n, which]`` (1 without term weights); not finite or negative: reported."""
+    if HAS_TW:
+        w = tl.load(tw_ptr + n * 2 + which, mask=ok, other=0).to(ACC)
+        report(ok & ~((w >= 0) & (w < float("inf"))), status_ptr, _ERR_TW)
+    else:
+        w = tl.full(n.shape, 1.0, ACC)
+    return w
+
+
+@triton.jit
+def _patchmix_cross_entropy_kernel(
+    img_ptr, gimg_ptr, pat_ptr, gpat_ptr, ta_ptr, tb_ptr, lam_ptr, mask_ptr, tw_ptr,
+    loss_ptr, partial_ptr, counter_ptr, status_ptr,
+    N, K, s_in, s_ik, s_gin, s_gik, s_pn, s_pk, s_pr, s_pc, s_gpn, s_gpk, s_gpr, s_gpc,
+    image_weight: tl.float64, patch_weight: tl.float64, label_smoothing: tl.float64,
+    HAS_IMAGE: tl.constexpr, HAS_PATCH: tl.constexpr, HAS_TW: tl.constexpr, P: tl.constexpr,
+    DENSE_PATCHES: tl.constexpr, ROW_ALIGN: tl.constexpr,
+    SPB: tl.constexpr, PPB: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr, REDUCTION: tl.constexpr, ACC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    samples = pid * SPB + tl.arange(0, SPB)
+    s_ok = samples < N
+    eps = tl.full([], label_smoothing, ACC)
+    inv_k = tl.full([], 1.0, ACC) / K
+    # gradient scale of "mean": 1/N (the loss itself is divided once, in float64, by the last program)
+    scale = tl.full([], 1.0, ACC) / N if REDUCTION == 2 else tl.full([], 1.0, ACC)
+    a, b = _labels(ta_ptr, tb_ptr, samples, s_ok, K, status_ptr)
+    lam = tl.load(lam_ptr + samples, mask=s_ok, other=0).to(ACC)
+    report(s_ok & ~((lam >= 0) & (lam <= 1)), status_ptr, _ERR_LAM)
+    loss = tl.zeros([SPB], ACC)
+    if HAS_IMAGE:
+        w = tl.full([], image_weight, ACC) * _term_weight(tw_ptr, samples, s_ok, 0, status_ptr, HAS_TW, ACC)
+        # rows start at multiples of ROW_ALIGN elements (the launcher checks strides and pointers): with classes
+        # contiguous the loads of a row can be vectors
+        x_row = tl.multiple_of(samples.to(tl.int64) * s_in, ROW_ALIGN)
+        g_row = tl.multiple_of(samples.to(tl.int64) * s_gin, ROW_ALIGN)
+        ce = _ce_rows(img_ptr, gimg_ptr, x_row, g_row, s_ik, s_gik,
+                      a, b, lam, w * scale, s_ok, K, eps, inv_k, COMPUTE_GRAD, ACC, BLOCK_K, SINGLE)
+        loss += w * ce
+    if HAS_PATCH:
+        PP: tl.constexpr = P * P
+        j = tl.arange(0, SPB * PPB)
+        n = pid * SPB + j // PPB
+        w_row = tl.full([], patch_weight, ACC) / PP * _term_weight(tw_ptr, n, n < N, 1, status_ptr, HAS_TW, ACC)
+        for p0 in tl.range(0, PP, PPB):
+            p = p0 + j % PPB
+            ok = (n < N) & (p < PP)
+            la, lb = _labels(ta_ptr, tb_ptr, n, ok, K, status_ptr)
+            m = tl.load(mask_ptr + n * PP + p, mask=ok, other=0)
+            label = tl.where(m != 0, la, lb)
+            n64 = n.to(tl.int64)
+            if DENSE_PATCHES:  # patch p at p * s_pc (s_pr == P * s_pc): contiguous patches stay provably contiguous
+                x_off = n64 * s_pn + p * s_pc
+                g_off = n64 * s_gpn + p * s_gpc
+            else:
+                r = p // P
+                c = p % P
+                x_off = n64 * s_pn + r * s_pr + c * s_pc
+                g_off = n64 * s_gpn + r * s_gpr + c * s_gpc
+            ce_p = _ce_rows(pat_ptr, gpat_ptr, x_off, g_off, s_pk, s_gpk, label, label, tl.full([SPB * PPB], 1.0, ACC),
+                            w_row * scale, ok, K, eps, inv_k, COMPUTE_GRAD, ACC, BLOCK_K, SINGLE)
+            loss += tl.sum(tl.reshape(tl.where(ok, w_row * ce_p, 0.0), (SPB, PPB)), 1)
+    if REDUCTION == 0:
+        tl.store(loss_ptr + samples, loss, mask=s_ok)
+    else:
+        tl.store(partial_ptr + pid, tl.sum(tl.where(s_ok, loss, 0.0).to(tl.float64), 0))
+        tl.debug_barrier()  # every thread's part of the partial is written before the release below
+        done = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+        if done == tl.num_programs(0) - 1:  # the last program: a fixed-order sum of every partial
+            total = tl.zeros([], tl.float64)
+            for i0 in tl.range(0, tl.num_programs(0), BLOCK_PARTIALS):
+                i = i0 + tl.arange(0, BLOCK_PARTIALS)
+                total += tl.sum(tl.load(partial_ptr + i, mask=i < tl.num_programs(0), other=0.0, cache_modifier=".cg"), 0)
+            if REDUCTION == 2:
+                total = total / N
+            tl.store(loss_ptr, total.to(ACC))
+            tl.store(counter_ptr, 0)  # ready for the next call on this stream
+
+
+# --------------------------------------------------------------------------------------------------
+# backward: scale the saved gradients in place by the incoming gradient, on the device
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _scale_block(g_ptr, offs, gl_ptr, PER: tl.constexpr, PER_SAMPLE: tl.constexpr, numel, ACC: tl.constexpr):
+    ok = offs < numel
+    if PER_SAMPLE:  # reduction="none": sample offs // PER, scaled by grad_loss[sample] unless it is 1
+        g = tl.load(gl_ptr + offs // PER, mask=ok, other=1.0).to(ACC)
+        upd = ok & (g != 1.0)
+        x = tl.load(g_ptr + offs, mask=upd, other=0.0).to(ACC)
+        tl.store(g_ptr + offs, (x * g).to(g_ptr.dtype.element_ty), mask=upd)
+    else:
+        g = tl.load(gl_ptr).to(ACC)
+        if g != 1.0:  # loss.backward(): nothing to move
+            x = tl.load(g_ptr + offs, mask=ok, other=0.0).to(ACC)
+            tl.store(g_ptr + offs, (x * g).to(g_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _patchmix_cross_entropy_backward_kernel(
+    g1_ptr, n1, g2_ptr, n2, gl_ptr,
+    PER1: tl.constexpr, PER2: tl.constexpr, PER_SAMPLE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Blocks ``[0, cdiv(n1, BLOCK))`` scale ``g1`` (the image gradient), the rest ``g2`` (the patch gradient); a
+    program visits every ``num_programs``-th block (a fixed grid: with an incoming gradient of 1 the launch is
+    a few hundred programs that read one scalar and stop)."""
+    first = tl.cdiv(n1, BLOCK)
+    for blk in tl.range(tl.program_id(0), first + tl.cdiv(n2, BLOCK), tl.num_programs(0)):
+        start = tl.zeros([], tl.int64) + blk  # 64-bit offsets (the interpreter's loop index is a Python int)
+        if blk < first:
+            _scale_block(g1_ptr, start * BLOCK + tl.arange(0, BLOCK), gl_ptr, PER1, PER_SAMPLE, n1, ACC)
+        else:
+            _scale_block(g2_ptr, (start - first) * BLOCK + tl.arange(0, BLOCK), gl_ptr, PER2, PER_SAMPLE, n2, ACC)
+
+
+# --------------------------------------------------------------------------------------------------
+# host launchers
+# --------------------------------------------------------------------------------------------------
+
+_COUNTERS: dict = {}
+_SMS: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors of ``device`` (132, an H100/H200, off CUDA)."""
+    if device.type != "cuda":
+        return 132
+    if device not in _SMS:
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device]
+
+
+def _counter(device: torch.device) -> torch.Tensor:
+    """The zeroed int32 counter of the last-program reduction, one per (device, stream): the last program of each
+    launch resets it, so it is allocated (and zeroed) once, not per call."""
+    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
+    key = (device, stream)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _COUNTERS[key]
+
+
+def launch_config(N: int, K: int, PP: int) -> dict:
+    """Samples per program, patch rows per step, ``BLOCK_K``, single pass or online, warps."""
+    single = K <= MAX_SINGLE_K
+    block_k = triton.next_power_of_2(max(K, 1)) if single else 1024
+    pp_block = triton.next_power_of_2(PP)
+    ppb = max(1, min(pp_block, TILE // block_k))
+    # several samples per program only while a program's rows stay small and the grid keeps >= 256 programs
+    spb = 1
+    while ppb == pp_block and spb * 2 * pp_block * block_k <= TILE and triton.cdiv(N, spb * 2) >= 256:
+        spb *= 2
+    rows = spb * ppb
+    warps = max(1, min(8, triton.next_power_of_2(rows * block_k) // 512))
+    return dict(SPB=spb, PPB=ppb, BLOCK_K=block_k, SINGLE=single, num_warps=warps)
 
 
 def patchmix_cross_entropy_cuda(
-    image_logits, patch_logits, target_a, target_b, lam, mask,
+    image_logits, patch_logits, target_a, target_b, lam, mask, term_weights,
     image_weight: float, patch_weight: float, label_smoothing: float, reduction: str, compute_grad: bool,
 ):
-    """Host launcher: same contract as the op (checks, then at most two launches of one kernel)."""
-    N, K, P = check_patchmix_cross_entropy_args(
-        image_logits, patch_logits, target_a, target_b, lam, mask, image_weight, patch_weight, label_smoothing, reduction
-    )
-    check_patchmix_cross_entropy_data(target_a, target_b, lam, K)  # before any logit is read
+    """Host launcher: argument checks (no data read), then one launch."""
+    N, K, P = check_args(image_logits, patch_logits, target_a, target_b, lam, mask, term_weights, image_weight,
+                         patch_weight, label_smoothing, reduction)
     ref = image_logits if image_logits is not None else patch_logits
     acc = accumulation_dtype(ref.dtype)
-    acc_tl = tl.float64 if acc == torch.float64 else tl.float32
-    PP = P * P if patch_logits is not None else 0
-    scale = 1.0 / N if (reduction == "mean" and N > 0) else 1.0
-    # every entry is written by a launch below, except column 0 without image logits
-    alloc = torch.empty if image_logits is not None else torch.zeros
-    row_loss = alloc((N, 1 + PP), dtype=acc, device=ref.device)
     grad_image = torch.empty_like(image_logits) if (compute_grad and image_logits is not None) else ref.new_empty((0,))
     grad_patch = torch.empty_like(patch_logits) if (compute_grad and patch_logits is not None) else ref.new_empty((0,))
-    ta, tb = target_a.contiguous(), target_b.contiguous()
-    lam_c = lam.to(acc).contiguous()
-    eps = float(label_smoothing)
-    common = dict(eps=eps, eps_over_k=eps / K, inv_k=1.0 / K, COMPUTE_GRAD=compute_grad, ACC=acc_tl, num_warps=4)
-    if N > 0 and image_logits is not None:
-        rows, block_k = _launch_config(K)
-        g = grad_image if compute_grad else image_logits  # never written when not computing gradients
-        _patchmix_cross_entropy_kernel[(triton.cdiv(N, rows),)](
-            image_logits, g, ta, tb, lam_c, ta, row_loss,
-            N, K, 1, 1,
-            image_logits.stride(0), image_logits.stride(1), 0, 0, g.stride(0), g.stride(1), 0, 0,
-            1 + PP, 0, float(image_weight) * scale,
-            IS_PATCH=False, ROWS_INNER=False, ROWS=rows, BLOCK_K=block_k, **common,
-        )
-    if N > 0 and patch_logits is not None:
-        g = grad_patch if compute_grad else patch_logits
-        mask_u8 = mask.contiguous().view(torch.uint8)
-        coef = float(patch_weight) / PP
-        strides = _patch_strides(patch_logits, P)
-        # the head's natural (N, K, P, P): a sample's patches are contiguous per class, so they become the tile's
-        # fast axis (coalesced loads and stores) instead of the strided class axis
-        rows_inner = strides[1] != 1 and strides[3] == 1 and strides[2] == P
-        rows, block_k = _launch_config(K, rows_inner, PP)
-        _patchmix_cross_entropy_kernel[(triton.cdiv(N * PP, rows),)](
-            patch_logits, g, ta, tb, lam_c, mask_u8, row_loss,
-            N * PP, K, P, PP,
-            *strides, *_patch_strides(g, P),
-            1 + PP, 1, coef * scale,
-            IS_PATCH=True, ROWS_INNER=rows_inner, ROWS=rows, BLOCK_K=block_k, **common,
-        )
-    # the rows already carry the 1/N of "mean": the reduction is one float64 sum (two launches, where a
-    # per-sample sum, a cast and a mean took four)
     if reduction == "none":
-        return row_loss.sum(1), grad_image, grad_patch
-    return row_loss.sum(dtype=torch.float64).to(acc), grad_image, grad_patch
+        loss = torch.empty((N,), dtype=acc, device=ref.device)
+    elif N == 0:  # the mean of nothing is NaN, the sum 0 (as torch)
+        return torch.full((), float("nan") if reduction == "mean" else 0.0, dtype=acc, device=ref.device), grad_image, grad_patch
+    else:
+        loss = torch.empty((), dtype=acc, device=ref.device)
+    if N == 0:
+        return loss, grad_image, grad_patch
+    errors.poll(ref.device)
+    PP = P * P if patch_logits is not None else 1
+    cfg = launch_config(N, K, PP)
+    programs = triton.cdiv(N, cfg["SPB"])
+    partials = torch.empty((programs,), dtype=torch.float64, device=ref.device) if reduction != "none" else loss
+    img = image_logits if image_logits is not None else ref
+    pat = patch_logits if patch_logits is not None else ref
+    gi = grad_image if grad_image.numel() else img  # never written without compute_grad
+    gp = grad_patch if grad_patch.numel() else pat
+    ps = patch_strides(pat, P) if patch_logits is not None else (0, 0, 0, 0)
+    gps = patch_strides(gp, P) if patch_logits is not None else (0, 0, 0, 0)
+    dense = ps[2] == P * ps[3] and gps[2] == P * gps[3]
+    vec = 16 // ref.element_size()
+    row_align = vec
+    for v in (img.stride(0), gi.stride(0), img.data_ptr() // ref.element_size(), gi.data_ptr() // ref.element_size()):
+        while row_align > 1 and v % row_align:
+            row_align //= 2
+    ta, tb = target_a.contiguous(), target_b.contiguous()
+    _patchmix_cross_entropy_kernel[(programs,)](
+        img, gi, pat, gp, ta, tb, lam.contiguous(), mask.contiguous().view(torch.uint8) if mask is not None else ta,
+        term_weights.contiguous() if term_weights is not None else lam,
+        loss, partials, _counter(ref.device), errors.status(ref.device),
+        N, K, img.stride(0), img.stride(-1), gi.stride(0), gi.stride(-1), *ps, *gps,
+        float(image_weight), float(patch_weight), float(label_smoothing),
+        HAS_IMAGE=image_logits is not None, HAS_PATCH=patch_logits is not None, HAS_TW=term_weights is not None,
+        P=P, DENSE_PATCHES=dense, ROW_ALIGN=row_align, COMPUTE_GRAD=compute_grad, REDUCTION={"none": 0, "sum": 1, "mean": 2}[reduction],
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, **cfg,
+    )
+    errors.launched(ref.device)
+    return loss, grad_image, grad_patch
+
+
+def patchmix_cross_entropy_backward_cuda(grad_image, grad_patch, grad_loss):
+    """Host launcher: ``grad_image *= grad_loss``, ``grad_patch *= grad_loss`` in place (per sample for a ``(N,)``
+    ``grad_loss``), decided on the device: nothing moves where the incoming gradient is 1. One launch."""
+    check_backward_args(grad_image, grad_patch, grad_loss)
+    if grad_loss.dim() == 1 and any(g.numel() and g.stride(0) * g.shape[0] != g.numel() for g in (grad_image, grad_patch)):
+        # per-sample scale of a gradient whose samples are not its outermost dimension (e.g. transposed logits)
+        return scale_gradients(grad_image, grad_patch, grad_loss)
+    block = 1024
+    n1, n2 = grad_image.numel(), grad_patch.numel()
+    per_sample = grad_loss.dim() == 1
+    N = max(grad_loss.numel(), 1)
+    acc = tl.float64 if torch.float64 in (grad_image.dtype, grad_patch.dtype) else tl.float32
+    dense = [g.as_strided((g.numel(),), (1,)) if g.numel() else g for g in (grad_image, grad_patch)]
+    programs = max(1, min(triton.cdiv(n1, block) + triton.cdiv(n2, block), 4 * _sm_count(grad_loss.device)))
+    _patchmix_cross_entropy_backward_kernel[(programs,)](
+        dense[0], n1, dense[1], n2, grad_loss.contiguous(),
+        PER1=max(n1 // N, 1), PER2=max(n2 // N, 1), PER_SAMPLE=per_sample, ACC=acc, BLOCK=block, num_warps=4,
+    )

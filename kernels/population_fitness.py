@@ -1,10 +1,20 @@
-"""Triton kernel for ``patchmix::population_fitness`` on CUDA devices (also runs under ``TRITON_INTERPRET=1``).
+"""Triton kernels for ``patchmix::population_fitness`` on CUDA devices (they also run under ``TRITON_INTERPRET=1``).
 
-One program per individual. Patch term: ``BLOCK_N`` slots x ``BLOCK_PP`` cells per step, one table gather per
-active cell. Image term (``HAS_IMAGE``): per slot and draw, a ``(BLOCK_PP, BLOCK_K)`` tile of source patch
-logits is summed over cells and reduced by a log-sum-exp; inactive slots are masked, not branched over, so
-every loop-carried value keeps one type. Accumulation is in the table's dtype (float32 or float64).
-Scalar int arguments are never ``.to()``-cast: Triton specialises ints equal to 1 as constexprs.
+Floor: the patch term reads ``I*N*P*P`` table entries (one gather per cell); the image term reads
+``I*N*S*P*P*K`` cached logits (cache-resident: ``V*P*P*K`` distinct values) and does one log-sum-exp per
+(individual, slot, draw). Two launches, no host read:
+
+* ``_population_fitness_kernel``, grid ``(I, N / SLOTS)``: the scores of ``SLOTS`` slots of one individual
+  (parallel over individuals and slots). Patch term: a ``(SLOTS, P*P)`` gather. Image term (``HAS_IMAGE``,
+  one slot per program): ``DRAWS`` draws at a time as a ``(DRAWS, P*P, K)`` tile of source patch logits, summed
+  over cells, then a log-sum-exp per draw (parallel over draws).
+* ``_population_fitness_reduce_kernel``: per individual, the mean over its active slots in a fixed order
+  (deterministic: no atomics), NaN without one.
+
+Indices are checked as they are read: out of range, a pair id, draw or class is clamped (never read out of
+bounds) and sets the op's bit in the device status word (``patchmix.ops.errors``). ``image_weight`` is a
+``tl.float64`` parameter (a Python float argument is rounded to float32 on the GPU: measured on an H200,
+7e-9 relative error against a float64 table). Accumulation in the table's dtype.
 """
 
 from __future__ import annotations
@@ -13,98 +23,121 @@ import torch
 import triton
 import triton.language as tl
 
-from patchmix.ops.population_fitness import check_population_fitness_args, check_population_fitness_ranges
+from patchmix.ops import errors
+from patchmix.ops.contracts.population_fitness import (
+    ERROR_DRAWS,
+    ERROR_PAIR_CLASSES,
+    ERROR_PAIRS,
+    check_args,
+)
+
+from ._checks import checked_load
+
+_ERR_PAIRS = tl.constexpr(ERROR_PAIRS)
+_ERR_DRAWS = tl.constexpr(ERROR_DRAWS)
+_ERR_CLASSES = tl.constexpr(ERROR_PAIR_CLASSES)
+TILE_BYTES = 16384  # the image term's (DRAWS, P*P, K) tile: 4096 float32 or 2048 float64 values (128 threads)
 
 
 @triton.jit
 def _population_fitness_kernel(
-    table_ptr, pairs_ptr, masks_ptr, logits_ptr, draws_ptr, classes_ptr, out_ptr,
-    N, PP, S, K, image_weight_ptr,
-    HAS_IMAGE: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_PP: tl.constexpr, BLOCK_K: tl.constexpr,
+    table_ptr, pairs_ptr, masks_ptr, logits_ptr, draws_ptr, classes_ptr, scores_ptr, status_ptr,
+    N, Q, S, V, K, image_weight: tl.float64,
+    HAS_IMAGE: tl.constexpr, ACC: tl.constexpr, PP: tl.constexpr, SLOTS: tl.constexpr, PP_BLOCK: tl.constexpr,
+    DRAWS: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64)
-    cells = tl.arange(0, BLOCK_PP)
-    cell_ok = cells < PP
-    acc = tl.zeros((BLOCK_N,), dtype=ACC)
-    cnt = tl.zeros((BLOCK_N,), dtype=tl.int32)
-    for n0 in range(0, N, BLOCK_N):
-        slots = n0 + tl.arange(0, BLOCK_N)
-        slot_ok = slots < N
-        q = tl.load(pairs_ptr + i * N + slots, mask=slot_ok, other=-1)
-        act = q >= 0
-        ok = act[:, None] & cell_ok[None, :]
-        m = tl.load(masks_ptr + (i * N + slots)[:, None] * PP + cells[None, :], mask=ok, other=0)
-        side = (m != 0).to(tl.int64)
-        v = tl.load(table_ptr + (q[:, None] * PP + cells[None, :]) * 2 + side, mask=ok, other=0.0)
-        acc += tl.sum(v.to(ACC), axis=1) / PP
-        cnt += act.to(tl.int32)
-    total = tl.sum(acc, axis=0)
-    if HAS_IMAGE:
+    slots = tl.program_id(1) * SLOTS + tl.arange(0, SLOTS)
+    slot_ok = slots < N
+    q = checked_load(pairs_ptr, i * N + slots, slot_ok, -1, Q, status_ptr, _ERR_PAIRS)
+    act = slot_ok & (q >= 0)
+    qs = tl.maximum(q, 0)
+    cells = tl.arange(0, PP_BLOCK)
+    ok = act[:, None] & (cells < PP)[None, :]
+    m = tl.load(masks_ptr + (i * N + slots)[:, None] * PP + cells[None, :], mask=ok, other=0)
+    side = (m != 0).to(tl.int64)
+    t = tl.load(table_ptr + (qs[:, None] * PP + cells[None, :]) * 2 + side, mask=ok, other=0.0).to(ACC)
+    score = tl.sum(t, axis=1) / PP
+    if HAS_IMAGE:  # SLOTS == 1: this program's one slot, its draws in blocks of DRAWS
+        lam = tl.sum((ok & (m != 0)).to(ACC), axis=1) / PP  # (1,)
+        ci = checked_load(classes_ptr, qs * 2, act, 0, K, status_ptr, _ERR_CLASSES)
+        cj = checked_load(classes_ptr, qs * 2 + 1, act, 0, K, status_ptr, _ERR_CLASSES)
         kk = tl.arange(0, BLOCK_K)
-        k_ok = kk < K
-        img_acc = tl.zeros((BLOCK_K,), dtype=ACC)
-        for n in range(0, N):
-            q = tl.load(pairs_ptr + i * N + n)
-            w = (q >= 0).to(ACC)
-            qs = tl.maximum(q, 0)
-            mrow = tl.load(masks_ptr + (i * N + n) * PP + cells, mask=cell_ok, other=0) != 0
-            lam = tl.sum(tl.where(mrow & cell_ok, 1.0, 0.0).to(ACC), axis=0) / PP
-            ci = tl.load(classes_ptr + qs * 2)
-            cj = tl.load(classes_ptr + qs * 2 + 1)
-            for s in range(0, S):
-                a = tl.load(draws_ptr + (qs * S + s) * 2)
-                b = tl.load(draws_ptr + (qs * S + s) * 2 + 1)
-                src = tl.where(mrow, a, b)
-                tile_ok = cell_ok[:, None] & k_ok[None, :]
-                z = tl.load(logits_ptr + (src[:, None] * PP + cells[:, None]) * K + kk[None, :], mask=tile_ok, other=0.0)
-                u = tl.sum(z.to(ACC), axis=0) / PP
-                u_m = tl.where(k_ok, u, float("-inf"))
-                mx = tl.max(u_m, axis=0)
-                lse = mx + tl.log(tl.sum(tl.where(k_ok, tl.exp(u_m - mx), 0.0), axis=0))
-                contrib = lam * tl.where(kk == ci, u - lse, 0.0) + (1.0 - lam) * tl.where(kk == cj, u - lse, 0.0)
-                img_acc += tl.where(k_ok, contrib, 0.0) * w / S
-        total += tl.sum(img_acc, axis=0) * tl.load(image_weight_ptr)
-    count = tl.sum(cnt, axis=0)
-    tl.store(out_ptr + i, total / count.to(ACC))
+        from_a = (m != 0)[:, None, :, None]  # (1, 1, PP_BLOCK, 1)
+        cell_ok = (cells < PP)[None, :, None]
+        img = tl.zeros([1], ACC)
+        for s0 in tl.range(0, S, DRAWS):
+            d = s0 + tl.arange(0, DRAWS)
+            d_ok = act[:, None] & (d < S)[None, :]  # (1, DRAWS)
+            a = checked_load(draws_ptr, (qs[:, None] * S + d[None, :]) * 2, d_ok, 0, V, status_ptr, _ERR_DRAWS)
+            b = checked_load(draws_ptr, (qs[:, None] * S + d[None, :]) * 2 + 1, d_ok, 0, V, status_ptr, _ERR_DRAWS)
+            src = tl.where(from_a, a[:, :, None, None], b[:, :, None, None])  # (1, DRAWS, PP_BLOCK, 1)
+            tile_ok = d_ok[:, :, None, None] & cell_ok[None, :, :, :] & (kk < K)[None, None, None, :]
+            z = tl.load(logits_ptr + (src * PP + cells[None, None, :, None]) * K + kk[None, None, None, :],
+                        mask=tile_ok, other=0.0).to(ACC)
+            u = tl.sum(z, axis=2) / PP  # (1, DRAWS, BLOCK_K)
+            u_m = tl.where((kk < K)[None, None, :], u, float("-inf"))
+            mx = tl.max(u_m, axis=2)
+            lse = mx + tl.log(tl.sum(tl.exp(u_m - mx[:, :, None]), axis=2))
+            u_i = tl.sum(tl.where(kk[None, None, :] == ci[:, None, None], u, 0.0), axis=2)
+            u_j = tl.sum(tl.where(kk[None, None, :] == cj[:, None, None], u, 0.0), axis=2)
+            contrib = lam[:, None] * (u_i - lse) + (1.0 - lam[:, None]) * (u_j - lse)
+            img += tl.sum(tl.where(d_ok, contrib, 0.0), axis=1)
+        score += tl.full([], image_weight, ACC) * img / S
+    tl.store(scores_ptr + i * N + slots, tl.where(act, score, 0.0), mask=slot_ok)
 
 
-def population_fitness_cuda(
-    table: torch.Tensor,
-    pairs: torch.Tensor,
-    masks: torch.Tensor,
-    logits: torch.Tensor | None,
-    draws: torch.Tensor | None,
-    pair_classes: torch.Tensor | None,
-    image_weight: float,
-) -> torch.Tensor:
-    """Host launcher: same contract as ``patchmix.ops.population_fitness`` (checks, then one kernel launch)."""
-    check_population_fitness_args(table, pairs, masks, logits, draws, pair_classes, image_weight)
-    check_population_fitness_ranges(table, pairs, logits, draws, pair_classes, image_weight)  # before any read
+@triton.jit
+def _population_fitness_reduce_kernel(scores_ptr, pairs_ptr, out_ptr, n_ind, N, IB: tl.constexpr, NB: tl.constexpr):
+    """``out[i]`` = mean over the active slots of individual ``i`` (NaN without one), in a fixed order."""
+    ind = tl.program_id(0) * IB + tl.arange(0, IB)
+    i_ok = ind < n_ind
+    total = tl.zeros([IB], scores_ptr.dtype.element_ty)
+    count = tl.zeros([IB], tl.int32)
+    for n0 in tl.range(0, N, NB):
+        n = n0 + tl.arange(0, NB)
+        ok = i_ok[:, None] & (n < N)[None, :]
+        offs = ind[:, None].to(tl.int64) * N + n[None, :]
+        total += tl.sum(tl.load(scores_ptr + offs, mask=ok, other=0.0), axis=1)
+        count += tl.sum((tl.load(pairs_ptr + offs, mask=ok, other=-1) >= 0).to(tl.int32), axis=1)
+    tl.store(out_ptr + ind, total / count.to(total.dtype), mask=i_ok)
+
+
+def population_fitness_cuda(table, pairs, masks, logits, draws, pair_classes, image_weight: float):
+    """Host launcher: argument checks (no data read), then two launches."""
+    check_args(table, pairs, masks, logits, draws, pair_classes, image_weight)
     n_ind, N, P = masks.shape[0], masks.shape[1], masks.shape[2]
     PP = P * P
     out = torch.empty((n_ind,), dtype=table.dtype, device=table.device)
     if n_ind == 0:
         return out
+    if N == 0:
+        return out.fill_(float("nan"))
+    errors.poll(table.device)
     has_image = float(image_weight) != 0.0
     if has_image:
         lg, dr, cl = logits.contiguous(), draws.contiguous(), pair_classes.contiguous()
-        S, K = dr.shape[1], lg.shape[2]
+        S, V, K = dr.shape[1], lg.shape[0], lg.shape[2]
     else:  # unused pointers: any valid tensor on the device
         lg, dr, cl = table, pairs, pairs
-        S, K = 1, 1
+        S, V, K = 1, 1, 1
     acc = tl.float64 if table.dtype == torch.float64 else tl.float32
-    # image_weight travels as a tensor in the table's dtype: a Python float argument is rounded to float32,
-    # and reciprocals like 1/PP are avoided for the same reason (float64 tables must match the reference
-    # to 1e-12; measured on an H200, float32 scalars gave 7e-9 relative error).
-    weight = torch.full((1,), float(image_weight), dtype=table.dtype, device=table.device) if has_image else table
-    block_pp = triton.next_power_of_2(PP)
-    block_n = max(1, min(triton.next_power_of_2(max(N, 1)), max(1, 2048 // block_pp)))
-    _population_fitness_kernel[(n_ind,)](
-        table.contiguous(), pairs.contiguous(), masks.contiguous().view(torch.uint8), lg, dr, cl, out,
-        N, PP, S, K, weight,
-        HAS_IMAGE=has_image, ACC=acc,
-        BLOCK_N=block_n, BLOCK_PP=block_pp, BLOCK_K=triton.next_power_of_2(K),
+    pp_block = triton.next_power_of_2(PP)
+    block_k = triton.next_power_of_2(K)
+    tile = TILE_BYTES // table.element_size()
+    slots = 1 if has_image else min(triton.next_power_of_2(N), max(1, tile // pp_block))
+    draws_block = max(1, min(triton.next_power_of_2(S), tile // (pp_block * block_k)))
+    scores = torch.empty((n_ind, N), dtype=table.dtype, device=table.device)
+    pc = pairs.contiguous()
+    _population_fitness_kernel[(n_ind, triton.cdiv(N, slots))](
+        table.contiguous(), pc, masks.contiguous().view(torch.uint8), lg, dr, cl, scores, errors.status(table.device),
+        N, table.shape[0], S, V, K, float(image_weight),
+        HAS_IMAGE=has_image, ACC=acc, PP=PP, SLOTS=slots, PP_BLOCK=pp_block, DRAWS=draws_block, BLOCK_K=block_k,
         num_warps=4,
     )
+    ib = 4
+    _population_fitness_reduce_kernel[(triton.cdiv(n_ind, ib),)](
+        scores, pc, out, n_ind, N, IB=ib, NB=min(triton.next_power_of_2(N), 256), num_warps=4,
+    )
+    errors.launched(table.device)
     return out

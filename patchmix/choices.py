@@ -6,13 +6,22 @@ This module is a leaf: it imports nothing from patchmix, so any layer may import
 
 from __future__ import annotations
 
-#: The training methods, in the order the workflow trains and the report lists them (paper Table 1).
-METHODS = ("base", "mixup", "cutmix", "random", "guided")
+#: The training methods, in the order the workflow trains and the report lists them: the paper's (Table 1),
+#: then ``mix``, timm's recipe (Mixup, CutMix and PatchMix chosen per sample or per batch by ``train.mix_weights``).
+METHODS = ("base", "mixup", "cutmix", "random", "guided", "mix")
+#: What ``patchmix run`` trains by default (``run.methods``): the paper's comparison.
+WORKFLOW_METHODS = ("base", "mixup", "cutmix", "random", "guided")
 #: How the report and the CLI name each method.
 METHOD_LABELS = {"base": "Base", "mixup": "Mixup", "cutmix": "CutMix", "random": "Random PatchMix",
-                 "guided": "Guided PatchMix"}
-#: Methods trained with the patch term of ``L_T`` (the others train the image term ``L_O`` only).
-PATCH_SUPERVISED = ("random",)
+                 "guided": "Guided PatchMix", "mix": "Mix"}
+#: Methods trained with the patch term of ``L_T`` (the others train the image term ``L_O`` only); ``mix`` gives
+#: it to its PatchMix samples only.
+PATCH_SUPERVISED = ("random", "mix")
+
+#: ``patchmix.Mix``'s methods, in the order of its ``weights`` (and of ``train.mix_weights``).
+MIX_METHODS = ("mixup", "cutmix", "patchmix")
+#: ``train.mix_mode`` / ``Mix(mode=)``: one draw per batch, per pair of samples, or per sample (timm's names).
+MIX_MODES = ("batch", "pair", "elem")
 
 #: ``patchmix ablate``: the paper's ablations (Table 6: fitness and same-class pairs; Table 7: supervision and
 #: grid size).

@@ -21,7 +21,7 @@ import os
 import sys
 from contextlib import contextmanager
 
-from .choices import ABLATIONS, CHANNELS_LAST, DATA_FORMATS, METHODS, OBJECTIVES, SPLITS
+from .choices import ABLATIONS, CHANNELS_LAST, DATA_FORMATS, METHODS, MIX_MODES, OBJECTIVES, SPLITS
 from .config import PRESETS
 from .errors import ConfigError, PatchmixError
 
@@ -68,12 +68,25 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
     if seeds:
         g.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (run: default 0,1,2; train: default 0)")
         g.add_argument("--seed", type=int, help="a single seed (same as --seeds N)")
+    g = p.add_argument_group("mixing (timm's Mixup knobs; method 'mix' switches between Mixup, CutMix, PatchMix)")
+    g.add_argument("--mix-mode", choices=MIX_MODES,
+                   help="batch: one method and lam per batch; pair: per pair of samples; elem: per sample (default)")
+    g.add_argument("--mixup-alpha", type=float, help="Beta of Mixup (default: --alpha)")
+    g.add_argument("--cutmix-alpha", type=float, help="Beta of CutMix (default: --alpha)")
+    g.add_argument("--cutmix-minmax", metavar="LO,HI", help="CutMix box sides uniform in [LO, HI) of the image side")
+    g.add_argument("--mix-prob", type=float, help="probability that a sample (a batch in batch mode) is mixed")
+    g.add_argument("--mix-weights", metavar="MIXUP,CUTMIX,PATCHMIX", help="method mix: how often each is chosen")
+    g.add_argument("--mix-off-epoch", type=int, help="no mixing from this epoch (0-based) on; 0: never")
+    g.add_argument("--ema-decay", type=float, help="keep a model EMA with this decay (e.g. 0.9998), evaluated too")
+    g.add_argument("--ema-warmup", action="store_true", default=None, help="warm the EMA decay up (timm's)")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", help="auto (CUDA when available), cpu, cuda, cuda:1")
     g.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA devices")
     g.add_argument("--channels-last", choices=CHANNELS_LAST, help="memory format (auto: on for CUDA)")
     g.add_argument("--threads", type=int, help="torch CPU threads")
-    g.add_argument("--workers", type=int, help="data-loader processes for image files")
+    g.add_argument("--workers", type=int, help="DataLoader worker processes (load, crop/flip and mix each batch)")
+    g.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="torch.compile the model (backend: inductor, or e.g. aot_eager)")
     if out_default is not None:
         g.add_argument("--out", default=out_default, help="output folder")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages (results still print)")
@@ -187,7 +200,11 @@ def _updates(args) -> dict:
          "lr": "train.lr", "alpha": "train.alpha", "device": "run.device", "amp": "run.amp",
          "channels_last": "run.channels_last", "threads": "run.threads", "workers": "data.workers",
          "methods": "run.methods", "seeds": "run.seeds", "population": "search.population",
-         "generations": "search.generations", "pairs": "search.num_pairs", "objective": "search.objective"}
+         "generations": "search.generations", "pairs": "search.num_pairs", "objective": "search.objective",
+         "mix_mode": "train.mix_mode", "mixup_alpha": "train.mixup_alpha", "cutmix_alpha": "train.cutmix_alpha",
+         "cutmix_minmax": "train.cutmix_minmax", "mix_prob": "train.mix_prob", "mix_weights": "train.mix_weights",
+         "mix_off_epoch": "train.mix_off_epoch", "ema_decay": "train.ema_decay", "ema_warmup": "train.ema_warmup",
+         "compile": "run.compile"}
     for attr, key in m.items():
         v = getattr(args, attr, None)
         if v is not None:
@@ -238,7 +255,7 @@ def cmd_run(args) -> int:
         _print()
         _print(f"test top-1 accuracy, {metrics['dataset']['description']}, model {metrics['model']}, "
                f"{cfg.train.epochs} epochs, mean ± std over seeds {','.join(map(str, cfg.run.seeds))}:")
-        _print(format_table(metrics["summary"], metrics.get("fgsm_summary")))
+        _print(format_table(metrics["summary"], metrics.get("fgsm_summary"), ema=metrics.get("ema_summary")))
         _print()
         _print(f"wall time {metrics['wall_seconds']:.1f} s; report: {os.path.join(args.out, 'report.md')}")
     return 0
@@ -317,11 +334,12 @@ def cmd_train(args) -> int:
             results.append(res)
         if rt.is_main:
             summary = summarize(results, [args.method])
+            ema = summarize(results, [args.method], key="ema_test_acc")
             write_json(os.path.join(out, "metrics.json"), {"config": cfg.to_dict(), "results": results,
-                                                           "summary": summary, "world": rt.world})
+                                                           "summary": summary, "ema_summary": ema, "world": rt.world})
             fgsm = [r["fgsm"] for r in results if r.get("fgsm")]
             fgsm_mean = {args.method: {e: sum(f[e] for f in fgsm) / len(fgsm) for e in fgsm[0]}} if fgsm else None
-            _print(format_table(summary, fgsm_mean))
+            _print(format_table(summary, fgsm_mean, ema=ema))
             _print(f"checkpoints and metrics.json in {out}")
     return 0
 

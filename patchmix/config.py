@@ -30,7 +30,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .choices import AUGMENTATIONS, CHANNELS_LAST, DATA_FORMATS, METHODS, SCHEDULES, check_choice
+from .choices import (
+    AUGMENTATIONS,
+    CHANNELS_LAST,
+    DATA_FORMATS,
+    METHODS,
+    MIX_MODES,
+    SCHEDULES,
+    WORKFLOW_METHODS,
+    check_choice,
+)
 from .errors import ConfigError
 from .files import atomic_write_text
 from .search.settings import SearchConfig
@@ -52,8 +61,14 @@ class DataConfig:
     #: auto (the dataset's default: crop + horizontal flip for photos, crop for mnist5k, none for the 8x8 digits)
     #: | crop-flip | crop | none. A folder of digits or characters wants crop (never flip a digit).
     augment: str = "auto"
-    #: Data-loader worker processes for image files on disk (in-memory datasets never need any).
+    #: DataLoader worker processes: they load, crop/flip and mix each training batch (uint8) and decode image
+    #: files; 0 does it in the training process. The draws are the same for any number (seeded per batch).
     workers: int = 0
+    #: Batches each worker prepares ahead (the DataLoader's prefetch_factor; with workers > 0).
+    prefetch_factor: int = 2
+    #: Image-file datasets whose decoded images fit in this many MiB are decoded once into memory (else per
+    #: batch); 0 never decodes ahead (patchmix.data.DECODE_MAX_MB).
+    decode_max_mb: float = 2048.0
     #: Use only the first n training images (None: all); handy for smoke tests.
     limit_train: int | None = None
 
@@ -82,10 +97,26 @@ class TrainConfig:
     #: cosine | step | constant (per-step cosine annealing to 0; step: x0.1 at 50% and 75%)
     schedule: str = "cosine"
     warmup_epochs: int = 0
-    #: Beta(alpha, alpha) for Random PatchMix, Mixup and CutMix.
+    #: Beta(alpha, alpha) for Random PatchMix, Mixup and CutMix (each may override it below).
     alpha: float = 1.0
-    #: Probability that a sample of a batch is mixed (Random PatchMix).
+    #: Beta of Mixup, CutMix and PatchMix (timm's mixup_alpha, cutmix_alpha); None: train.alpha.
+    mixup_alpha: float | None = None
+    cutmix_alpha: float | None = None
+    patchmix_alpha: float | None = None
+    #: CutMix box sides uniform in [lo, hi) of the image side, the box inside the image (timm's cutmix_minmax).
+    cutmix_minmax: tuple[float, float] | None = None
+    #: Probability that a sample (batch in mix_mode "batch") is mixed (timm's mixup_prob).
     mix_prob: float = 1.0
+    #: batch | pair | elem: one method and lam per batch, per pair, or per sample (timm's mixup_mode).
+    mix_mode: str = "elem"
+    #: Method "mix": how often Mixup, CutMix and PatchMix are chosen (timm's switch_prob is (1 - p, p, 0)).
+    mix_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: From this epoch on (0-based) batches are not mixed; 0: never (timm's --mixup-off-epoch).
+    mix_off_epoch: int = 0
+    #: Model EMA decay (timm's --model-ema-decay, e.g. 0.9998); 0: no EMA. Evaluated in its own column.
+    ema_decay: float = 0.0
+    #: EMA decay warm-up 1 - (1 + step) ** (-2/3), capped by ema_decay (timm's --model-ema-warmup).
+    ema_warmup: bool = False
     label_smoothing: float = 0.0
     #: L_T = image_weight * L_O + patch_weight * L_P / P^2 (phase one, "random").
     image_weight: float = 0.5
@@ -98,7 +129,7 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = WORKFLOW_METHODS
     seeds: tuple[int, ...] = (0, 1, 2)
     #: auto (cuda when available) | cpu | cuda | cuda:1 ...
     device: str = "auto"
@@ -106,6 +137,8 @@ class RunConfig:
     amp: bool = False
     #: channels_last memory format: auto (on CUDA devices) | on | off
     channels_last: str = "auto"
+    #: torch.compile the model with this backend (inductor, aot_eager, ...); off: eager (timm's --torchcompile).
+    compile: str = "off"
     #: FGSM epsilons (in [0, 1] pixel units) evaluated by `patchmix eval` and at the end of `run`.
     fgsm_epsilons: tuple[float, ...] = (0.05, 0.1, 0.2)
     #: Number of mixed samples drawn in the report's sample grid.
@@ -152,6 +185,7 @@ class Config:
         check_choice("data.augment", d.augment, AUGMENTATIONS, ConfigError)
         check_choice("train.schedule", t.schedule, SCHEDULES, ConfigError)
         check_choice("run.channels_last", r.channels_last, CHANNELS_LAST, ConfigError)
+        check_choice("train.mix_mode", t.mix_mode, MIX_MODES, ConfigError)
         self.search.validate()
         if not 0.0 < d.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
@@ -166,6 +200,7 @@ class Config:
             raise ConfigError(f"train.alpha must be > 0, got {t.alpha}")
         if not 0.0 <= t.mix_prob <= 1.0:
             raise ConfigError(f"train.mix_prob must be in [0, 1], got {t.mix_prob}")
+        self._validate_mixing()
         if len(t.guided_fractions) != 3 or min(t.guided_fractions) < 0 or sum(t.guided_fractions) <= 0:
             raise ConfigError(f"train.guided_fractions must be 3 non-negative numbers (original, random, guided), "
                               f"got {t.guided_fractions}")
@@ -177,6 +212,28 @@ class Config:
         if r.fidelity_individuals < 0 or r.fidelity_draws < 1:
             raise ConfigError(f"run.fidelity_individuals must be >= 0 and run.fidelity_draws >= 1, got "
                               f"{r.fidelity_individuals} and {r.fidelity_draws}")
+
+
+    def _validate_mixing(self) -> None:
+        d, t = self.data, self.train
+        for name in ("mixup_alpha", "cutmix_alpha", "patchmix_alpha"):
+            v = getattr(t, name)
+            if v is not None and v < 0:
+                raise ConfigError(f"train.{name} must be >= 0 (0: that method off), got {v}")
+        if t.cutmix_minmax is not None and (len(t.cutmix_minmax) != 2 or not 0 <= t.cutmix_minmax[0] < t.cutmix_minmax[1] <= 1):
+            raise ConfigError(f"train.cutmix_minmax must be lo,hi with 0 <= lo < hi <= 1, got {t.cutmix_minmax}")
+        if len(t.mix_weights) != 3 or min(t.mix_weights) < 0 or sum(t.mix_weights) <= 0:
+            raise ConfigError(f"train.mix_weights must be 3 non-negative numbers (mixup, cutmix, patchmix), not all 0, "
+                              f"got {t.mix_weights}")
+        if t.mix_off_epoch < 0:
+            raise ConfigError(f"train.mix_off_epoch must be >= 0 (0: never), got {t.mix_off_epoch}")
+        if not 0.0 <= t.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (0: no EMA), got {t.ema_decay}")
+        if d.prefetch_factor < 1 or d.workers < 0 or d.decode_max_mb < 0:
+            raise ConfigError(f"data.prefetch_factor must be >= 1, data.workers and data.decode_max_mb >= 0, got "
+                              f"{d.prefetch_factor}, {d.workers}, {d.decode_max_mb}")
+        if not self.run.compile:
+            raise ConfigError("run.compile must be 'off' or a torch.compile backend name (inductor, aot_eager, ...)")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -27,12 +27,14 @@ scores on. The rule, in order:
 
 ``Dataset.split_rule`` says which rule made the splits; the commands print it with the split sizes.
 
-Images are kept as uint8 ``(C, H, W)``: in memory for digits and CIFAR, as files (decoded with Pillow on
-demand, resized to ``image_size``) for Tiny ImageNet and folder trees. A folder tree's images are greyscale
-(1 channel) when every image is, else colour (3 channels); every image is converted to that mode (palette
-and alpha images to RGB). :func:`load_batches` yields uint8 batches for lists of indices; :func:`to_float`
-turns a batch into ``[0, 1]`` floats on the device, and :func:`augment` applies the random crop / flip with
-an explicit generator.
+Images are kept as uint8 ``(C, H, W)``: in memory for digits and CIFAR; Tiny ImageNet and folder trees are
+decoded once with Pillow (resized to ``image_size``) into memory when they fit in ``decode_max_mb``
+(:data:`DECODE_MAX_MB`, 2 GiB by default), else kept as files and decoded per batch. A folder tree's images
+are greyscale (1 channel) when every image is, else colour (3 channels); every image is converted to that
+mode (palette and alpha images to RGB). :func:`load_batches` yields uint8 batches for lists of indices,
+:class:`SplitDataset` serves a split to a ``DataLoader`` a batch at a time, :func:`to_float` turns a batch
+into ``[0, 1]`` floats on the device, and :func:`augment` applies the random crop / flip with an explicit
+generator.
 
 CIFAR's "python version" files are pickles by format. They are read with a restricted unpickler that builds
 only numpy arrays and plain containers: a file that would run code is refused with a :class:`DatasetError`.
@@ -49,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .collate import LoadedBatch
 from .errors import DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -550,9 +553,19 @@ def detect_format(path: str) -> str:
                        + "\n  ".join(LAYOUTS.values()))
 
 
+#: ``data.decode_max_mb``: image-file datasets whose decoded uint8 images (train + val + test) take at most
+#: this many MiB are decoded once into memory. 2 GiB holds Tiny ImageNet at 64x64 (110,000 images, 1.26 GiB)
+#: and any folder tree of up to ~699,000 32x32 colour images; larger trees stay files, decoded per batch.
+DECODE_MAX_MB = 2048.0
+
+
 def load_dataset(source: str = "digits", format: str = "auto", *, val_fraction: float = 0.1, split_seed: int = 0,
-                 image_size: int | None = None, limit_train: int | None = None) -> Dataset:
-    """Load a dataset (see the module docstring); raises :class:`DatasetError` with the expected layout."""
+                 image_size: int | None = None, limit_train: int | None = None,
+                 decode_max_mb: float = DECODE_MAX_MB, workers: int = 0) -> Dataset:
+    """Load a dataset (see the module docstring); raises :class:`DatasetError` with the expected layout.
+
+    Image files are decoded once into uint8 tensors when all of them fit in ``decode_max_mb`` MiB
+    (:func:`decode_in_memory`, by ``workers`` processes); else they stay files, decoded per batch."""
     fmt = detect_format(source) if format == "auto" else format
     bundled = source in ("digits", "mnist5k")  # shipped with a package: no path
     if not bundled and not os.path.exists(source):
@@ -577,8 +590,23 @@ def load_dataset(source: str = "digits", format: str = "auto", *, val_fraction: 
     if limit_train:
         ds.train = ds.train.subset(balanced_subset(ds.train.labels, limit_train, split_seed))
         ds.split_rule += f"; train limited to {len(ds.train)} images, class-balanced"
+    decode_in_memory(ds, decode_max_mb, workers)
     ds.mean, ds.std = channel_stats(ds.train)
     return ds
+
+
+def decode_in_memory(ds: Dataset, max_mb: float = DECODE_MAX_MB, workers: int = 0) -> bool:
+    """Decode the image files of every split of ``ds`` once into uint8 tensors (``Split.images``), by ``workers``
+    processes, when they take at most ``max_mb`` MiB in all; returns whether it did. Decoding every epoch through
+    Pillow costs far more than the training step of a small model; a gather from memory costs next to nothing."""
+    splits = [sp for sp in (ds.train, ds.val, ds.test) if sp.images is None and sp.files is not None]
+    need = sum(len(sp) * sp.channels * sp.image_size ** 2 for sp in splits)
+    if not splits or need > max_mb * 2**20:
+        return False
+    for sp in splits:
+        chunks = list(torch.arange(len(sp)).split(256))
+        sp.images = torch.cat([x for x, _ in load_batches(sp, chunks, workers)])
+    return True
 
 
 def channel_stats(split: Split, max_images: int = 2000) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -596,7 +624,8 @@ def from_config(cfg) -> Dataset:
     """``load_dataset`` with the ``data`` section of a :class:`patchmix.config.Config`."""
     d = cfg.data
     return load_dataset(d.source, d.format, val_fraction=d.val_fraction, split_seed=d.split_seed,
-                        image_size=d.image_size, limit_train=d.limit_train)
+                        image_size=d.image_size, limit_train=d.limit_train, decode_max_mb=d.decode_max_mb,
+                        workers=d.workers)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -625,6 +654,35 @@ class _Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.split.get(self.chunks[i])
+
+
+class SplitDataset(torch.utils.data.Dataset):
+    """A split as a map-style dataset for a ``DataLoader``: ``dataset[i] = (image uint8 (C, H, W), label)``, and
+    a whole batch at once through ``__getitems__``: one gather from memory (or the batch's files decoded), as a
+    :class:`patchmix.collate.LoadedBatch` that carries the batch's key when the batch sampler gives one."""
+
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.split.load(i), int(self.split.labels[i])
+
+    def __getitems__(self, indices) -> LoadedBatch:
+        x, y = self.split.get(list(indices))
+        return LoadedBatch(x, y, getattr(indices, "key", None))
+
+
+class Augment:
+    """``augment(x, mode, generator)`` as a batch transform ``(x, generator) -> x`` for a collate (picklable)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return augment(x, self.mode, generator)
 
 
 def load_batches(split: Split, index_batches, workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
@@ -668,7 +726,8 @@ def augment_mode(mode: str, ds: Dataset) -> str:
 
 
 def augment(x: Tensor, mode: str, generator: torch.Generator, pad: int | None = None) -> Tensor:
-    """Random crop (zero padding ``pad``, default ``H // 8``) and, for ``crop-flip``, horizontal flips.
+    """Random crop (zero padding ``pad``, default ``H // 8``) and, for ``crop-flip``, horizontal flips, of a
+    floating or uint8 batch ``(B, C, H, W)``.
 
     Per sample, vectorised, drawn from ``generator`` (a CPU generator: the draws do not depend on the device).
     """

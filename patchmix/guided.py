@@ -8,7 +8,8 @@
   :class:`MixedCollate` composes the loaded images into one :class:`~patchmix.MixedBatch` with three parts,
   in this order: original samples (``lam = 1``), Random-PatchMix samples (mixed within that part) and guided
   samples (``L_O`` over all of them). :func:`phase_four_counts` splits a batch into the three parts. The
-  trainer uses the two in-process; :func:`mixed_loader` puts them into a ``torch.utils.data.DataLoader``.
+  trainer's loader and :func:`mixed_loader` run ``MixedCollate.mix`` inside a
+  :class:`patchmix.collate.MixCollate` (a generator per batch or per worker, never one shared by the workers).
 
 A Random-PatchMix part of one sample is valid: like :class:`~patchmix.RandomPatchMix` on a batch of one, it
 pairs the sample with itself (the image is unchanged and keeps its label). Counts are never adjusted.
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .augment import MixedBatch, RandomPatchMix
+from .collate import MixCollate
 from .errors import PolicyError
 from .ops import grid_mix
 from .search.policy import Policy
@@ -55,17 +57,16 @@ def _check_in_policy(slot: Tensor) -> None:
         torch._assert_async((slot >= 0).all(), msg)
 
 
-def concat_batches(batches: Sequence[MixedBatch]) -> MixedBatch:
-    """One :class:`MixedBatch` from several with grid masks of the same size (order kept)."""
-    batches = [b for b in batches if len(b)]
-    if not batches:
+def concat_batches(batches: Sequence[MixedBatch], offsets: Sequence[int] | None = None) -> MixedBatch:
+    """One :class:`MixedBatch` from several with grid masks of the same size (order kept); ``offsets``: where each
+    part's input rows start (see :meth:`MixedBatch.cat`). Empty parts are dropped."""
+    offsets = list(offsets) if offsets is not None else [0] * len(batches)
+    kept = [(b, o) for b, o in zip(batches, offsets, strict=True) if len(b)]
+    if not kept:
         raise ValueError("concat_batches: nothing to concatenate")
-    if any(b.mask is None for b in batches):
+    if any(b.mask is None for b, _ in kept):
         raise ValueError("concat_batches: every part needs a grid mask (use MixedBatch.unmixed(x, y, grid_size))")
-    if len(batches) == 1:
-        return batches[0]
-    return MixedBatch(*(torch.cat([getattr(b, f) for b in batches]) for f in
-                        ("images", "target_a", "target_b", "lam", "mask")))
+    return MixedBatch.cat([b for b, _ in kept], [o for _, o in kept])
 
 
 class GuidedPatchMix(nn.Module):
@@ -153,7 +154,7 @@ class GuidedPatchMix(nn.Module):
         mask = self.masks.to(dev)[slot.to(dev)]
         ia, ib = index_a.to(dev), index_b.to(dev)
         mixed, lam = grid_mix(images, mask, ia, ib)
-        return MixedBatch(mixed, labels.to(dev)[ia], labels.to(dev)[ib], lam, mask)
+        return MixedBatch(mixed, labels.to(dev)[ia], labels.to(dev)[ib], lam, mask, ia, ib)
 
     def forward(self, images: Tensor, n: int) -> MixedBatch:
         """``n`` guided samples composed from the pool ``images (L, C, H, W)`` (``L`` = ``len(labels)``)."""
@@ -228,51 +229,65 @@ class MixedCollate:
     (all-True masks), the Random-PatchMix part (mixed within itself by ``random_mixer``) and the guided part
     (each ``(c_i, c_j)`` pair of images composed with the policy's mask for that ordered pair).
 
-    ``mix(x (n_o + n_r + 2 n_g, C, H, W), y (same,)) -> MixedBatch`` of ``n_o + n_r + n_g`` samples; calling
-    the object on a list of ``(x, y)`` samples stacks them first (the ``collate_fn`` of a ``DataLoader``).
+    ``mix(x (n_o + n_r + 2 n_g, C, H, W), y (same,), generator=None) -> MixedBatch`` of ``n_o + n_r + n_g``
+    samples (``generator``: the random part's draws, default ``random_mixer``'s own); calling the object on a list
+    of ``(x, y)`` samples stacks them first (the ``collate_fn`` of a ``DataLoader``: a
+    :class:`patchmix.collate.MixCollate` with ``seed``, so each worker draws its own stream).
     """
 
     def __init__(self, guided: GuidedPatchMix, counts: tuple[int, int, int], *,
-                 random_mixer: RandomPatchMix | None = None):
+                 random_mixer: RandomPatchMix | None = None, seed: int | None = None):
         self.guided, self.counts = guided, tuple(int(c) for c in counts)
         # default: draw from the guided sampler's generator, so a seeded loader is reproducible end to end
         self.random_mixer = random_mixer if random_mixer is not None else RandomPatchMix(
             guided.grid_size, generator=guided.generator)
         if self.random_mixer.grid_size != guided.grid_size:
             raise ValueError(f"MixedCollate: random_mixer grid {self.random_mixer.grid_size} != policy grid {guided.grid_size}")
+        if seed is None:
+            seed = guided.generator.initial_seed() if guided.generator is not None else 0
+        self.collate = MixCollate(self.mix, seed=seed)
 
-    def mix(self, x: Tensor, y: Tensor) -> MixedBatch:
+    def mix(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> MixedBatch:
         n_o, n_r, n_g = self.counts
         if x.shape[0] != n_o + n_r + 2 * n_g or y.shape[0] != x.shape[0]:
             raise ValueError(f"MixedCollate: expected {n_o + n_r + 2 * n_g} samples (counts {self.counts}), "
                              f"got {x.shape[0]} images and {y.shape[0]} labels")
-        parts = []
+        parts, offsets = [], []
         if n_o:
             parts.append(MixedBatch.unmixed(x[:n_o], y[:n_o], self.guided.grid_size))
+            offsets.append(0)
         if n_r:
-            parts.append(self.random_mixer(x[n_o:n_o + n_r], y[n_o:n_o + n_r]))
+            parts.append(self.random_mixer(x[n_o:n_o + n_r], y[n_o:n_o + n_r], generator=generator))
+            offsets.append(n_o)
         if n_g:
             yg = y[n_o + n_r:]
             slot = self.guided.slots_for(yg[:n_g], yg[n_g:])
             _check_in_policy(slot)
             idx = torch.arange(n_g, device=x.device)
             parts.append(self.guided.compose(x[n_o + n_r:], slot, idx, idx + n_g, labels=yg))
-        return concat_batches(parts)
+            offsets.append(n_o + n_r)
+        return concat_batches(parts, offsets)
+
+    def unmixed(self, x: Tensor, y: Tensor) -> MixedBatch:
+        """A plain batch (all-True masks): what phase four's loader serves after ``train.mix_off_epoch``."""
+        return MixedBatch.unmixed(x, y, self.guided.grid_size)
 
     def __call__(self, samples) -> MixedBatch:
-        xs = torch.stack([torch.as_tensor(s[0]) for s in samples])
-        ys = torch.tensor([int(s[1]) for s in samples], dtype=torch.int64)
-        return self.mix(xs, ys)
+        return self.collate(samples)
 
 
 def mixed_loader(dataset, guided: GuidedPatchMix, counts: tuple[int, int, int], *, num_batches: int | None = None,
                  generator: torch.Generator | None = None, random_mixer: RandomPatchMix | None = None,
-                 **loader_kwargs) -> torch.utils.data.DataLoader:
+                 seed: int | None = None, **loader_kwargs) -> torch.utils.data.DataLoader:
     """A ``DataLoader`` over ``dataset`` (items ``(x, y)``; ``guided`` built on its labels) whose batches are
-    :class:`MixedBatch` of ``counts = (n_original, n_random, n_guided)`` samples."""
+    :class:`MixedBatch` of ``counts = (n_original, n_random, n_guided)`` samples. The guided draws come from
+    ``generator`` in the main process; the random part draws from a stream per worker seeded by ``seed``
+    (default: ``generator``'s initial seed), so workers never repeat each other's masks."""
     sampler = MixedBatchSampler(guided, counts, num_batches=num_batches, generator=generator)
+    if seed is None and generator is not None:
+        seed = generator.initial_seed()
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
-                                       collate_fn=MixedCollate(guided, counts, random_mixer=random_mixer),
+                                       collate_fn=MixedCollate(guided, counts, random_mixer=random_mixer, seed=seed),
                                        **loader_kwargs)
 
 

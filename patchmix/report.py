@@ -25,7 +25,7 @@ from .choices import METHOD_LABELS
 from .files import atomic_path, atomic_write_text
 
 METHOD_COLORS = {"base": "#7f7f7f", "mixup": "#1f77b4", "cutmix": "#2ca02c", "random": "#ff7f0e",
-                 "guided": "#d62728"}
+                 "guided": "#d62728", "mix": "#9467bd"}
 
 
 def _plt():
@@ -367,14 +367,18 @@ def summarize(results: Sequence[dict], methods: Sequence[str], key: str = "test_
     return out
 
 
-def format_table(summary: dict, fgsm: dict | None = None, markdown: bool = False) -> str:
-    """The accuracy table (percent), one row per method; FGSM columns when given (``{method: {eps: mean}}``)."""
+def format_table(summary: dict, fgsm: dict | None = None, markdown: bool = False, ema: dict | None = None) -> str:
+    """The accuracy table (percent), one row per method; an EMA column when given (``summarize(..., key=
+    "ema_test_acc")``, runs with ``train.ema_decay``); FGSM columns when given (``{method: {eps: mean}}``)."""
     eps = sorted({e for v in (fgsm or {}).values() for e in v if e != "0"}, key=float)
-    head = ["method", "test top-1 (%)", "min", "max", "seeds"] + [f"FGSM eps={e}" for e in eps]
+    head = ["method", "test top-1 (%)", "min", "max", "seeds"] + (["EMA top-1 (%)"] if ema else []) + \
+        [f"FGSM eps={e}" for e in eps]
     rows = []
     for m, s in summary.items():
         row = [METHOD_LABELS.get(m, m), f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}", f"{100 * s['min']:.2f}",
                f"{100 * s['max']:.2f}", str(s["n"])]
+        if ema:
+            row.append(f"{100 * ema[m]['mean']:.2f} ± {100 * ema[m]['std']:.2f}" if m in ema else "-")
         row += [f"{100 * fgsm[m][e]:.1f}" if fgsm and m in fgsm and e in fgsm[m] else "-" for e in eps]
         rows.append(row)
     if markdown:
@@ -440,7 +444,7 @@ def write_report(out: str, metrics: dict, figures: dict[str, str]) -> str:
               f"wall time {metrics.get('wall_seconds', 0):.0f} s on {metrics.get('device', '?')}",
               f"- re-run: `patchmix run --config {os.path.join(out, 'config.json')}`", ""]
     lines += ["## Test accuracy", "", format_table(metrics.get("summary", {}), metrics.get("fgsm_summary"),
-                                                   markdown=True), "",
+                                                   markdown=True, ema=metrics.get("ema_summary")), "",
               "Top-1 on the test split, mean ± sample standard deviation over the seeds (every method: same "
               "epochs, steps, batch size and seeds). FGSM columns: top-1 under the FGSM white-box attack at that "
               "epsilon (pixel units, images in [0, 1]), mean over seeds (paper Table 4). Random PatchMix is "

@@ -32,6 +32,7 @@ import json
 import os
 import re
 
+from .choices import METHODS
 from .config import Config
 from .errors import ConfigError, OutputError
 from .files import read_json
@@ -41,7 +42,7 @@ from .files import read_json
 #: kill interrupted (``<name>.tmp<pid>``).
 RUN_FILES = re.compile(
     r"((config|metrics)\.json|log\.jsonl|report\.md|policy\.json|table[67]\.(md|json)"
-    r"|checkpoints/(base|mixup|cutmix|random|guided)(-[A-Za-z0-9]+)*-seed-?\d+\.pt"
+    rf"|checkpoints/({'|'.join(METHODS)})(-[A-Za-z0-9]+)*-seed-?\d+\.pt"
     r"|checkpoints/search((-[A-Za-z0-9]+)*-seed-?\d+)?\.(npz|pkl)"
     r"|policies/([A-Za-z0-9]+-)*seed-?\d+\.json"
     r"|search/(([A-Za-z0-9]+-)*seed-?\d+-)?logbook\.json"

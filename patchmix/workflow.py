@@ -296,6 +296,7 @@ class Workflow:
                                                         "splits": ds.split_rule, "classes": list(ds.classes)},
                    "model": model_name(cfg, ds), "device": str(rt.device) + (f" x{rt.world}" if rt.distributed else ""),
                    "threads": torch.get_num_threads(), "summary": summary, "fgsm_summary": fgsm_summary,
+                   "ema_summary": report.summarize(results, self.methods, key="ema_test_acc"),
                    "results": results, "search": self.searches, "fidelity": report.fidelity_summary(self.searches),
                    "figures": figures, "files": files,
                    "wall_seconds": round(time.perf_counter() - t_start, 2)}

@@ -77,3 +77,12 @@ class CodeRunningPayload:
 
 __all__ = ["INTERPRETED", "CodeRunningPayload", "devices", "patchmix", "poison_like", "triton_device",
            "triton_launcher"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The codegen audit's table, when ``tests/test_codegen.py`` ran in this session."""
+    from tests import codegen
+
+    if codegen.LAST_ROWS:
+        terminalreporter.write_sep("=", "patchmix: Triton codegen audit (AOT, no GPU)")
+        terminalreporter.write_line(codegen.table(codegen.LAST_ROWS))

@@ -84,8 +84,14 @@ def test_mixup_is_convex_combination_per_sample():
     lam = out.lam[:, None, None, None]
     torch.testing.assert_close(out.images, lam * x + (1 - lam) * x[perm])
     assert out.mask is None and torch.equal(out.target_b, y[perm])
-    with pytest.raises(ValueError, match="floating"):
-        Mixup()(x.to(torch.uint8), y)
+    # uint8 images blend in float32 and round half to even, as timm's FastCollateMixup does
+    x8 = x.to(torch.uint8)
+    out8 = Mixup(alpha=0.4, generator=torch.Generator().manual_seed(2))(x8, y)
+    w = out8.lam.double()[:, None, None, None]
+    want = torch.round(x8.float() * w.float() + x8[perm].float() * (1 - w).float()).to(torch.uint8)
+    assert out8.images.dtype == torch.uint8 and torch.equal(out8.images, want)
+    with pytest.raises(ValueError, match="floating or uint8"):
+        Mixup()(x.to(torch.int32), y)
 
 
 def test_cutmix_lam_is_exact_clipped_area():
@@ -203,11 +209,12 @@ def test_sampling_compiles_fullgraph():
 def test_gamma_rounds_almost_never_fall_back(alpha):
     """Every draw finds an accepted proposal within GAMMA_ROUNDS (the fallback's probability is < 2e-16), and the
     Gamma mean and variance (both equal to the shape) come out right."""
-    from patchmix.augment import GAMMA_ROUNDS, sample_gamma
+    from patchmix.augment import GAMMA_ROUNDS
+    from patchmix.sampling import sample_gamma_rounds
 
     assert GAMMA_ROUNDS >= 12
     g = torch.Generator().manual_seed(3)
-    s = sample_gamma(alpha, 200_000, g)
+    s = sample_gamma_rounds(alpha, 200_000, g)
     assert torch.isfinite(s).all() and bool((s >= 0).all())
     torch.testing.assert_close(s.mean().item(), alpha, rtol=0.02, atol=1e-3)
     torch.testing.assert_close(s.var().item(), alpha, rtol=0.05, atol=1e-3)

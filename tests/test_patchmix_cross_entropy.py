@@ -8,8 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patchmix.ops import patchmix_cross_entropy, patchmix_cross_entropy_reference
-from patchmix.ops.patchmix_cross_entropy import patchmix_cross_entropy_fused_reference
+from patchmix.ops import (
+    check_errors,
+    patchmix_cross_entropy,
+    patchmix_cross_entropy_eager,
+    patchmix_cross_entropy_reference,
+)
 from tests.conftest import devices, patchmix, triton_device, triton_launcher
 
 OP = torch.ops.patchmix.patchmix_cross_entropy
@@ -115,7 +119,7 @@ def test_matches_float64_reference(case, device):
     want = f64_loss_and_grads(*inputs, grad_out=grad_out, **kw)
     assert_matches(run(patchmix_cross_entropy, *inputs, grad_out=grad_out, **kw), want)
     # the package's autograd reference agrees too (it is the benchmarks' eager baseline)
-    assert_matches(run(patchmix_cross_entropy_reference, *inputs, grad_out=grad_out, **kw), want)
+    assert_matches(run(patchmix_cross_entropy_eager, *inputs, grad_out=grad_out, **kw), want)
 
 
 @pytest.mark.parametrize("device", devices())
@@ -155,11 +159,11 @@ def test_tiny_batches(N, device):
 
 
 @pytest.mark.parametrize("device", devices())
-def test_fused_reference_kernel_matches(device):
+def test_reference_kernel_matches(device):
     """The fallback kernel (used when the extension is not built) meets the op's contract."""
     img, pat, ta, tb, lam, mask = make(5, 11, 3, device=device)
-    loss, gi, gp = patchmix_cross_entropy_fused_reference(img, pat, ta, tb, lam, mask, 0.4, 0.6, 0.1, "sum", True)
-    c_loss, c_gi, c_gp = OP(img, pat, ta, tb, lam, mask, 0.4, 0.6, 0.1, "sum", True)
+    loss, gi, gp = patchmix_cross_entropy_reference(img, pat, ta, tb, lam, mask, None, 0.4, 0.6, 0.1, "sum", True)
+    c_loss, c_gi, c_gp = OP(img, pat, ta, tb, lam, mask, None, 0.4, 0.6, 0.1, "sum", True)
     torch.testing.assert_close(loss, c_loss)
     torch.testing.assert_close(gi, c_gi)
     torch.testing.assert_close(gp, c_gp)
@@ -198,7 +202,7 @@ def test_strided_layouts_read_in_place(device):
             i, p = li[:, 16:], lp[:, :16]
         else:
             i, p = li, lp
-        loss, gi, gp = OP(i.detach(), p.detach(), ta, tb, lam, mask, 0.5, 0.5, 0.1, "mean", True)
+        loss, gi, gp = OP(i.detach(), p.detach(), ta, tb, lam, mask, None, 0.5, 0.5, 0.1, "mean", True)
         torch.testing.assert_close(loss.double(), want[0], msg=name)
         got_p = gp if gp.dim() == 4 else gp.transpose(1, 2).reshape(pat.shape)
         torch.testing.assert_close(gi.double(), want[1][0], msg=name)
@@ -221,7 +225,7 @@ def test_cpu_kernel_allocates_only_the_gradients(layout):
 
     img, pat, ta, tb, lam, mask = make(64, 100, 4, layout=layout)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        OP(img, pat, ta, tb, lam, mask, 0.5, 0.5, 0.1, "mean", True)
+        OP(img, pat, ta, tb, lam, mask, None, 0.5, 0.5, 0.1, "mean", True)
     allocated = [e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0]
     grads = (img.numel() + pat.numel()) * 4
     assert max(allocated) == pat.numel() * 4
@@ -339,7 +343,7 @@ def test_opcheck(variant, device):
     img = img.requires_grad_() if img is not None else None
     pat = pat.requires_grad_() if pat is not None else None
     eps = 0.1 if "eps" in variant else 0.0
-    torch.library.opcheck(OP, (img, pat, ta, tb, lam, mask, 0.5, 0.5, eps, reduction, True))
+    torch.library.opcheck(OP, (img, pat, ta, tb, lam, mask, None, 0.5, 0.5, eps, reduction, True))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -379,7 +383,7 @@ def test_no_grad_skips_the_gradient():
         loss = patchmix_cross_entropy(img, pat, ta, tb, lam, mask)
     assert not loss.requires_grad
     torch.testing.assert_close(loss.double(), f64_loss(img, pat, ta, tb, lam, mask))
-    _, gi, gp = OP(img.detach(), pat, ta, tb, lam, mask, 0.5, 0.5, 0.0, "mean", False)
+    _, gi, gp = OP(img.detach(), pat, ta, tb, lam, mask, None, 0.5, 0.5, 0.0, "mean", False)
     assert gi.numel() == 0 and gp.numel() == 0
 
 
@@ -426,9 +430,9 @@ def test_triton_launcher_matches_reference(N, K, P, layout, reduction, eps, part
         pat, mask = None, None
     if parts == "patch":
         img = None
-    args = (img, pat, ta, tb, lam, mask, 0.4, 0.6, eps, reduction, True)
+    args = (img, pat, ta, tb, lam, mask, None, 0.4, 0.6, eps, reduction, True)
     got = launcher(*args)
-    want = patchmix_cross_entropy_fused_reference(*args)
+    want = patchmix_cross_entropy_reference(*args)
     tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape and g.dtype == w.dtype and g.stride() == w.stride()
@@ -437,16 +441,26 @@ def test_triton_launcher_matches_reference(N, K, P, layout, reduction, eps, part
     torch.testing.assert_close(got[0].double(), ref_loss, **tol)
 
 
-def test_triton_launcher_checks_data_first():
+def test_triton_launcher_checks_data_in_the_kernel():
+    """Bad labels, lam and term weights are clamped in the kernel (never read out of bounds) and reported through
+    the device status word; nothing is read back to the host."""
     launcher = triton_launcher("patchmix_cross_entropy")
-    img, pat, ta, tb, lam, mask = make(3, 4, 2, device=triton_device())
+    dev = triton_device()
+    img, pat, ta, tb, lam, mask = make(3, 4, 2, device=dev)
+    check_errors(dev)
     ta[1] = 4
-    with pytest.raises(ValueError, match=r"target_a holds 4, out of range for K = 4"):
-        launcher(img, pat, ta, tb, lam, mask, 0.5, 0.5, 0.0, "mean", True)
+    loss, _, _ = launcher(img, pat, ta, tb, lam, mask, None, 0.5, 0.5, 0.0, "mean", True)
+    assert loss.shape == ()
+    with pytest.raises(ValueError, match=r"patchmix_cross_entropy: target_a holds a value out of range .*detected on the device"):
+        check_errors(dev)
     ta[1] = 0
-    lam[0] = -0.5
-    with pytest.raises(ValueError, match=r"lam holds -0.5, outside \[0, 1\]"):
-        launcher(img, pat, ta, tb, lam, mask, 0.5, 0.5, 0.0, "mean", True)
+    tb[2] = -1
+    lam[0] = float("nan")
+    weights = torch.ones(3, 2, device=dev)
+    weights[2, 1] = -1.0
+    launcher(img, pat, ta, tb, lam, mask, weights, 0.5, 0.5, 0.0, "none", True)
+    with pytest.raises(ValueError, match=r"target_b holds.*lam holds.*term_weights holds"):
+        check_errors(dev)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -522,9 +536,9 @@ def test_bad_data_message(field, value, match, device):
     with pytest.raises(ValueError, match=match):
         patchmix_cross_entropy(img, pat, ta, tb, lam, mask)
     with pytest.raises(ValueError, match=match):  # the op called directly runs the same check
-        OP(img, pat, ta, tb, lam, mask, 0.5, 0.5, 0.0, "mean", False)
+        OP(img, pat, ta, tb, lam, mask, None, 0.5, 0.5, 0.0, "mean", False)
     with pytest.raises(ValueError, match=match):
-        patchmix_cross_entropy_reference(img, pat, ta, tb, lam, mask)
+        patchmix_cross_entropy_eager(img, pat, ta, tb, lam, mask)
 
 
 def test_float16_backward_survives_a_loss_scale():
@@ -544,3 +558,102 @@ def test_float16_backward_survives_a_loss_scale():
     (patchmix_cross_entropy(ref_i, ref_p, ta, tb, lam, mask) * 65536.0).backward()
     torch.testing.assert_close(logits.grad.float(), ref_p.grad, rtol=2e-3, atol=1e-2)
     torch.testing.assert_close(image.grad.float(), ref_i.grad, rtol=2e-3, atol=1e-2)
+
+
+# --------------------------------------------------------------------------------------------------
+# float64 exactness, per-sample term weights, the backward op
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "N, K, P, layout, reduction, parts",
+    [(5, 7, 2, "nkpp", "mean", "both"), (3, 11, 3, "npk", "sum", "both"), (4, 6, 2, "nkpp", "none", "patch"),
+     (1, 9000, 1, "nkpp", "mean", "image")],  # K > 8192: the online two-pass loop
+)
+def test_triton_float64_matches_reference_to_1e12(N, K, P, layout, reduction, parts):
+    """float64 logits get float64 scalars (tl.float64 parameters), so the kernel agrees with the float64 reference
+    to rounding (a float32 weight would leave ~1e-8 relative error)."""
+    launcher = triton_launcher("patchmix_cross_entropy")
+    img, pat, ta, tb, lam, mask = make(N, K, P, layout=layout, dtype=torch.float64, device=triton_device())
+    lam = lam.double()
+    if parts == "image":
+        pat, mask = None, None
+    if parts == "patch":
+        img = None
+    weights = torch.rand(N, 2, dtype=torch.float64, device=triton_device()) * 2
+    args = (img, pat, ta, tb, lam, mask, weights, 0.1 / 3, 1 / 7, 0.1, reduction, True)
+    for g, w in zip(launcher(*args), patchmix_cross_entropy_reference(*args), strict=True):
+        assert g.dtype == w.dtype == torch.float64
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_term_weights_every_backend(device):
+    N, K, P = 6, 9, 2
+    img, pat, ta, tb, lam, mask = make(N, K, P, device=device, dtype=torch.float64)
+    weights = torch.tensor([[1, 1], [2, 0], [1, 0], [0.5, 3], [0, 1], [1, 1]], dtype=torch.float64, device=device)
+    kw = dict(term_weights=weights, image_weight=0.3, patch_weight=0.7, label_smoothing=0.1)
+    want = run(patchmix_cross_entropy_eager, img, pat, ta, tb, lam, mask, reduction="none", **kw)
+    got = run(patchmix_cross_entropy, img, pat, ta, tb, lam, mask, reduction="none", **kw)
+    assert_matches(got, want, rtol=1e-10, atol=1e-12)
+    assert bool((got[1][1][[1, 2]] == 0).all()), "no patch term: zero patch gradient"
+    ref = patchmix_cross_entropy_reference(img, pat, ta, tb, lam, mask, weights, 0.3, 0.7, 0.1, "sum", True)
+    trit = triton_launcher("patchmix_cross_entropy")(
+        *(t.to(triton_device()) if t is not None else None for t in (img, pat, ta, tb, lam, mask, weights)),
+        0.3, 0.7, 0.1, "sum", True)
+    for a, b in zip(ref, trit, strict=True):
+        torch.testing.assert_close(a, b.to(a.device), rtol=1e-10, atol=1e-12)
+    plain = patchmix_cross_entropy(img, pat, ta, tb, lam, mask, term_weights=torch.ones_like(weights), reduction="sum")
+    torch.testing.assert_close(plain, patchmix_cross_entropy(img, pat, ta, tb, lam, mask, reduction="sum"))
+    bad = weights.clone()
+    bad[3, 1] = -1
+    if device == "cpu":
+        with pytest.raises(ValueError, match="term_weights holds -1.0, outside"):
+            patchmix_cross_entropy(img, pat, ta, tb, lam, mask, term_weights=bad)
+    with pytest.raises(ValueError, match=r"term_weights must have shape \(N, 2\) = \(6, 2\)"):
+        patchmix_cross_entropy(img, pat, ta, tb, lam, mask, term_weights=weights[:, :1])
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_backward_launcher_scales_in_place(per_sample, dtype):
+    from patchmix._kernels.patchmix_cross_entropy import patchmix_cross_entropy_backward_cuda as launcher
+
+    triton_launcher("patchmix_cross_entropy")
+    dev = triton_device()
+    gi = torch.randn(5, 7, device=dev).to(dtype)
+    gp = torch.randn(5, 7, 2, 2, device=dev).to(dtype).contiguous(memory_format=torch.channels_last)
+    for g in ([1.0, 1.0, 1.0, 1.0, 1.0], [0.5, 1.0, 2.0, 0.0, 4096.0]) if per_sample else ([1.0], [0.37], [4096.0]):
+        grad_loss = torch.tensor(g, device=dev) if per_sample else torch.tensor(g[0], device=dev)
+        want = [(t.float() * (grad_loss.view(-1, *[1] * (t.dim() - 1)) if per_sample else grad_loss)).to(dtype)
+                for t in (gi, gp)]
+        a, b = gi.clone(), gp.clone()
+        launcher(a, b, grad_loss)
+        torch.testing.assert_close(a, want[0], rtol=0, atol=0)
+        torch.testing.assert_close(b, want[1], rtol=0, atol=0)
+
+
+def test_retained_graph_backward_with_other_scales():
+    """The first backward scales the saved gradient in place; later ones recompute and leave its result alone."""
+    img, pat, ta, tb, lam, mask = make(4, 6, 2, dtype=torch.float64)
+    img.requires_grad_()
+    pat.requires_grad_()
+    loss = patchmix_cross_entropy(img, pat, ta, tb, lam, mask, reduction="none")
+    first = torch.autograd.grad(loss, (img, pat), torch.tensor([0.0, 1.0, 2.0, 0.5], dtype=torch.float64), retain_graph=True)
+    second = torch.autograd.grad(loss, (img, pat), torch.tensor([1.0, 0.0, 3.0, 1.0], dtype=torch.float64))
+    w1 = f64_loss_and_grads(img, pat, ta, tb, lam, mask, reduction="none", grad_out=torch.tensor([0.0, 1.0, 2.0, 0.5]))[1]
+    w2 = f64_loss_and_grads(img, pat, ta, tb, lam, mask, reduction="none", grad_out=torch.tensor([1.0, 0.0, 3.0, 1.0]))[1]
+    for got, want in zip(first + second, w1 + w2, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_reduction_counter_is_reset_and_result_repeats():
+    from patchmix._kernels import patchmix_cross_entropy as kernel_module
+
+    launcher = triton_launcher("patchmix_cross_entropy")
+    dev = torch.device(triton_device())
+    img, pat, ta, tb, lam, mask = make(9, 5, 2, device=dev)
+    a = launcher(img, pat, ta, tb, lam, mask, None, 0.5, 0.5, 0.0, "mean", True)
+    b = launcher(img, pat, ta, tb, lam, mask, None, 0.5, 0.5, 0.0, "mean", True)
+    assert torch.equal(a[0], b[0])
+    assert int(kernel_module._counter(dev)[0]) == 0

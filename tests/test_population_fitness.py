@@ -4,7 +4,7 @@ populations (inactive slots, empty individuals, odd sizes, with and without the 
 import pytest
 import torch
 
-from patchmix.ops import population_fitness, population_fitness_reference
+from patchmix.ops import check_errors, population_fitness, population_fitness_reference
 from patchmix.ops._registry import backends, build_info
 from tests.conftest import devices, triton_device, triton_launcher
 
@@ -103,12 +103,24 @@ def test_triton_launcher_matches_reference(image_weight):
                                    rtol=1e-10, atol=1e-10, equal_nan=True)
 
 
-def test_triton_launcher_checks_ranges():
+def test_triton_launcher_checks_in_the_kernel():
+    """Out-of-range ids are clamped (never read out of bounds) and reported through the device status word."""
     launcher = triton_launcher("population_fitness")
-    table, pairs, masks, *_ = make_inputs(2, 2, 2, device=triton_device())
+    dev = triton_device()
+    table, pairs, masks, logits, draws, classes = make_inputs(2, 2, 2, device=dev)
+    check_errors(dev)
     pairs[0, 0] = 99
-    with pytest.raises(ValueError, match="pairs holds 99"):
-        launcher(table, pairs, masks, None, None, None, 0.0)
+    out = launcher(table, pairs, masks, None, None, None, 0.0)
+    assert out.shape == (2,)
+    with pytest.raises(ValueError, match=r"population_fitness: pairs holds a value out of range .*detected on the device"):
+        check_errors(dev)
+    pairs[0] = 1  # individual 0 uses pair 1 only; only values the kernel reads are checked
+    draws[1, 0, 0] = -3
+    classes[1, 1] = logits.shape[2]
+    launcher(table, pairs, masks, logits, draws, classes, 0.5)
+    with pytest.raises(ValueError, match=r"draws holds a value out of range.*pair_classes holds a value out of range"):
+        check_errors(dev)
+    check_errors(dev)  # reset by the read above
 
 
 def test_opcheck():

@@ -263,12 +263,125 @@ def test_train_one_epoch_reads_nothing_from_the_device(digits, method):
     rt = training.Runtime(torch.device("meta"))
     net = training.build_model(cfg, digits).to(rt.device)
     plan = training.Method(method, cfg, digits, rt, tiny_policy(digits) if method == "guided" else None)
-    streams = training.EpochStreams(0, 0)
-    index_batches, mixer = plan.epoch(streams)
-    loader = training.DeviceBatches(digits.train, index_batches, rt, "crop-flip", streams.augment)
-    meter = training.TrainMeter(rt.device)
-    done = training.train_one_epoch(net, loader, mixer, plan.loss, training.build_optimizer(cfg, net),
-                                    schedule=plan.schedule(0), meter=meter, rt=rt, stop=training.StopCheck(rt))
+    index_batches = plan.index_batches(training.EpochStreams(0, 0), 0)
+    ema = training.ModelEma(net, 0.99, warmup=True)
+    with training.TrainLoader(plan, seed=0) as loader:  # uint8 batches mixed in the loader, then moved to meta
+        batches = loader.epoch(0, index_batches)
+        meter = training.TrainMeter(rt.device)
+        done = training.train_one_epoch(net, batches, plan.loss, training.build_optimizer(cfg, net),
+                                        schedule=plan.schedule(0), meter=meter, rt=rt, stop=training.StopCheck(rt),
+                                        after_step=lambda step: ema.update(net, step + 1))
     assert done is None and meter.n == len(index_batches) * plan.batch_size and meter.sums.is_meta
     with pytest.raises((RuntimeError, NotImplementedError)):  # the meta device does catch a read
         meter.read()
+
+
+# --------------------------------------------------------------------------------------------------
+# the DataLoader pipeline, mix_off_epoch, model EMA, torch.compile
+# --------------------------------------------------------------------------------------------------
+
+
+def test_loader_workers_do_not_change_the_training(digits):
+    """Crops, flips and mixing draw per batch from (seed, rank, epoch, step): the same weights with 0 or 2 worker
+    processes, and the persistent workers are gone when the training returns."""
+    import multiprocessing
+
+    cfg = tiny_cfg(**{"train.epochs": 2, "data.augment": "crop-flip", "train.mix_mode": "pair"})
+    a, _ = training.train_model(cfg, digits, "mix", 0)
+    b, _ = training.train_model(cfg.override({"data.workers": 2}), digits, "mix", 0)
+    assert _same(_weights(a), _weights(b))
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("method", ["random", "guided"])
+def test_mix_off_epoch_trains_on_unmixed_batches_from_that_epoch(digits, method):
+    cfg = tiny_cfg(**{"train.mix_off_epoch": 1})
+    plan = training.Method(method, cfg, digits, training.Runtime(torch.device("cpu")),
+                           tiny_policy(digits) if method == "guided" else None)
+    with training.TrainLoader(plan, seed=0) as loader:
+        for epoch, mixing in ((0, True), (1, False)):
+            index_batches = plan.index_batches(training.EpochStreams(0, epoch), epoch)
+            loaded = plan.load_size + (2 * plan.counts[2] if method == "guided" else 0)  # + the guided pairs
+            assert all(len(b) == (loaded if mixing else plan.batch_size) for b in index_batches)
+            batch = next(iter(loader.epoch(epoch, index_batches)))
+            assert len(batch) == plan.batch_size and bool((batch.lam < 1).any()) == mixing
+            assert plan.mixing(epoch) == mixing
+
+
+def test_model_ema_is_timms_model_ema_v3():
+    from patchmix.training import ModelEma
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = ModelEma(net, 0.99, warmup=True)
+    # timm's get_decay: 0 for the first update (a copy), then the warm-up 1 - (1 + s) ** (-2/3), capped by decay
+    assert ema.get_decay(1) == 0.0 and ema.get_decay(2) == pytest.approx(1 - 2 ** (-2 / 3))
+    assert ema.get_decay(10**6) == 0.99 and ModelEma(net, 0.9).get_decay(5) == 0.9
+    ref = {k: v.clone().double() for k, v in net.state_dict().items()}
+    for step in range(1, 6):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        net.train()(torch.randn(8, 3))  # moves the BatchNorm statistics and num_batches_tracked
+        ema.update(net, step)
+        d = ema.get_decay(step)
+        for k, v in net.state_dict().items():
+            ref[k] = v.double().clone() if not v.is_floating_point() else d * ref[k] + (1 - d) * v.double()
+    for k, v in ema.module.state_dict().items():
+        torch.testing.assert_close(v.double(), ref[k], rtol=1e-6, atol=1e-6)
+    assert int(ema.module[1].num_batches_tracked) == 5, "integer buffers are copied, not averaged"
+
+
+def test_averaged_model_reads_its_counter_on_the_host():
+    """Why ModelEma is a small class and not swa_utils.AveragedModel: AveragedModel.update_parameters reads
+    n_averaged on the host every update (a device sync on CUDA), which the meta device refuses."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    net = torch.nn.Linear(3, 4, device="meta")
+    averaged = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), device="meta")
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        averaged.update_parameters(net)
+    training.ModelEma(net, 0.9).update(net, 1)  # no read
+
+
+def test_ema_is_evaluated_checkpointed_and_resumes_exactly(digits, tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 2, "train.ema_decay": 0.9, "train.ema_warmup": "true"})
+    ref, ref_res = training.train_model(cfg, digits, "cutmix", 1)
+    assert 0 <= ref_res["ema_test_acc"] <= 1 and all("ema_val_acc" in h for h in ref_res["history"])
+    ck = str(tmp_path / "ck.pt")
+    with pytest.raises(training.Interrupted):
+        training.train_model(cfg, digits, "cutmix", 1, checkpoint=ck, stop_after_steps=3)
+    _, res = training.train_model(cfg, digits, "cutmix", 1, checkpoint=ck, resume=True)
+    assert res["ema_test_acc"] == ref_res["ema_test_acc"]
+    assert [h["ema_val_acc"] for h in res["history"]] == [h["ema_val_acc"] for h in ref_res["history"]]
+    ema = torch.load(ck, weights_only=True)["ema"]
+    assert ema is not None and set(ema) == set(ref.state_dict())
+
+
+def test_compile_compiles_the_model(digits, monkeypatch):
+    calls = []
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or real(model, **kw))
+    torch._dynamo.reset()
+    cfg = tiny_cfg(**{"train.epochs": 1, "run.compile": "aot_eager"})
+    eager, _ = training.train_model(tiny_cfg(**{"train.epochs": 1}), digits, "random", 0)
+    compiled, res = training.train_model(cfg, digits, "random", 0)
+    assert calls == [{"backend": "aot_eager"}] and np.isfinite(res["history"][0]["train_loss"])
+    for k, v in _weights(eager).items():
+        torch.testing.assert_close(_weights(compiled)[k], v, rtol=1e-4, atol=1e-5)
+    with pytest.raises(config.ConfigError, match="unknown torch.compile backend"):
+        training.train_model(tiny_cfg(**{"run.compile": "nope"}), digits, "base", 0)
+
+
+def test_mixing_knobs_reach_the_methods():
+    cfg = tiny_cfg(**{"train.mix_mode": "batch", "train.mixup_alpha": 0.4, "train.cutmix_minmax": "0.2,0.8",
+                      "train.mix_weights": "1,2,0", "train.mix_prob": 0.5})
+    mix = training.make_mixer("mix", cfg)
+    assert mix.mode == "batch" and mix.alphas["mixup"] == 0.4 and mix.cutmix_minmax == (0.2, 0.8)
+    assert mix.methods == ("mixup", "cutmix") and mix.weights[1] == pytest.approx(2 / 3) and mix.prob == 0.5
+    assert training.make_mixer("cutmix", cfg).methods == ("cutmix",)
+    with pytest.raises(config.ConfigError, match="method 'mixup'"):
+        training.make_mixer("mixup", tiny_cfg(**{"train.mixup_alpha": 0}))
+    for bad in ({"train.mix_mode": "half"}, {"train.mix_weights": "0,0,0"}, {"train.cutmix_minmax": "0.8,0.2"},
+                {"train.ema_decay": 1.0}, {"train.mix_off_epoch": -1}, {"data.prefetch_factor": 0}):
+        with pytest.raises(config.ConfigError):
+            tiny_cfg(**bad)

@@ -1,7 +1,11 @@
 // The Python module patchmix._C. The ops register themselves with the dispatcher from csrc/<op>.cpp
-// (static initialisers run when this shared object is loaded); this file only adds build_info().
+// (static initialisers run when this shared object is loaded); this file adds build_info() and check_range(),
+// the host-side data check the Python wrappers run on CPU tensors before an op reads memory through them.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
+
+#include <cmath>
 
 namespace {
 
@@ -23,18 +27,39 @@ pybind11::dict build_info() {
 #endif
   info["threads"] = at::get_num_threads();
   info["parallel"] = at::get_parallel_info();
-#ifdef PATCHMIX_WITH_CUDA
-  info["cuda"] = true;
-#else
-  info["cuda"] = false;
-#endif
   info["cplusplus"] = static_cast<long>(__cplusplus);
   return info;
+}
+
+// The first value of t outside [lo, hi] (NaN counts as outside) as a float, or None. Returns instead of
+// throwing: an exception thrown inside this extension was once seen to crash a process on a CUDA build of
+// torch 2.11, so the wrappers raise the ValueError in Python. One pass, no temporaries (~1 us for 256
+// indices, against ~10 us for aminmax, stack and tolist).
+pybind11::object check_range(const at::Tensor& t, double lo, double hi) {
+  TORCH_CHECK(t.device().is_cpu(), "check_range: expected a CPU tensor");
+  const at::Tensor c = t.contiguous();
+  const int64_t n = c.numel();
+  double bad = 0.0;
+  bool found = false;
+  AT_DISPATCH_ALL_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, c.scalar_type(), "check_range", [&] {
+    const scalar_t* p = c.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = static_cast<double>(p[i]);
+      if (!(v >= lo && v <= hi)) {  // NaN fails both comparisons
+        bad = v;
+        found = true;
+        break;
+      }
+    }
+  });
+  if (!found) return pybind11::none();
+  return pybind11::float_(bad);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "patchmix C++ kernels (CPU); the ops live in torch.ops.patchmix";
-  m.def("build_info", &build_info, "How this extension was built: compiler, OpenMP, threads, CUDA.");
+  m.def("build_info", &build_info, "How this extension was built: compiler, OpenMP, threads.");
+  m.def("check_range", &check_range, "First value of a CPU tensor outside [lo, hi] (NaN included), or None.");
 }

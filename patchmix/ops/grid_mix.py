@@ -1,13 +1,19 @@
 """``patchmix::grid_mix``: compose two images per output sample on a ``P x P`` grid, with the mixing weight.
 
-Semantics (``shared/DESIGN.md`` section 1): pixel row ``h`` belongs to cell row ``floor(h * P / H)`` and
-column ``w`` to ``floor(w * P / W)``; ``out[n, :, h, w] = x[index_a[n], :, h, w]`` where that cell of
-``mask[n]`` is True, else ``x[index_b[n], :, h, w]``; ``lam[n]`` is the exact fraction of the ``H * W``
-pixels taken from ``x[index_a[n]]`` (cells differ by one pixel when ``P`` does not divide ``H`` or ``W``).
+Semantics (``contracts.grid_mix``): ``out[n, :, h, w] = x[index_a[n], :, h, w]`` where the cell
+``(floor(h * P / H), floor(w * P / W))`` of ``mask[n]`` is True, else ``x[index_b[n], :, h, w]``; ``lam[n]`` is
+the exact fraction of the ``H * W`` pixels taken from ``x[index_a[n]]``.
 
-Kernels: ``grid_mix_cpu`` (``csrc/grid_mix.cpp``), ``grid_mix_cuda`` (``kernels/grid_mix.py``, Triton),
-``grid_mix_reference`` (below). The backward pass is a scatter-add written with PyTorch ops, so it runs on
-every device and is itself differentiable.
+Three ops, one name family:
+
+* ``grid_mix(x, mask, index_a, index_b) -> (mixed, lam)``, differentiable w.r.t. floating ``x``;
+* ``grid_mix_out(x, mask, index_a, index_b, out) -> lam`` writes into a preallocated (possibly pinned) buffer;
+* ``grid_mix_backward(grad, mask, index_a, index_b, batch) -> grad_x``, the gradient (a gather, deterministic),
+  itself differentiable (its adjoint is ``grid_mix``).
+
+Kernels: ``<op>_cpu`` (``csrc/grid_mix.cpp``), ``<op>_cuda`` (``kernels/grid_mix.py``, Triton, one launch
+each), ``<op>_reference`` (below, PyTorch ops). Data checks: CPU tensors raise ``ValueError`` at once; on
+CUDA the kernels check and clamp the indices and report through ``patchmix.ops.check_errors``.
 """
 
 from __future__ import annotations
@@ -15,85 +21,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import Range, check_ranges
-from ._registry import define_op
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.float64)
-
-SCHEMA = "(Tensor x, Tensor mask, Tensor? index_a, Tensor index_b) -> (Tensor, Tensor)"
-
-
-# --------------------------------------------------------------------------------------------------
-# checks shared by the public wrapper, the reference and the Triton launcher
-# --------------------------------------------------------------------------------------------------
-
-
-def output_memory_format(x: Tensor) -> torch.memory_format:
-    """channels_last when ``x`` is channels_last and not also plain contiguous, else contiguous.
-
-    The C++ kernel applies the same rule, so every backend and the fake kernel agree on strides.
-    """
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def check_grid_mix_args(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor) -> None:
-    """Shape, dtype and device checks (no data is read). Raises ``TypeError``/``ValueError``."""
-    for name, t in (("x", x), ("mask", mask), ("index_b", index_b)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"grid_mix: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if index_a is not None and not isinstance(index_a, Tensor):
-        raise TypeError(f"grid_mix: index_a must be a torch.Tensor or None, got {type(index_a).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"grid_mix: x must have shape (B, C, H, W), got {tuple(x.shape)}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(
-            f"grid_mix: x has dtype {x.dtype}; expected one of float32, float16, bfloat16, uint8 (or float64)"
-        )
-    if mask.dtype != torch.bool:
-        raise ValueError(f"grid_mix: mask must be a bool tensor, got dtype {mask.dtype}")
-    if mask.dim() != 3 or mask.shape[1] != mask.shape[2]:
-        raise ValueError(f"grid_mix: mask must have shape (N, P, P), got {tuple(mask.shape)}")
-    B, _, H, W = x.shape
-    N, P = mask.shape[0], mask.shape[1]
-    if P < 1 or P > min(H, W):
-        raise ValueError(
-            f"grid_mix: grid size P = {P} (from mask shape {tuple(mask.shape)}) must satisfy "
-            f"1 <= P <= min(H, W) = {min(H, W)} for x of shape {tuple(x.shape)}"
-        )
-    for name, idx in (("index_a", index_a), ("index_b", index_b)):
-        if idx is None:
-            continue
-        if idx.dtype != torch.int64:
-            raise ValueError(f"grid_mix: {name} must be int64, got dtype {idx.dtype}")
-        if idx.dim() != 1 or idx.shape[0] != N:
-            raise ValueError(
-                f"grid_mix: {name} must have shape (N,) = ({N},) to match mask, got {tuple(idx.shape)}"
-            )
-    if index_a is None and N != B:
-        raise ValueError(
-            f"grid_mix: index_a is None (meaning arange(B)), so mask must hold B = {B} masks, got N = {N}"
-        )
-    for name, t in (("mask", mask), ("index_a", index_a), ("index_b", index_b)):
-        if t is not None and t.device != x.device:
-            raise ValueError(f"grid_mix: {name} is on {t.device} but x is on {x.device}; move them to one device")
-
-
-def check_index_ranges(batch: int, index_a: Tensor | None, index_b: Tensor) -> None:
-    """Data check: every entry of ``index_a`` (if given) and ``index_b`` lies in ``[0, batch)``.
-
-    One host read for both (see ``_checks``; on CUDA each sync also serialises the launch overhead, which
-    dominates at small shapes); device-side asserts while a CUDA graph is captured.
-    """
-    what = f"for x with batch size B = {batch}"
-    check_ranges("grid_mix", [
-        Range(name, t, 0, batch - 1, what) for name, t in (("index_b", index_b), ("index_a", index_a)) if t is not None
-    ])
-
+from ._registry import below_autograd, define_op
+from .contracts import _common
+from .contracts.grid_mix import (
+    BACKWARD_SCHEMA,
+    OUT_SCHEMA,
+    SCHEMA,
+    check_args,
+    check_backward_args,
+    check_index_ranges,
+    check_out,
+    output_memory_format,
+)
 
 # --------------------------------------------------------------------------------------------------
-# reference
+# references
 # --------------------------------------------------------------------------------------------------
 
 
@@ -112,12 +54,10 @@ def upsample_mask(mask: Tensor, height: int, width: int) -> Tensor:
 
 def grid_mix_reference(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor) -> tuple[Tensor, Tensor]:
     """Pure-PyTorch ``grid_mix``: ``x (B, C, H, W)``, ``mask (N, P, P)`` -> ``mixed (N, C, H, W)``, ``lam (N,)``."""
-    check_grid_mix_args(x, mask, index_a, index_b)
-    B, _, H, W = x.shape
-    N = mask.shape[0]
-    check_index_ranges(B, index_a, index_b)
+    check_args(x, mask, index_a, index_b)
+    check_index_ranges(x.shape[0], index_a, index_b)
     if index_a is None:
-        index_a = torch.arange(N, device=x.device)
+        index_a = torch.arange(mask.shape[0], device=x.device)
     return grid_mix_compose(x, mask, index_a, index_b)
 
 
@@ -130,16 +70,27 @@ def grid_mix_compose(x: Tensor, mask: Tensor, index_a: Tensor, index_b: Tensor) 
     return mixed, lam
 
 
-def grid_mix_backward_reference(grad: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor, batch: int) -> Tensor:
+def grid_mix_out_reference(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor, out: Tensor) -> Tensor:
+    """Pure-PyTorch ``grid_mix_out``: writes ``mixed`` into ``out``, returns ``lam``."""
+    check_out(x, mask, out)
+    mixed, lam = grid_mix_reference(x, mask, index_a, index_b)
+    out.copy_(mixed)
+    return lam
+
+
+def grid_mix_backward_reference(grad: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor,
+                                batch: int) -> Tensor:
     """Gradient of ``mixed`` w.r.t. ``x``: ``grad (N, C, H, W)`` scattered (summed) into ``(batch, C, H, W)``."""
+    check_backward_args(grad, mask, index_a, index_b, batch)
+    check_index_ranges(batch, index_a, index_b)
     N, _, H, W = grad.shape
     if index_a is None:
         index_a = torch.arange(N, device=grad.device)
     full = upsample_mask(mask, H, W)[:, None]
     zero = grad.new_zeros(())
     grad_x = grad.new_zeros((batch,) + tuple(grad.shape[1:])).contiguous(memory_format=output_memory_format(grad))
-    grad_x = grad_x.index_add(0, index_a, torch.where(full, grad, zero))
-    return grad_x.index_add(0, index_b, torch.where(full, zero, grad))
+    grad_x.index_add_(0, index_a, torch.where(full, grad, zero))  # in place: keeps the memory format
+    return grad_x.index_add_(0, index_b, torch.where(full, zero, grad))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,6 +98,10 @@ def grid_mix_backward_reference(grad: Tensor, mask: Tensor, index_a: Tensor | No
 # --------------------------------------------------------------------------------------------------
 
 grid_mix_op = define_op("grid_mix", SCHEMA, grid_mix_reference, "grid_mix_cuda")
+grid_mix_out_op = define_op("grid_mix_out", OUT_SCHEMA, grid_mix_out_reference, "grid_mix_out_cuda",
+                            kernel_module="grid_mix")
+grid_mix_backward_op = define_op("grid_mix_backward", BACKWARD_SCHEMA, grid_mix_backward_reference,
+                                 "grid_mix_backward_cuda", kernel_module="grid_mix")
 
 
 @torch.library.register_fake("patchmix::grid_mix")
@@ -157,29 +112,59 @@ def _grid_mix_fake(x, mask, index_a, index_b):
     return mixed, torch.empty((N,), dtype=torch.float32, device=x.device)
 
 
-def _grid_mix_setup_context(ctx, inputs, output):
+@torch.library.register_fake("patchmix::grid_mix_out")
+def _grid_mix_out_fake(x, mask, index_a, index_b, out):
+    return torch.empty((mask.shape[0],), dtype=torch.float32, device=x.device)
+
+
+@torch.library.register_fake("patchmix::grid_mix_backward")
+def _grid_mix_backward_fake(grad, mask, index_a, index_b, batch):
+    _, C, H, W = grad.shape
+    return torch.empty((batch, C, H, W), dtype=grad.dtype, device=grad.device,
+                       memory_format=output_memory_format(grad))
+
+
+def _setup_context(ctx, inputs, output):
     x, mask, index_a, index_b = inputs
     ctx.batch = x.shape[0]
+    ctx.x_format = output_memory_format(x)
     ctx.has_index_a = index_a is not None
     ctx.save_for_backward(mask, index_a if index_a is not None else index_b, index_b)
 
 
-def _grid_mix_backward(ctx, grad_mixed, grad_lam):
+def _backward(ctx, grad_mixed, grad_lam):
     mask, index_a, index_b = ctx.saved_tensors
     grad_x = None
     if ctx.needs_input_grad[0]:
-        grad_x = grid_mix_backward_reference(
-            grad_mixed, mask, index_a if ctx.has_index_a else None, index_b, ctx.batch
-        )
+        grad = grad_mixed.contiguous(memory_format=ctx.x_format)  # e.g. the stride-0 ones of .sum()
+        grad_x = grid_mix_backward_op(grad, mask, index_a if ctx.has_index_a else None, index_b, ctx.batch)
     return grad_x, None, None, None
 
 
-torch.library.register_autograd(
-    "patchmix::grid_mix", _grid_mix_backward, setup_context=_grid_mix_setup_context
-)
+torch.library.register_autograd("patchmix::grid_mix", _backward, setup_context=_setup_context)
 
 
-def grid_mix(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor) -> tuple[Tensor, Tensor]:
+def _backward_setup_context(ctx, inputs, output):
+    _, mask, index_a, index_b, _ = inputs
+    ctx.has_index_a = index_a is not None
+    ctx.save_for_backward(mask, index_a if index_a is not None else index_b, index_b)
+
+
+def _backward_backward(ctx, grad_grad_x):
+    """The adjoint of the gather is the composition: ``grid_mix`` of the incoming gradient."""
+    mask, index_a, index_b = ctx.saved_tensors
+    grad = None
+    if ctx.needs_input_grad[0]:
+        grad = grid_mix_op(grad_grad_x, mask, index_a if ctx.has_index_a else None, index_b)[0]
+    return grad, None, None, None, None
+
+
+torch.library.register_autograd("patchmix::grid_mix_backward", _backward_backward,
+                                setup_context=_backward_setup_context)
+
+
+def grid_mix(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor, *,
+             out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Compose pairs of images on a ``P x P`` grid in one pass.
 
     Args:
@@ -188,15 +173,27 @@ def grid_mix(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor) -
         mask: bool ``(N, P, P)``; True cells come from ``x[index_a[n]]``, False cells from ``x[index_b[n]]``.
         index_a: int64 ``(N,)`` into ``x``'s first dimension, or ``None`` for ``arange(B)`` (then ``N == B``).
         index_b: int64 ``(N,)`` into ``x``'s first dimension.
+        out: optional preallocated ``(N, C, H, W)`` output (``x``'s dtype, device and memory format; it may be
+            pinned), written in place and returned; not differentiable.
 
     Returns:
         ``mixed (N, C, H, W)`` in ``x``'s dtype and memory format, and ``lam (N,)`` float32, the exact
-        fraction of pixels taken from ``x[index_a]``. Differentiable w.r.t. floating ``x``.
+        fraction of pixels taken from ``x[index_a]``. Differentiable w.r.t. floating ``x`` (without ``out``).
+
+    Bad indices: on the CPU a ``ValueError`` naming the argument; on CUDA the kernel clamps them (no
+    out-of-bounds read) and ``patchmix.ops.check_errors()`` raises the ``ValueError`` (no host sync here).
     """
-    check_grid_mix_args(x, mask, index_a, index_b)
-    if not torch.compiler.is_compiling() and x.device.type == "cpu":
-        # CPU tensors: check the data here as well, so an error never has to cross from C++ (on torch 2.11,
-        # CUDA build, an exception thrown inside patchmix._C was seen to crash the process). Free on the CPU;
-        # CUDA tensors are checked by the Triton launcher, which raises in Python.
+    check_args(x, mask, index_a, index_b)
+    eager = not torch.compiler.is_compiling()
+    if _common.host_checks(x):
+        # host check on the CPU (free), in Python: an exception thrown inside patchmix._C was once seen to
+        # crash a process on a CUDA build of torch 2.11, so the C++ kernel's own check is a second line
         check_index_ranges(x.shape[0], index_a, index_b)
-    return grid_mix_op(x, mask, index_a, index_b)
+    if out is None:
+        if eager and not (x.requires_grad and torch.is_grad_enabled()):
+            return below_autograd(grid_mix_op.default, x, mask, index_a, index_b)
+        return grid_mix_op(x, mask, index_a, index_b)
+    check_out(x, mask, out)
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError("grid_mix: out= is not differentiable and x requires grad; call grid_mix without out")
+    return out, grid_mix_out_op(x, mask, index_a, index_b, out)

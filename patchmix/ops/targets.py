@@ -1,6 +1,6 @@
 """Label helpers for mixed batches (plain PyTorch; they never touch images).
 
-``soft_targets`` gives the image-level soft label of DESIGN.md section 1, ``patch_targets`` the per-patch
+``soft_targets`` gives the image-level soft label (``lam * onehot(a) + (1 - lam) * onehot(b)``), ``patch_targets`` the per-patch
 hard labels, patch ``n = r * P + c`` row-major.
 """
 

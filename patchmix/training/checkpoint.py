@@ -10,8 +10,9 @@ Format (``"format": "patchmix-train-v1"``)::
 
     {"format", "method", "seed", "epoch", "step",      # resume at epoch `epoch`, step `step` of it
      "model", "optimizer", "scaler",                   # state dicts (scaler: float16 AMP only, else None)
+     "ema",                                            # the model EMA's state dict (train.ema_decay), else None
      "history": [{"epoch", "lr", "train_loss", ...}],  # one record per finished epoch
-     "mid": {"ranks": [{"g_aug", "g_mix", "torch", "sums"}, ...]} | None,   # an interrupted epoch
+     "mid": {"ranks": [{"torch", "sums"}, ...]} | None,   # an interrupted epoch (global generator, partial sums)
      "complete": bool, "result": {...} | None,         # the finished training's result record
      "config": {...}, "world": int}
 """
@@ -86,20 +87,21 @@ class CheckpointSaver:
     def __init__(self, path: str | None, rt: Runtime, *, method: str, seed: int, cfg: Config):
         self.path, self.rt, self.method, self.seed, self.cfg = path, rt, method, seed, cfg
 
-    def save(self, net, optimizer, scaler, state: TrainState) -> None:
-        """Write ``state`` with the model and optimizer (rank 0 only; atomically)."""
+    def save(self, net, optimizer, scaler, state: TrainState, ema=None) -> None:
+        """Write ``state`` with the model, optimizer and EMA (rank 0 only; atomically)."""
         if not (self.path and self.rt.is_main):
             return
         torch_save({"format": CHECKPOINT_FORMAT, "method": self.method, "seed": self.seed,
                     "epoch": state.epoch, "step": state.step,
                     "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
+                    "ema": ema.module.state_dict() if ema is not None else None,
                     "history": state.history, "mid": state.mid, "complete": state.complete, "result": state.result,
                     "config": self.cfg.to_dict(), "world": self.rt.world}, self.path)
 
-    def restore(self, net, optimizer, scaler) -> TrainState | None:
-        """Load the checkpoint into ``net`` (and, unless the training is complete, ``optimizer`` and
-        ``scaler``); None when there is none. Every rank reads it once rank 0 has finished writing."""
+    def restore(self, net, optimizer, scaler, ema=None) -> TrainState | None:
+        """Load the checkpoint into ``net`` (and, unless the training is complete, ``optimizer``, ``scaler`` and
+        ``ema``); None when there is none. Every rank reads it once rank 0 has finished writing."""
         if not self.path:
             return None
         self.rt.barrier()
@@ -116,6 +118,10 @@ class CheckpointSaver:
             optimizer.load_state_dict(ckpt["optimizer"])
             if scaler is not None and ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
+            if ema is not None:
+                if ckpt.get("ema") is None:
+                    raise CheckpointError(f"{self.path} holds no model EMA, but train.ema_decay asks for one")
+                ema.module.load_state_dict(ckpt["ema"])
         return state
 
     def mid_of_rank(self, mid: dict) -> dict[str, Any]:

@@ -1,11 +1,16 @@
 """The training loop: :func:`train_model` restores, runs :func:`train_one_epoch` and :func:`evaluate` per
 epoch, saves, and finishes; read it top to bottom.
 
+Batches come from a ``torch.utils.data.DataLoader`` (:class:`.pipeline.TrainLoader`): loaded, cropped and
+mixed as uint8 where they are loaded (worker processes with ``data.workers > 0``), pinned, and moved to the
+device without blocking. Options: ``run.compile`` compiles the model (``torch.compile``); ``train.ema_decay``
+keeps a model EMA (:class:`.ema.ModelEma`), evaluated beside the model (``ema_val_acc``, ``ema_test_acc``).
+
 No host-device sync per step: the loss and accuracy sums stay on the device (:class:`TrainMeter`) and are
 read at the progress bar's interval (only while a bar is shown) and once per epoch, at the marked epoch-end
 sync point (:func:`end_of_epoch`); the Ctrl-C check is a host-side flag (agreed over a gloo group under
-DDP). On the CPU every draw is deterministic (see :mod:`.streams`), so a run interrupted anywhere, even
-mid-epoch, resumes to the same final weights as an uninterrupted one.
+DDP); the EMA's decay is computed on the host. On the CPU every draw is deterministic (see :mod:`.streams`),
+so a run interrupted anywhere, even mid-epoch, resumes to the same final weights as an uninterrupted one.
 
 Distributed (``torchrun``): each rank draws a disjoint share of every epoch's order and mixes its own
 batch (its own generators); ``train.batch_size`` is the global batch (split over the ranks); gradients are
@@ -21,15 +26,19 @@ import torch
 from torch import Tensor, nn
 
 from .. import data as data_mod
-from ..augment import MixedBatch
+from ..batch import MixedBatch
 from ..config import Config
+from ..errors import ConfigError
+from ..ops import check_errors
 from .checkpoint import CheckpointSaver, TrainState
+from .ema import ModelEma
 from .evaluate import evaluate
 from .interrupt import Interrupted, StopCheck, StopFlag
 from .log import Log
 from .methods import Method
 from .model import NormalizedModel, build_model, image_logits
 from .optim import build_optimizer, build_scaler, set_lr
+from .pipeline import TrainLoader
 from .runtime import Runtime, autocast, setup_runtime
 from .streams import EpochStreams, derive_seed
 
@@ -69,27 +78,6 @@ class TrainMeter:
         return {"loss": float(t[0]) / n, "acc": float(t[1]) / n}
 
 
-class DeviceBatches:
-    """An epoch's batches as the model sees them: for each index batch, the uint8 images and labels of the
-    training split (decoded by ``workers`` for image files), as ``[0, 1]`` floats on the device, augmented
-    with ``generator``. Sized and iterable, like the ``DataLoader`` that will replace it."""
-
-    def __init__(self, split: data_mod.Split, index_batches: list[Tensor], rt: Runtime, augment: str,
-                 generator: torch.Generator, workers: int = 0):
-        self.split, self.index_batches, self.rt = split, index_batches, rt
-        self.augment, self.generator, self.workers = augment, generator, workers
-
-    def __len__(self) -> int:
-        return len(self.index_batches)
-
-    def __iter__(self):
-        for x, y in data_mod.load_batches(self.split, self.index_batches, self.workers):
-            x = data_mod.augment(data_mod.to_float(x, self.rt.device), self.augment, self.generator)
-            if self.rt.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y.to(self.rt.device, non_blocking=True)
-
-
 def forward(model: nn.Module, images: Tensor):
     """``model(images)``; under float16 autocast the outputs come back as float32, so that the loss keeps
     its saved gradient in float32 (GradScaler's 65536 is not a float16)."""
@@ -110,27 +98,29 @@ def backward_step(loss: Tensor, optimizer: torch.optim.Optimizer, scaler) -> Non
         optimizer.step()
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, mixer: Callable[[Tensor, Tensor], MixedBatch],
-                    loss_fn: Callable, optimizer: torch.optim.Optimizer, *, schedule: Callable[[int], float],
-                    meter: TrainMeter, rt: Runtime, scaler=None, first_step: int = 0,
-                    stop: StopCheck | None = None, bar=None) -> int | None:
-    """Train on the remaining steps of one epoch (``loader`` yields them from step ``first_step`` on).
+def train_one_epoch(model: nn.Module, batches: Iterable[MixedBatch], loss_fn: Callable,
+                    optimizer: torch.optim.Optimizer, *, schedule: Callable[[int], float], meter: TrainMeter,
+                    rt: Runtime, scaler=None, first_step: int = 0, stop: StopCheck | None = None, bar=None,
+                    after_step: Callable[[int], None] | None = None) -> int | None:
+    """Train on the remaining steps of one epoch (``batches`` yields their mixed batches on the device, from step
+    ``first_step`` on; sized).
 
-    Each step: set the step's learning rate (``schedule(step)``), mix the batch (``mixer(x, y)``), forward
-    under autocast, the loss chosen once (``loss_fn(outputs, batch)``), backward and step, and add the
-    loss and accuracy to ``meter`` on the device. ``stop`` is checked after every step but the last.
+    Each step: set the step's learning rate (``schedule(step)``), forward under autocast, the loss chosen once
+    (``loss_fn(outputs, batch)``), backward and step, ``after_step(step)`` (the EMA update), and add the loss and
+    accuracy to ``meter`` on the device. ``stop`` is checked after every step but the last.
 
     Returns None when the epoch finished, else the step to resume at (``stop`` asked to stop).
     """
     model.train()
-    last = first_step + len(loader) - 1
-    for step, (x, y) in enumerate(loader, start=first_step):
+    last = first_step + len(batches) - 1
+    for step, batch in enumerate(batches, start=first_step):
         set_lr(optimizer, schedule(step))
-        batch = mixer(x, y)
         with autocast(rt):
             outputs = forward(model, batch.images)
             loss = loss_fn(outputs, batch)
         backward_step(loss, optimizer, scaler)
+        if after_step is not None:
+            after_step(step)
         meter.update(loss, outputs, batch)
         if bar is not None:
             bar.update(1)
@@ -147,8 +137,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, mixer: Callable[[Tensor,
 def end_of_epoch(meter: TrainMeter, rt: Runtime) -> dict:
     """The loop's epoch-end sync point, the one place a training step's results are read from the device:
     the epoch's sums over every rank, as ``{"train_loss", "train_acc"}``."""
-    # >>> epoch-end sync point. patchmix.ops.check_errors() goes here: it raises a data error that this
-    # >>> epoch's ops recorded on the device (deferred so that no step waits for the device).
+    # a data error this epoch's ops recorded on the device (deferred so that no step waits for it) is raised
+    # here, naming the op and the argument
+    check_errors(rt.device)
     totals = rt.all_reduce_sum(meter.totals())
     n = max(float(totals[2]), 1.0)
     return {"train_loss": float(totals[0]) / n, "train_acc": float(totals[1]) / n}
@@ -167,14 +158,16 @@ def train_model(cfg: Config, ds: data_mod.Dataset, method: str, seed: int, *, rt
             raise :class:`Interrupted`.
 
     The result: ``method, seed, epochs, test_acc, test_loss, val_acc, history (per epoch), train_seconds,
-    world``.
+    world``, and with ``train.ema_decay`` the EMA's ``ema_test_acc`` (and ``ema_val_acc`` per epoch).
     """
     rt, log, desc = rt or setup_runtime(cfg), log or Log.silent(), desc or method
     torch.manual_seed(derive_seed(seed, "init"))
     net = build_model(cfg, ds).to(rt.device, memory_format=torch.channels_last if rt.channels_last else None)
     opt, scaler = build_optimizer(cfg, net), build_scaler(rt)
+    t = cfg.train
+    ema = ModelEma(net, t.ema_decay, warmup=t.ema_warmup) if t.ema_decay else None
     saver = CheckpointSaver(checkpoint, rt, method=method, seed=seed, cfg=cfg)
-    state = (saver.restore(net, opt, scaler) if resume else None) or TrainState()
+    state = (saver.restore(net, opt, scaler, ema) if resume else None) or TrainState()
     if state.complete:
         log.info(f"{desc}: already finished ({checkpoint})")
         return net, state.result
@@ -182,30 +175,34 @@ def train_model(cfg: Config, ds: data_mod.Dataset, method: str, seed: int, *, rt
         log.event("resume", method=method, seed=seed, epoch=state.epoch, step=state.step, checkpoint=checkpoint)
         log.info(f"{desc}: resuming at epoch {state.epoch + 1}, step {state.step}")
     plan = Method(method, cfg, ds, rt, policy)
-    model, stop, epochs = plan.wrap_ddp(net), StopCheck(rt, stop_after_steps), cfg.train.epochs
+    model, stop = compile_model(plan.wrap_ddp(net), cfg), StopCheck(rt, stop_after_steps)
+    epochs, spe = t.epochs, plan.steps_per_epoch
     t0 = time.perf_counter() - (state.history[-1]["elapsed_s"] if state.history else 0.0)
 
-    with StopFlag(), log.progress(total=plan.total_steps, desc=desc, unit="step",
-                                  initial=state.epoch * plan.steps_per_epoch + state.step) as bar:
+    with TrainLoader(plan, seed) as loader, StopFlag(), log.progress(
+            total=plan.total_steps, desc=desc, unit="step", initial=state.epoch * spe + state.step) as bar:
         for epoch in range(state.epoch, epochs):
-            loader, mixer, meter, streams = _epoch_inputs(plan, seed, epoch, state, saver)
+            streams = EpochStreams(seed, epoch, rt.rank)
+            meter = _restore_mid(state, saver, streams, rt)
+            batches = loader.epoch(epoch, plan.index_batches(streams, epoch), state.step)
             schedule = plan.schedule(epoch)
-            resume_at = train_one_epoch(model, loader, mixer, plan.loss, opt, schedule=schedule, meter=meter, rt=rt,
-                                        scaler=scaler, first_step=state.step, stop=stop, bar=bar)
+            ema_step = None if ema is None else (lambda step, e=epoch: ema.update(net, e * spe + step + 1))
+            resume_at = train_one_epoch(model, batches, plan.loss, opt, schedule=schedule, meter=meter, rt=rt,
+                                        scaler=scaler, first_step=state.step, stop=stop, bar=bar, after_step=ema_step)
             if resume_at is not None:  # stopped mid-epoch: every rank's streams and partial sums, saved by rank 0
                 mids = rt.gather_objects({**streams.state(), "sums": meter.totals()})
-                saver.save(net, opt, scaler, TrainState(epoch, resume_at, state.history, {"ranks": mids}))
+                saver.save(net, opt, scaler, TrainState(epoch, resume_at, state.history, {"ranks": mids}), ema)
                 raise _interrupted(log, method, seed, epoch, resume_at, checkpoint)
 
-            rec = {"epoch": epoch + 1, "lr": schedule(plan.steps_per_epoch - 1), **end_of_epoch(meter, rt)}
-            rec.update(_validate(net, ds, plan, epoch), elapsed_s=round(time.perf_counter() - t0, 3))
+            rec = {"epoch": epoch + 1, "lr": schedule(spe - 1), **end_of_epoch(meter, rt)}
+            rec.update(_validate(net, ds, plan, epoch, ema), elapsed_s=round(time.perf_counter() - t0, 3))
             state.history.append(rec)
             log.event("epoch", method=method, seed=seed, **rec)
             bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{rec['train_loss']:.3f}",
                             acc=f"{rec['train_acc']:.3f}", val=f"{rec['val_acc']:.3f}")
             state.epoch, state.step = epoch + 1, 0
             if epoch + 1 < epochs:
-                saver.save(net, opt, scaler, state)
+                saver.save(net, opt, scaler, state, ema)
                 if stop():
                     raise _interrupted(log, method, seed, epoch + 1, 0, checkpoint)
 
@@ -215,33 +212,47 @@ def train_model(cfg: Config, ds: data_mod.Dataset, method: str, seed: int, *, rt
     result = {"method": method, "seed": seed, "epochs": epochs, "test_acc": test["acc"], "test_loss": test["loss"],
               "val_acc": state.history[-1]["val_acc"] if state.history else None,
               "train_seconds": round(time.perf_counter() - t0, 3), "history": state.history, "world": rt.world}
-    saver.save(net, opt, scaler, TrainState(epochs, 0, state.history, complete=True, result=result))
+    if ema is not None:
+        result["ema_test_acc"] = evaluate(ema.module, ds.test, plan.eval_batch_size, rt, cfg.data.workers)["acc"]
+    saver.save(net, opt, scaler, TrainState(epochs, 0, state.history, complete=True, result=result), ema)
     log.event("trained", **{k: v for k, v in result.items() if k != "history"})
     return net, result
 
 
-def _epoch_inputs(plan: Method, seed: int, epoch: int, state: TrainState, saver: CheckpointSaver):
-    """The epoch's streams, index batches and mixer, and its meter; for the epoch a mid-epoch checkpoint
-    interrupted, the saved streams and partial sums (``state.step`` is then the first step to take)."""
-    rt = plan.rt
-    streams = EpochStreams(seed, epoch, rt.rank)
-    index_batches, mixer = plan.epoch(streams)
-    meter = TrainMeter(rt.device)
-    if state.mid is not None:
-        mid = saver.mid_of_rank(state.mid)
-        streams.restore(mid)
-        meter, state.mid = TrainMeter(rt.device, mid["sums"]), None
-    augment = data_mod.augment_mode(plan.cfg.data.augment, plan.ds)
-    loader = DeviceBatches(plan.ds.train, index_batches[state.step:], rt, augment, streams.augment,
-                           plan.cfg.data.workers)
-    return loader, mixer, meter, streams
+def compile_model(model: nn.Module, cfg: Config) -> nn.Module:
+    """``torch.compile(model, backend=run.compile)`` (timm's ``--torchcompile``), or ``model`` for ``off``. The
+    ops are compile-clean; the loss and the optimizer step stay eager."""
+    backend = cfg.run.compile
+    if backend == "off":
+        return model
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ConfigError(f"run.compile: unknown torch.compile backend {backend!r}; choose 'off' or one of "
+                          f"{', '.join(sorted(known))}")
+    return torch.compile(model, backend=backend)
 
 
-def _validate(net: nn.Module, ds: data_mod.Dataset, plan: Method, epoch: int) -> dict:
-    """Validation top-1 and loss after an epoch; test top-1 too every ``train.eval_every`` epochs."""
+def _restore_mid(state: TrainState, saver: CheckpointSaver, streams: EpochStreams, rt: Runtime) -> TrainMeter:
+    """The epoch's meter; for the epoch a mid-epoch checkpoint interrupted, its saved global generator and partial
+    sums (``state.step`` is then the first step to take)."""
+    if state.mid is None:
+        return TrainMeter(rt.device)
+    mid = saver.mid_of_rank(state.mid)
+    streams.restore(mid)
+    state.mid = None
+    return TrainMeter(rt.device, mid["sums"])
+
+
+def _validate(net: nn.Module, ds: data_mod.Dataset, plan: Method, epoch: int, ema: ModelEma | None = None) -> dict:
+    """Validation top-1 and loss after an epoch (and the EMA's top-1); test top-1 too every ``train.eval_every``
+    epochs."""
     cfg, rt = plan.cfg, plan.rt
     val = evaluate(net, ds.val, plan.eval_batch_size, rt, cfg.data.workers)
     rec = {"val_acc": val["acc"], "val_loss": val["loss"]}
+    if ema is not None:
+        rec["ema_val_acc"] = evaluate(ema.module, ds.val, plan.eval_batch_size, rt, cfg.data.workers)["acc"]
     every, epochs = cfg.train.eval_every, cfg.train.epochs
     if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
         rec["test_acc"] = evaluate(net, ds.test, plan.eval_batch_size, rt, cfg.data.workers)["acc"]
@@ -253,4 +264,4 @@ def _interrupted(log: Log, method: str, seed: int, epoch: int, step: int, checkp
     return Interrupted(checkpoint)
 
 
-__all__ = ["DeviceBatches", "TrainMeter", "end_of_epoch", "train_model", "train_one_epoch"]
+__all__ = ["TrainMeter", "compile_model", "end_of_epoch", "train_model", "train_one_epoch"]

@@ -1,40 +1,48 @@
-"""The training methods (paper Table 1): what each step loads, how it mixes, and which loss trains it.
+"""The training methods (paper Table 1, and timm's recipe): what each step loads, how it mixes, and which
+loss trains it.
 
 * ``base``: no mixing; ``mixup``, ``cutmix``: the classic mixers; ``random``: Random PatchMix with the
-  fused image + patch loss ``L_T`` (the paper's phase one);
+  fused image + patch loss ``L_T`` (the paper's phase one); ``mix``: Mixup, CutMix and PatchMix chosen per sample
+  (or per batch) by ``train.mix_weights``, ``L_T`` for its PatchMix samples and ``L_O`` for the others;
 * ``guided``: phase four: each batch holds original, random-mixed and policy-guided samples, built by
   :class:`patchmix.guided.MixedBatchSampler` (indices) and :class:`patchmix.guided.MixedCollate` (mixing).
 
-Every method goes through :class:`patchmix.PatchMixLoss`; all but ``random`` use its image term ``L_O`` only.
-Every method takes the same number of steps of the same batch size (the same budget): an epoch of
+Every method goes through :class:`patchmix.PatchMixLoss`; all but ``random`` and ``mix`` use its image term ``L_O``
+only. Every method takes the same number of steps of the same batch size (the same budget): an epoch of
 ``guided`` shows each training image as an original or random-mixed sample with probability
-``(n_original + n_random) / B``; its guided samples are drawn from the whole training set.
+``(n_original + n_random) / B``; its guided samples are drawn from the whole training set. Mixing happens where
+the batch is loaded (:class:`patchmix.collate.MixCollate`, in the DataLoader's workers when ``data.workers > 0``),
+on uint8 images; from ``train.mix_off_epoch`` on every method trains on unmixed batches.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from .. import data as data_mod
-from ..augment import CutMix, MixedBatch, Mixup, RandomPatchMix
-from ..choices import METHODS, PATCH_SUPERVISED
+from ..augment import RandomPatchMix
+from ..batch import MixedBatch
+from ..choices import METHODS, MIX_METHODS, PATCH_SUPERVISED
+from ..collate import MixCollate
 from ..config import Config
 from ..errors import ConfigError, PolicyError
 from ..losses import PatchMixLoss
+from ..mix import Mix
 from .optim import lr_at
 from .runtime import Runtime
-from .streams import EpochStreams
+from .streams import EpochStreams, loader_seed
 
 Mixer = Callable[[Tensor, Tensor], MixedBatch]
 Loss = Callable[[tuple, MixedBatch], Tensor]
 
 
 def make_loss(method: str, cfg: Config) -> Loss:
-    """``loss(model outputs, batch)``: ``L_T`` (image + patch terms) for ``random``; ``L_O`` (the image term
-    at full weight) for the others, whose patch head then gets no gradient."""
+    """``loss(model outputs, batch)``: ``L_T`` (image + patch terms) for ``random`` and ``mix``; ``L_O`` (the image
+    term at full weight) for the others, whose patch head then gets no gradient."""
     t = cfg.train
     if method in PATCH_SUPERVISED:
         return PatchMixLoss(image_weight=t.image_weight, patch_weight=t.patch_weight, label_smoothing=t.label_smoothing)
@@ -42,21 +50,29 @@ def make_loss(method: str, cfg: Config) -> Loss:
     return lambda outputs, batch: image_loss(outputs[0], batch)
 
 
-def make_mixer(method: str, cfg: Config, generator: torch.Generator) -> Mixer:
-    """``mix(x float (B, C, H, W) in [0, 1], y (B,)) -> MixedBatch`` for the batch-local methods (``base``,
-    ``mixup``, ``cutmix``, ``random``), drawing from ``generator``; ``guided`` needs a :class:`Method`."""
+def make_mixer(method: str, cfg: Config, generator: torch.Generator | None = None) -> Mixer:
+    """``mix(x (B, C, H, W) uint8 or float, y (B,), generator=None) -> MixedBatch`` for the batch-local methods
+    (``base``, ``mixup``, ``cutmix``, ``random``, ``mix``), a :class:`patchmix.Mix` of ``train.*`` (``base``:
+    the batch unmixed, with an all-True grid); ``guided`` needs a :class:`Method`."""
     t, P = cfg.train, cfg.model.grid_size
     if method == "base":
-        return lambda x, y: MixedBatch.unmixed(x, y, P)
-    if method == "mixup":
-        return Mixup(t.alpha, generator=generator)
-    if method == "cutmix":
-        return CutMix(t.alpha, generator=generator)
-    if method == "random":
-        return RandomPatchMix(P, t.alpha, t.mix_prob, generator=generator)
+        return functools.partial(MixedBatch.unmixed, grid_size=P)
     if method == "guided":
         raise ConfigError("method 'guided' mixes whole phase-four batches: use patchmix.training.Method")
-    raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    alphas = {m: t.alpha if getattr(t, f"{m}_alpha") is None else getattr(t, f"{m}_alpha") for m in MIX_METHODS}
+    on = {"mixup": ("mixup",), "cutmix": ("cutmix",), "random": ("patchmix",), "mix": MIX_METHODS}[method]
+    weights = {m: w for m, w in zip(MIX_METHODS, t.mix_weights, strict=True) if m in on and alphas[m] > 0}
+    try:
+        return Mix(mixup_alpha=alphas["mixup"] if "mixup" in on else 0.0,
+                   cutmix_alpha=alphas["cutmix"] if "cutmix" in on else 0.0,
+                   cutmix_minmax=t.cutmix_minmax if "cutmix" in on else None,
+                   patchmix_alpha=alphas["patchmix"] if "patchmix" in on else 0.0,
+                   weights=weights if method == "mix" else None, grid_size=P, prob=t.mix_prob, mode=t.mix_mode,
+                   label_smoothing=0.0, generator=generator)
+    except ValueError as exc:
+        raise ConfigError(f"method {method!r}: {exc}") from None
 
 
 class Method:
@@ -105,22 +121,52 @@ class Method:
         spe = self.steps_per_epoch
         return lambda step: lr_at(self.cfg, epoch * spe + step, self.total_steps, spe)
 
-    def epoch(self, streams: EpochStreams) -> tuple[list[Tensor], Mixer]:
-        """The epoch's index batches (the training-set indices of every step, int64) and its mixer.
+    def mixing(self, epoch: int) -> bool:
+        """Whether ``epoch`` mixes (False from ``train.mix_off_epoch`` on, timm's ``--mixup-off-epoch``)."""
+        off = self.cfg.train.mix_off_epoch
+        return not off or epoch < off
 
-        The index batches are a function of the epoch's ``order`` and ``guided`` streams alone, drawn whole
-        here: a resumed epoch recomputes them and skips the steps already taken.
-        """
+    def index_batches(self, streams: EpochStreams, epoch: int = 0) -> list[Tensor]:
+        """The epoch's index batches: the training-set indices of every step, int64, a function of the epoch's
+        ``order`` and ``guided`` streams alone, drawn whole here (a resumed epoch recomputes them and skips the
+        steps already taken). ``guided`` appends each step's guided pairs to its plain part while it mixes."""
+        guided = self.guided is not None and self.mixing(epoch)
+        load = self.load_size if guided else self.batch_size
         order = data_mod.epoch_order(self.n_train, streams.order, self.rt.rank, self.rt.world)
-        order = order[: self.steps_per_epoch * self.load_size]
-        if self.guided is None:
-            return list(order.split(self.load_size)), make_mixer(self.name, self.cfg, streams.mix)
-        from ..guided import MixedBatchSampler, MixedCollate
+        order = order[: self.steps_per_epoch * load]
+        if not guided:
+            return list(order.split(load))
+        from ..guided import MixedBatchSampler
 
         sampler = MixedBatchSampler(self.guided, self.counts, order=order, generator=streams.guided)
+        return [torch.tensor(b) for b in sampler]
+
+    def mixer(self) -> Mixer:
+        """``mix(x, y, generator=None) -> MixedBatch`` of a loaded batch: the method's :func:`make_mixer`, or for
+        ``guided`` phase four's :meth:`patchmix.guided.MixedCollate.mix` (its random part a Random PatchMix)."""
+        if self.guided is None:
+            return make_mixer(self.name, self.cfg)
+        from ..guided import MixedCollate
+
         t = self.cfg.train
-        random_part = RandomPatchMix(self.cfg.model.grid_size, t.alpha, t.mix_prob, generator=streams.mix)
-        return [torch.tensor(b) for b in sampler], MixedCollate(self.guided, self.counts, random_mixer=random_part).mix
+        alpha = t.alpha if t.patchmix_alpha is None else t.patchmix_alpha
+        random_part = RandomPatchMix(self.cfg.model.grid_size, alpha, t.mix_prob)
+        return MixedCollate(self.guided, self.counts, random_mixer=random_part).mix
+
+    def collate(self, seed: int) -> MixCollate:
+        """The loader's ``collate_fn`` for a training seeded with ``seed``: crop/flip (``data.augment``) and mix
+        each uint8 batch, every batch drawing from generators seeded by ``(seed, rank, epoch, step)``."""
+        augment = data_mod.augment_mode(self.cfg.data.augment, self.ds)
+        return MixCollate(self.mixer(), seed=loader_seed(seed), rank=self.rt.rank,
+                          transform=None if augment == "none" else data_mod.Augment(augment),
+                          mix_off_epoch=self.cfg.train.mix_off_epoch or None)
+
+    def epoch(self, streams: EpochStreams, epoch: int = 0) -> tuple[list[Tensor], Mixer]:
+        """The epoch's index batches and, for code that mixes loaded batches itself, the mixer (unmixed from
+        ``train.mix_off_epoch`` on)."""
+        mixer = self.mixer() if self.mixing(epoch) else functools.partial(
+            MixedBatch.unmixed, grid_size=self.cfg.model.grid_size)
+        return self.index_batches(streams, epoch), mixer
 
     def wrap_ddp(self, net: nn.Module) -> nn.Module:
         """``net`` under DDP when distributed (gradients averaged over the ranks), else ``net`` itself."""

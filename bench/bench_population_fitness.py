@@ -1,7 +1,7 @@
-"""Guided search throughput: generations/s and evaluations/s of the DEAP search on a synthetic cache, and the
-batched fitness op beside its eager reference.
+"""``population_fitness``: the batched fitness op beside its eager reference, and the guided search it serves
+(generations/s and evaluations/s of the DEAP search on a synthetic cache).
 
-Workloads (issue 4): CIFAR-10 scale (``K = 10``, ``N = 20``) and CIFAR-100 scale (``K = 100``, ``N = 200``),
+Workloads: CIFAR-10 scale (``K = 10``, ``N = 20``) and CIFAR-100 scale (``K = 100``, ``N = 200``),
 population 500, ``S = 32`` draws per pair, ``P = 4``, same-class pairs forced, float64 table. ``extra_info``:
 ``generations_per_s``, ``evaluations_per_s``, ``kernel_share`` (fraction of the search time spent inside
 ``patchmix.ops.population_fitness``), ``kernel_ms_per_generation``. Target on the 2-core CPU: the full

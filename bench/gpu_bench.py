@@ -1,0 +1,251 @@
+"""The CUDA measurements of ``bench/gpu_check.sh``: device time of each op against its copy floor, and a whole
+training step under ``torch.cuda.set_sync_debug_mode`` (host syncs per step).
+
+Every result is appended to ``$OUT/gpu_results.jsonl`` (and printed) as soon as it is measured, so an
+interrupted run (``timeout -s INT``) loses nothing; ``--summary`` turns that file into the targets table.
+Device time is the sum of the CUDA kernels, copies and memsets of one call, from the profiler
+(``bench.conftest.cuda_device_ms``): what a bandwidth target is about, without the host's launch overhead.
+
+    python bench/gpu_bench.py [--out DIR] [--extras]   # measure (extras: eager, compiled, Kornia)
+    python bench/gpu_bench.py --summary [--out DIR]     # the targets table from what was measured
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GRID_SHAPES = [  # (B, C, H, W, dtype, channels_last, target fraction of a copy's bandwidth)
+    (256, 3, 224, 224, "float32", False, 0.80),
+    (256, 3, 224, 224, "uint8", False, 0.80),
+    (256, 3, 224, 224, "float32", True, 0.80),
+    (256, 3, 32, 32, "float32", False, 0.60),
+]
+LOSS_CLASSES = [(1000, 1.5), (100, 2.0), (10, 2.0)]  # (K, at most this many times the clone floor)
+STEP_TARGET = 1.05
+
+
+class Results:
+    """Appends one JSON line per measurement to ``gpu_results.jsonl`` and flushes it at once."""
+
+    def __init__(self, out: Path):
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "gpu_results.jsonl"
+        self.file = self.path.open("a")
+
+    def add(self, **row):
+        row["time"] = time.strftime("%H:%M:%S")
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        print(json.dumps(row), flush=True)
+
+
+def _device_ms(fn, reps=20):
+    from bench.conftest import cuda_device_ms
+
+    return cuda_device_ms(fn, reps)
+
+
+def _wall_ms(fn, reps=20):
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / reps * 1e3
+
+
+def bench_grid_mix(results: Results, extras: bool):
+    for shape in GRID_SHAPES:
+        _grid_mix_case(results, *shape, extras)
+
+
+def _grid_mix_case(results: Results, B, C, H, W, dtype, cl, target, extras: bool):
+    import torch
+
+    from patchmix.ops import grid_mix
+    from patchmix.ops.grid_mix import grid_mix_compose, grid_mix_reference
+
+    name = f"{B}x{C}x{H}x{W} {dtype}{' channels_last' if cl else ''}"
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = (torch.rand(B, C, H, W, device="cuda", generator=g) * 255).to(getattr(torch, dtype))
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    mask = torch.rand(B, 4, 4, device="cuda", generator=g) < 0.5
+    perm = torch.randperm(B, device="cuda", generator=g)
+    out, buf = torch.empty_like(x), torch.empty_like(x)
+    got, lam = grid_mix(x, mask, None, perm)
+    ref, ref_lam = grid_mix_reference(x, mask, None, perm)
+    assert torch.equal(got, ref) and torch.equal(lam, ref_lam), name
+    providers = {
+        "prealloc_copy": lambda: buf.copy_(x),
+        "clone": x.clone,
+        "patchmix": lambda: grid_mix(x, mask, None, perm),
+        "patchmix_out": lambda: grid_mix(x, mask, None, perm, out=out),
+    }
+    if extras:
+        from bench.bench_grid_mix import _kornia_cutmix
+
+        arange = torch.arange(B, device="cuda")
+        compiled = torch.compile(grid_mix_compose, dynamic=False)
+        providers["eager"] = lambda: grid_mix_reference(x, mask, None, perm)
+        providers["compiled"] = lambda: compiled(x, mask, arange, perm)
+        cutmix = _kornia_cutmix()
+        if cutmix is not None and x.is_floating_point():
+            labels = torch.zeros(B, dtype=torch.long, device="cuda")
+            providers["kornia"] = lambda: cutmix(x, labels)
+    copy_ms = None
+    for provider, fn in providers.items():
+        ms = _device_ms(fn)
+        copy_ms = copy_ms or ms
+        results.add(kind="grid_mix", shape=name, provider=provider, device_ms=ms, wall_ms=_wall_ms(fn),
+                    copy_ms=copy_ms, target=target if provider in ("patchmix", "patchmix_out") else None)
+
+
+def bench_loss(results: Results, extras: bool):
+    for K, target in LOSS_CLASSES:
+        _loss_case(results, K, target, extras)
+
+
+def _loss_case(results: Results, K: int, target: float, extras: bool):
+    import torch
+
+    from bench.bench_patchmix_cross_entropy import make
+    from patchmix.ops import patchmix_cross_entropy, patchmix_cross_entropy_eager
+
+    image, patch, ta, tb, lam, mask = make(K, "cuda")
+
+    def step(loss_fn=patchmix_cross_entropy):
+        image.grad = patch.grad = None
+        loss_fn(image, patch, ta, tb, lam, mask).backward()
+
+    fns = {"clone": lambda: (image.detach().clone(), patch.detach().clone()), "patchmix": step}
+    if extras:
+        compiled = torch.compile(patchmix_cross_entropy_eager)
+        fns["eager"] = lambda: step(patchmix_cross_entropy_eager)
+        fns["compiled"] = lambda: step(compiled)
+    clone_ms = None
+    for provider, fn in fns.items():
+        ms = _device_ms(fn)
+        clone_ms = clone_ms or ms
+        results.add(kind="loss", shape=f"N=256 P*P=16 K={K} float32", provider=provider, device_ms=ms,
+                    wall_ms=_wall_ms(fn), clone_ms=clone_ms, target=target if provider == "patchmix" else None)
+
+
+def count_syncs(step) -> tuple[int, str]:
+    """Host syncs one ``step()`` makes (``set_sync_debug_mode("warn")`` counts them), and the first one's
+    stack under ``"error"`` ('' when there is none)."""
+    import warnings
+
+    import torch
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    n = sum("synchroniz" in str(w.message) for w in caught)
+    first = ""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    except RuntimeError:
+        first = traceback.format_exc(limit=-6)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return n, first
+
+
+def bench_train_step(results: Results):
+    from bench.bench_train_step import make_step
+
+    steps = {p: make_step(p, "cuda", channels_last=True) for p in ("plain", "patchmix")}
+    for s in steps.values():  # warm-up: cuDNN choices, Triton compiles
+        for _ in range(3):
+            s()
+    for provider, s in steps.items():
+        syncs, first = count_syncs(s)
+        results.add(kind="train_step", shape="resnet32 b128 32x32 channels_last", provider=provider,
+                    device_ms=_device_ms(s, 10), wall_ms=_wall_ms(s, 20), syncs_per_step=syncs, first_sync=first,
+                    target=STEP_TARGET if provider == "patchmix" else None)
+
+
+def summary(out: Path) -> str:
+    """The targets table from ``gpu_results.jsonl`` (the last measurement of each case wins)."""
+    rows = {}
+    for line in (out / "gpu_results.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        rows[(r["kind"], r["shape"], r["provider"])] = r
+    lines = [f"{'case':<58} {'provider':<14} {'device ms':>10} {'wall ms':>9} {'measure':>22} {'target':>10}  ok"]
+    for (kind, shape, provider), r in rows.items():
+        measure, goal, ok = "", "", ""
+        if kind == "grid_mix" and r.get("copy_ms"):
+            frac = r["copy_ms"] / r["device_ms"]
+            measure = f"{100 * frac:.0f}% of copy"
+            if r.get("target"):
+                goal, ok = f">= {100 * r['target']:.0f}%", "yes" if frac >= r["target"] else "NO"
+        elif kind == "loss" and r.get("clone_ms"):
+            ratio = r["device_ms"] / r["clone_ms"]
+            measure = f"{ratio:.2f}x clone"
+            if r.get("target"):
+                goal, ok = f"<= {r['target']:.2f}x", "yes" if ratio <= r["target"] else "NO"
+        elif kind == "train_step":
+            plain = rows.get((kind, shape, "plain"))
+            measure = f"{r['syncs_per_step']} syncs"
+            if r.get("target") and plain:
+                ratio = r["wall_ms"] / plain["wall_ms"]
+                measure += f", {ratio:.3f}x plain"
+                goal = f"<= {r['target']:.2f}x, 0 syncs"
+                ok = "yes" if ratio <= r["target"] and r["syncs_per_step"] == 0 else "NO"
+        lines.append(f"{kind + ' ' + shape:<58} {provider:<14} {r['device_ms']:>10.4f} {r['wall_ms']:>9.3f} "
+                     f"{measure:>22} {goal:>10}  {ok}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "gpu-out")))
+    ap.add_argument("--extras", action="store_true", help="also eager, compiled and Kornia providers")
+    ap.add_argument("--summary", action="store_true")
+    a = ap.parse_args(argv)
+    if a.summary:
+        print(summary(a.out))
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_bench: no CUDA device; nothing to measure")
+        return 0
+    results = Results(a.out)
+    parts = [("grid_mix", lambda: bench_grid_mix(results, a.extras)), ("loss", lambda: bench_loss(results, a.extras))]
+    if not a.extras:
+        parts.append(("train_step", lambda: bench_train_step(results)))
+    for name, part in parts:
+        try:
+            part()
+        except KeyboardInterrupt:  # the global deadline (timeout -s INT): keep what was measured
+            print(f"gpu_bench: interrupted during {name}", flush=True)
+            return 130
+        except Exception:
+            results.add(kind=name, shape="-", provider="error", device_ms=float("nan"), wall_ms=float("nan"),
+                        error=traceback.format_exc(limit=-8))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Mixing in DataLoader workers: MixCollate on uint8 batches, per-batch and per-worker seeding, the phase-four
+collate in workers, mix_off_epoch, shared-memory outputs."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import patchmix.batch
+from patchmix import EpochBatchSampler, GuidedPatchMix, KeyedDataset, Mix, MixCollate, MixedBatch, RandomPatchMix
+from patchmix.collate import BatchKey, KeyedIndices, stack_batch, worker_output
+from patchmix.guided import mixed_loader
+from patchmix.search import Policy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def uint8_dataset(n=64, H=8, K=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, H, H), generator=g, dtype=torch.uint8)
+    return TensorDataset(images, torch.arange(n) % K)
+
+
+def draws(batch: MixedBatch):
+    return batch.index_b, batch.lam, batch.mask
+
+
+def same_draws(a: MixedBatch, b: MixedBatch) -> bool:
+    return all(torch.equal(s, t) for s, t in zip(draws(a), draws(b), strict=True))
+
+
+def test_each_worker_draws_its_own_stream():
+    """Without batch keys every worker gets a stream of its own: the first batch of worker 0 and of worker 1 differ
+    (a generator copied into both forked workers would draw the same permutation, masks and weights)."""
+    ds = uint8_dataset()
+    mixer = RandomPatchMix(grid_size=4, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(ds, batch_size=16, collate_fn=MixCollate(mixer, seed=3), num_workers=2)
+    b0, b1, b2, b3 = list(loader)  # workers serve batches 0, 2 (worker 0) and 1, 3 (worker 1)
+    assert not same_draws(b0, b1) and not same_draws(b2, b3)
+    again = list(DataLoader(ds, batch_size=16, collate_fn=MixCollate(mixer, seed=3), num_workers=2))
+    assert all(same_draws(a, b) for a, b in zip([b0, b1, b2, b3], again, strict=True)), "reproducible"
+    assert b0.images.dtype == torch.uint8 and b0.mask.shape == (16, 4, 4)
+
+
+def test_phase_four_loader_workers_draw_different_random_parts():
+    """mixed_loader with two workers: the random part of each worker's first batch differs."""
+    rng = np.random.default_rng(0)
+    policy = Policy([[0, 0], [1, 3], [2, 3]], rng.random((3, 4, 4)) < 0.5, ["a", "b", "c", "d"], 4)
+    ds = uint8_dataset(n=80)
+    gp = GuidedPatchMix(policy, ds.tensors[1], generator=torch.Generator().manual_seed(0))
+    counts = (2, 8, 2)
+    loader = mixed_loader(ds, gp, counts, generator=torch.Generator().manual_seed(0), num_workers=2)
+    b0, b1 = list(loader)[:2]
+    rnd = slice(2, 10)
+    assert not torch.equal(b0.mask[rnd], b1.mask[rnd])
+    # the parts' pairs index the loaded batch (original 0-1, random 2-9, guided pairs 10-11 with 12-13)
+    assert torch.equal(b0.index_a, torch.arange(12)) and torch.equal(b0.index_b[10:], torch.tensor([12, 13]))
+    collate = loader.collate_fn
+    x, y = ds.tensors[0][:14], ds.tensors[1][:14]
+    y[10:12], y[12:14] = torch.tensor([1, 2]), torch.tensor([3, 3])  # policy pairs (b, d), (c, d)
+    batch = collate.mix(x, y, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(batch.apply(x), batch.images)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_keyed_batches_draw_the_same_for_any_number_of_workers_and_resume_exactly(workers):
+    ds = KeyedDataset(uint8_dataset(n=96))
+    index_batches = list(torch.randperm(96, generator=torch.Generator().manual_seed(1)).split(16))
+    mix = Mix(mixup_alpha=1.0, cutmix_alpha=1.0, patchmix_alpha=1.0, mode="elem")
+
+    def run(n_workers, epoch, first_step=0):
+        sampler = EpochBatchSampler(index_batches[first_step:], epoch, first_step)
+        loader = DataLoader(ds, batch_sampler=sampler, collate_fn=MixCollate(mix, seed=7), num_workers=n_workers)
+        return list(loader)
+
+    ref = run(0, epoch=2)
+    got = run(workers, epoch=2)
+    assert all(same_draws(a, b) and torch.equal(a.images, b.images) for a, b in zip(ref, got, strict=True))
+    tail = run(workers, epoch=2, first_step=4)  # a resumed epoch redraws the remaining batches exactly
+    assert all(same_draws(a, b) for a, b in zip(ref[4:], tail, strict=True))
+    other = run(0, epoch=3)
+    assert not any(same_draws(a, b) for a, b in zip(ref, other, strict=True)), "a new epoch, new draws"
+
+
+def test_collate_mixes_uint8_with_the_grid_mix_kernel_and_applies_the_transform(monkeypatch):
+    calls = []
+    real = patchmix.batch.grid_mix
+    monkeypatch.setattr(patchmix.batch, "grid_mix", lambda *a, **kw: calls.append(a[0].dtype) or real(*a, **kw))
+    flips = []
+
+    def flip(x, generator):
+        flips.append(generator)
+        return x.flip(3)
+
+    collate = MixCollate(Mix(mixup_alpha=0.0, patchmix_alpha=1.0, mode="elem"), transform=flip)
+    samples = [uint8_dataset()[i] for i in range(5)]
+    batch = collate(samples)  # a plain list of samples: the per-worker stream
+    assert calls == [torch.uint8] and batch.images.dtype == torch.uint8 and len(flips) == 1
+    x = torch.stack([s[0] for s in samples]).flip(3)
+    assert torch.equal(batch.apply(x), batch.images), "the transform ran before mixing"
+    g_t, g_m = collate.generators(BatchKey(0, 0))
+    assert g_t.initial_seed() != g_m.initial_seed(), "crops and mixing draw from separate generators"
+
+
+def test_mix_off_epoch_serves_unmixed_batches():
+    ds = KeyedDataset(uint8_dataset())
+    collate = MixCollate(Mix(mixup_alpha=0.0, patchmix_alpha=1.0, mode="elem"), mix_off_epoch=2)
+    for epoch, mixed in ((1, True), (2, False), (5, False)):
+        loader = DataLoader(ds, batch_sampler=EpochBatchSampler([torch.arange(16)], epoch), collate_fn=collate)
+        batch = next(iter(loader))
+        assert bool((batch.lam < 1).any()) == mixed
+        if not mixed:  # the mixer's own unmixed batch: an all-True grid for PatchMix
+            assert batch.mask.all() and torch.equal(batch.images, ds.dataset.tensors[0][:16])
+
+
+def test_stack_batch_and_keys():
+    ds = uint8_dataset()
+    x, y, key = stack_batch([ds[0], ds[1]])
+    assert x.shape == (2, 3, 8, 8) and y.dtype == torch.int64 and key is None
+    soft = stack_batch([(ds[0][0], torch.tensor([0.5, 0.5])), (ds[1][0], torch.tensor([1.0, 0.0]))])
+    assert soft.labels.shape == (2, 2) and soft.labels.is_floating_point()
+    idx = KeyedIndices([3, 4], BatchKey(1, 2))
+    assert idx == [3, 4] and idx.key == (1, 2)
+    assert KeyedDataset(ds).__getitems__(idx).key == (1, 2)
+    with pytest.raises(ValueError, match="empty"):
+        stack_batch([])
+    with pytest.raises(TypeError, match="mixer must be callable"):
+        MixCollate(3)
+
+
+def test_worker_output_is_shared_memory_like_the_input(monkeypatch):
+    x = torch.zeros(4, 3, 8, 8, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    assert worker_output(x) is None  # the main process
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    out = worker_output(x)
+    assert out.is_shared() and out.shape == x.shape and out.stride() == x.stride() and out.dtype == torch.uint8
+    batch = Mix(mixup_alpha=0.0, patchmix_alpha=1.0, mode="elem")(x, torch.zeros(4, dtype=torch.int64), out=out)
+    assert batch.images is out
