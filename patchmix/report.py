@@ -6,8 +6,10 @@
 * :func:`pairs_figure`: the discovered class pairs as a ``K x K`` heat map (how many seeds chose each pair).
 * :func:`accuracy_figure`: test accuracy per method, mean with the spread over seeds, every seed as a dot.
 * :func:`curves_figure`: validation accuracy per epoch, per method (mean over seeds).
+* :func:`fidelity_figure`: cached against exact fitness of the fidelity check's policies.
+* :func:`ablation_figure`: an ablation's table (``patchmix ablate``) as grouped bars.
 * :func:`make_figures`: every figure of a ``patchmix run``.
-* :func:`summarize`, :func:`format_table`, :func:`write_report`.
+* :func:`summarize`, :func:`format_table`, :func:`fidelity_summary`, :func:`fidelity_text`, :func:`write_report`.
 """
 
 from __future__ import annotations
@@ -197,6 +199,65 @@ def curves_figure(results: Sequence[dict], path: str, title: str = "Validation a
     return _save(fig, path)
 
 
+def fidelity_figure(searches: dict, path: str) -> str:
+    """Scatter of cached (x) against exact (y) fitness of the fidelity check's policies: the random population
+    (circles) and the final population (crosses), one colour per seed, each titled with its Spearman rho."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8))
+    for ax, key, title in ((axes[0], "random", "random policies"), (axes[1], "final", "final population")):
+        rhos = []
+        for i, (seed, s) in enumerate(searches.items()):
+            part = (s.get("fidelity") or {}).get(key)
+            if not part or not part.get("cached"):
+                continue
+            ax.scatter(part["cached"], part["exact"], s=14, color=f"C{i}", marker="o" if key == "random" else "x",
+                       label=f"seed {seed}")
+            rhos.append(part["spearman"])
+        shown = [f"{r:.2f}" if r is not None else "n/a" for r in rhos]
+        ax.set_title(f"{title}: Spearman {', '.join(shown) or 'n/a'}", fontsize=9)
+        ax.set_xlabel("cached fitness (unmixed patch logits)")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(4))
+        ax.grid(alpha=0.3)
+        if rhos:
+            ax.legend(fontsize=7)
+    axes[0].set_ylabel("exact fitness (f_T on composed images)")
+    fig.suptitle("Cache fidelity: does the cache rank policies as f_T does?", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def ablation_figure(doc: dict, path: str) -> str:
+    """Grouped bars of an ablation table (:func:`patchmix.ablation.tabulate`): one group per row, one bar per
+    column (mean test top-1, error bar: std over seeds, dots: each seed)."""
+    plt = _plt()
+    rows, cols = doc["rows"], doc["cols"]
+    fig, ax = plt.subplots(figsize=(1.7 * len(rows) * len(cols) / 2 + 2.5, 3.8))
+    width = 0.8 / len(cols)
+    everything = []
+    for j, c in enumerate(cols):
+        x = np.arange(len(rows)) + (j - (len(cols) - 1) / 2) * width
+        means = [100 * (doc["cells"][r][c]["mean"] or 0.0) for r in rows]
+        stds = [100 * doc["cells"][r][c]["std"] for r in rows]
+        ax.bar(x, means, width * 0.9, yerr=stds, capsize=3, color=f"C{j}", alpha=0.8, label=doc["col_labels"][c])
+        for xi, r in zip(x, rows, strict=True):
+            vals = [100 * v for v in doc["cells"][r][c]["values"]]
+            everything += vals
+            ax.scatter([xi] * len(vals), vals, color="black", s=8, zorder=3)
+    if everything:
+        lo, hi = min(everything), max(everything)
+        pad = max(0.5, (hi - lo) * 0.4)
+        ax.set_ylim(max(0, lo - pad), min(100.5, hi + pad))
+    ax.set_xticks(np.arange(len(rows)))
+    ax.set_xticklabels([doc["row_labels"][r].split(" (")[0] for r in rows], fontsize=8)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(doc["table"].replace("table", "Table ") + (": fitness x same-class pairs" if doc["table"] == "table6"
+                                                            else ": supervision x grid size"), fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def render_samples(cfg, ds, method: str, path: str, n: int = 16, seed: int = 0, policy=None,
                    split: str = "train") -> str:
     """A PNG grid of ``n`` samples of ``split`` mixed by ``method`` (``guided`` needs ``policy``: its samples
@@ -226,11 +287,12 @@ def render_samples(cfg, ds, method: str, path: str, n: int = 16, seed: int = 0, 
     return mixed_samples_figure(mb, list(ds.classes), path, title=f"{title} on {ds.name} (title: soft label)")
 
 
-def make_figures(cfg, ds, out: str, results, summary, policy, policies, logbooks) -> dict:
+def make_figures(cfg, ds, out: str, results, summary, policy, policies, logbooks, searches=None) -> dict:
     """Write a run's PNGs under ``out/figures``; returns ``{name: path relative to out}``.
 
     ``policy``: the first seed's policy (its guided samples are drawn); ``policies``: every seed's (the pair
-    heat map); ``logbooks``: ``{label: logbook}`` of the searches."""
+    heat map); ``logbooks``: ``{label: logbook}`` of the searches; ``searches``: ``{seed: search record}``
+    (the fidelity check's points)."""
     figdir = os.path.join(out, "figures")
     figs: dict[str, str] = {}
 
@@ -247,10 +309,45 @@ def make_figures(cfg, ds, out: str, results, summary, policy, policies, logbooks
         add("fitness", fitness_figure(logbooks, os.path.join(figdir, "fitness.png")))
     if policies:
         add("pairs", pairs_figure(policies, list(ds.classes), os.path.join(figdir, "pairs.png")))
+    if fidelity_summary(searches or {}):
+        add("fidelity", fidelity_figure(searches, os.path.join(figdir, "fidelity.png")))
     if summary:
         add("accuracy", accuracy_figure(summary, results, os.path.join(figdir, "accuracy.png")))
         add("curves", curves_figure(results, os.path.join(figdir, "curves.png")))
     return figs
+
+
+def _fidelity_section(search: dict, summary: dict | None, figures: dict[str, str]) -> list[str]:
+    """report.md's "Cache fidelity" section: per seed, the goal, and what a low value means."""
+    if not any(s.get("fidelity") for s in search.values()):
+        return []
+    lines = ["## Cache fidelity", "",
+             "Spearman rank correlation between the cached fitness the search optimises and the exact fitness "
+             "(f_T run on the composed validation images, the same draws), over random policies and over the "
+             "distinct policies of the search's final population."]
+    if summary:
+        lines[-1] += f" Goal: >= {summary['goal']}; {summary['draws']} draws per class pair."
+    lines += ["", "| seed | random policies | final population | seconds |", "|---|---|---|---|"]
+    for seed, s in search.items():
+        fid = s.get("fidelity") or {}
+        if "skipped" in fid:
+            lines.append(f"| {seed} | not measured: {fid['skipped']} | | |")
+            continue
+        cells = []
+        for key in ("random", "final"):
+            part = fid.get(key)
+            rho = "n/a" if not part or part["spearman"] is None else f"{part['spearman']:.3f}"
+            cells.append(f"{rho} (n = {part['n']})" if part else rho)
+        lines.append(f"| {seed} | {cells[0]} | {cells[1]} | {fid.get('seconds', 0):.1f} |")
+    lines.append("")
+    if summary and summary["below_goal"]:
+        lines += [FIDELITY_BELOW_GOAL, ""]
+    elif summary:
+        lines += ["At or above the goal: the cache ranks these policies as f_T does, so the search's choice is "
+                  "the model's choice.", ""]
+    if "fidelity" in figures:
+        lines += [f"![cache fidelity]({figures['fidelity']})", ""]
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,6 +391,46 @@ def format_table(summary: dict, fgsm: dict | None = None, markdown: bool = False
     return "\n".join(lines)
 
 
+def fidelity_summary(searches: dict) -> dict | None:
+    """Over the seeds' fidelity checks: per population (``random``, ``final``) the mean and the lowest Spearman
+    correlation and the seeds measured; ``below_goal`` when any is under the goal. None without a check."""
+    from .search.fidelity import GOAL
+
+    checks = [s["fidelity"] for s in searches.values() if s.get("fidelity") and "random" in s["fidelity"]]
+    if not checks:
+        return None
+    out: dict = {"goal": GOAL, "draws": checks[0]["draws"]}
+    for key in ("random", "final"):
+        rhos = [c[key]["spearman"] for c in checks if c.get(key) and c[key]["spearman"] is not None]
+        out[key] = {"mean": statistics.fmean(rhos), "min": min(rhos), "seeds": len(rhos)} if rhos else None
+    out["below_goal"] = any(out[k] is not None and out[k]["min"] < GOAL for k in ("random", "final"))
+    return out
+
+
+def fidelity_text(fid: dict) -> str:
+    """One line for a seed's fidelity check (the log and the report)."""
+    if "skipped" in fid:
+        return f"cache fidelity not measured: {fid['skipped']}"
+
+    def rho(part):
+        if not part:
+            return "n/a"
+        return f"{part['spearman']:.2f} (n = {part['n']})" if part["spearman"] is not None else f"n/a (n = {part['n']})"
+
+    return (f"cache fidelity (Spearman, cached vs exact fitness): random policies {rho(fid.get('random'))}, "
+            f"final population {rho(fid.get('final'))}; {fid.get('seconds', 0):.1f} s")
+
+
+FIDELITY_BELOW_GOAL = (
+    "Below the goal: the cached fitness (each patch scored by f_T's prediction on the *unmixed* image, a linear "
+    "approximation) ranks these policies differently from f_T on the composed images. The search then optimises "
+    "the proxy rather than the model: its policy holds the pairs and masks that are hardest for the per-patch "
+    "predictions without the other image's context, which need not be the compositions f_T finds hardest. Read "
+    "the guided row as 'guided by the proxy'; where the final population's correlation is the low one, the "
+    "policies the search chose between differ by less than the proxy's error, so which of them won is "
+    "arbitrary, though all of them may still be good.")
+
+
 def write_report(out: str, metrics: dict, figures: dict[str, str]) -> str:
     """``report.md`` in ``out``, linking the figures (paths relative to ``out``) and files."""
     cfg = metrics.get("config", {})
@@ -329,6 +466,7 @@ def write_report(out: str, metrics: dict, figures: dict[str, str]) -> str:
         for key, text in (("fitness", "fitness per generation"), ("pairs", "discovered class pairs")):
             if key in figures:
                 lines += [f"![{text}]({figures[key]})", ""]
+        lines += _fidelity_section(search, metrics.get("fidelity"), figures)
     if "samples" in figures or "guided_samples" in figures:
         lines += ["## Mixed samples", ""]
         for key in ("samples", "guided_samples"):

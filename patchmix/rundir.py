@@ -10,9 +10,14 @@ A ``patchmix run`` folder::
     checkpoints/       <method>-seed<s>.pt (training), search-seed<s>.npz (search)
     policy.json        the first seed's policy (policies/seed<s>.json: every seed's)
     search/            seed<s>-logbook.json: best/mean/worst fitness and pair changes per generation
-    figures/           samples.png, guided_samples.png, fitness.png, pairs.png, accuracy.png, curves.png
+    figures/           samples.png, guided_samples.png, fitness.png, pairs.png, accuracy.png, curves.png,
+                       fidelity.png
 
 ``patchmix train`` and ``patchmix search`` write the same kinds of files (``search.npz``, ``logbook.json``).
+``patchmix ablate`` writes its jobs' files with a variant tag (``checkpoints/random-P8-image-seed0.pt``,
+``checkpoints/guided-max-allowed-seed0.pt``, ``policies/max-allowed-seed0.json``, ...), its table as
+``table6.md`` / ``table6.json`` (``table7.*``) and ``figures/table6.png``; a variant equal to the run's own
+settings uses the run's file names, so an ablation in a run's folder reuses that run's finished jobs.
 
 Rules (:func:`check_output`, :func:`clean_output`): a folder that does not exist or is empty is fine; a
 folder holding a patchmix run (its ``config.json`` is a patchmix configuration) is reused; any other
@@ -27,6 +32,7 @@ import json
 import os
 import re
 
+from .choices import METHODS
 from .config import Config
 from .errors import ConfigError, OutputError
 from .files import read_json
@@ -35,32 +41,42 @@ from .files import read_json
 #: names above, an older version's search checkpoint (``.pkl``), and the temporary file of a write that a
 #: kill interrupted (``<name>.tmp<pid>``).
 RUN_FILES = re.compile(
-    r"((config|metrics)\.json|log\.jsonl|report\.md|policy\.json"
-    r"|checkpoints/(base|mixup|cutmix|random|guided)-seed-?\d+\.pt"
-    r"|checkpoints/search(-seed-?\d+)?\.(npz|pkl)"
-    r"|policies/seed-?\d+\.json"
-    r"|search/(seed-?\d+-)?logbook\.json"
-    r"|figures/(samples|guided_samples|fitness|pairs|accuracy|curves)\.png)(\.tmp\d+)?"
+    r"((config|metrics)\.json|log\.jsonl|report\.md|policy\.json|table[67]\.(md|json)"
+    rf"|checkpoints/({'|'.join(METHODS)})(-[A-Za-z0-9]+)*-seed-?\d+\.pt"
+    r"|checkpoints/search((-[A-Za-z0-9]+)*-seed-?\d+)?\.(npz|pkl)"
+    r"|policies/([A-Za-z0-9]+-)*seed-?\d+\.json"
+    r"|search/(([A-Za-z0-9]+-)*seed-?\d+-)?logbook\.json"
+    r"|figures/(samples|guided_samples|fitness|pairs|accuracy|curves|fidelity|table[67])\.png)(\.tmp\d+)?"
 )
 
 #: Settings that may change between a run and its resume without changing its results.
 RESUME_FREE = {"run.threads", "data.workers", "run.show_samples"}
+#: ... and between a run and an ablation that shares its folder (each trains the seeds and methods it needs).
+ABLATION_FREE = RESUME_FREE | {"run.seeds", "run.methods", "run.fidelity_individuals", "run.fidelity_draws",
+                               "run.fgsm_epsilons"}
 
 
-def checkpoint_path(out: str, method: str, seed: int) -> str:
-    return os.path.join(out, "checkpoints", f"{method}-seed{seed}.pt")
+def _tagged(tag: str, name: str) -> str:
+    """``name`` of a variant: ``<tag>-<name>`` (no tag: the run's own file)."""
+    return f"{tag}-{name}" if tag else name
 
 
-def search_checkpoint_path(out: str, seed: int | None = None) -> str:
-    return os.path.join(out, "checkpoints", "search.npz" if seed is None else f"search-seed{seed}.npz")
+def checkpoint_path(out: str, method: str, seed: int, tag: str = "") -> str:
+    return os.path.join(out, "checkpoints", f"{method}-{_tagged(tag, f'seed{seed}')}.pt")
 
 
-def policy_path(out: str, seed: int) -> str:
-    return os.path.join(out, "policies", f"seed{seed}.json")
+def search_checkpoint_path(out: str, seed: int | None = None, tag: str = "") -> str:
+    name = "search.npz" if seed is None else f"search-{_tagged(tag, f'seed{seed}')}.npz"
+    return os.path.join(out, "checkpoints", name)
 
 
-def logbook_path(out: str, seed: int | None = None) -> str:
-    return os.path.join(out, "search", "logbook.json" if seed is None else f"seed{seed}-logbook.json")
+def policy_path(out: str, seed: int, tag: str = "") -> str:
+    return os.path.join(out, "policies", f"{_tagged(tag, f'seed{seed}')}.json")
+
+
+def logbook_path(out: str, seed: int | None = None, tag: str = "") -> str:
+    name = "logbook.json" if seed is None else f"{_tagged(tag, f'seed{seed}')}-logbook.json"
+    return os.path.join(out, "search", name)
 
 
 def is_run_folder(out: str) -> bool:
@@ -92,9 +108,10 @@ def clean_output(out: str) -> list[str]:
     return sorted(removed)
 
 
-def check_resume_config(cfg: Config, out: str) -> None:
+def check_resume_config(cfg: Config, out: str, free: set[str] = RESUME_FREE, what: str = "--resume") -> None:
     """Refuse ``--resume`` when the settings differ from the run in ``out`` (its ``config.json``): finished
-    jobs would otherwise be reused beside jobs trained with other settings, in one table."""
+    jobs would otherwise be reused beside jobs trained with other settings, in one table. ``free``: the keys
+    that may differ; ``what``: the command's name in the message."""
     saved = read_json(os.path.join(out, "config.json"), None)
     if saved is None:
         return
@@ -108,13 +125,14 @@ def check_resume_config(cfg: Config, out: str) -> None:
 
     old, new = dict(flat(saved)), dict(flat(json.loads(json.dumps(cfg.to_dict()))))  # both as JSON reads them
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k not in RESUME_FREE and old.get(k) != new.get(k)]
+            if k not in free and old.get(k) != new.get(k)]
     if diff:
         raise ConfigError(
-            f"--resume: the settings differ from the run in {out} ({'; '.join(diff)}); resume with the same "
-            f"flags, e.g. --config {os.path.join(out, 'config.json')}, or start a new --out"
+            f"{what}: the settings differ from the run in {out} ({'; '.join(diff)}); use the same flags, e.g. "
+            f"--config {os.path.join(out, 'config.json')}, or a new --out"
         )
 
 
-__all__ = ["RESUME_FREE", "RUN_FILES", "check_output", "check_resume_config", "checkpoint_path", "clean_output",
+__all__ = ["ABLATION_FREE", "RESUME_FREE", "RUN_FILES", "check_output", "check_resume_config", "checkpoint_path",
+           "clean_output",
            "is_run_folder", "logbook_path", "policy_path", "search_checkpoint_path"]

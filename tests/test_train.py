@@ -55,6 +55,14 @@ def test_paper_cifar_preset_is_the_papers_recipe():
     assert training.lr_at(cfg, 400 * 500 - 1, 400 * 500, 500) < 1e-6
 
 
+def test_mnist5k_preset_runs_the_comparison_on_real_digits():
+    cfg = config.preset("mnist5k")
+    assert cfg.data.source == "mnist5k" and cfg.data.augment == "auto" and cfg.model.name == "auto"
+    assert cfg.model.grid_size == 4 and cfg.train.batch_size == 128 and cfg.train.schedule == "cosine"
+    assert (cfg.search.population, cfg.search.generations) == (500, 250) and cfg.run.seeds == (0, 1, 2)
+    assert config.resolve("mnist5k", None, {"data.source": "/data/my.csv.gz"}).data.source == "/data/my.csv.gz"
+
+
 def test_config_file_round_trip_and_errors(tmp_path):
     cfg = config.resolve("paper-cifar", None, {"run.seeds": "3,4", "train.guided_fractions": "0.5,0.25,0.25"})
     cfg.save(tmp_path / "c.json")

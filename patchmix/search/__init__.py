@@ -10,7 +10,8 @@ Typical use::
 
 Modules: :mod:`.pairs` (pair ids, slot pools, the default ``N``), :mod:`.settings` (:class:`SearchConfig`,
 the one vocabulary of search settings), :mod:`.fitness` (the cache, cached and exact fitness, the closed-form
-optimum), :mod:`.genetic` (the DEAP search) and :mod:`.policy` (its result as JSON).
+optimum), :mod:`.fidelity` (how faithful the cache is: cached against exact fitness), :mod:`.genetic` (the DEAP
+search) and :mod:`.policy` (its result as JSON).
 
 The DEAP search is imported on first use of one of its names (``search``, ``GeneticSearch``, ...), so that
 ``import patchmix`` does not import DEAP.
@@ -18,6 +19,7 @@ The DEAP search is imported on first use of one of its names (``search``, ``Gene
 
 import importlib
 
+from .fidelity import cache_fidelity
 from .fitness import (
     CachedFitness,
     CachedLogits,
@@ -30,7 +32,7 @@ from .fitness import (
 )
 from .pairs import pair_classes, pair_id
 from .policy import Policy, PolicyError
-from .settings import MUTATIONS, SearchConfig
+from .settings import MUTATIONS, PAPER_OPERATORS, SearchConfig
 
 _GENETIC = ("GeneticSearch", "SearchResult", "search")
 
@@ -43,6 +45,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "MUTATIONS",
+    "PAPER_OPERATORS",
     "CachedFitness",
     "CachedLogits",
     "ExactFitness",
@@ -52,6 +55,7 @@ __all__ = [
     "PolicyError",
     "SearchConfig",
     "SearchResult",
+    "cache_fidelity",
     "fitness_rank_correlation",
     "pair_classes",
     "pair_id",

@@ -7,22 +7,29 @@ searched); ``"allowed"`` lets them compete with the other pairs; ``"excluded"`` 
 is active, so an individual has exactly ``N`` (at most ``N``, as the paper asks) distinct pairs: the fitness
 is a mean over pairs, and letting the count shrink would make a single pair optimal.
 
-One generation (DEAP ``toolbox``): the ``elite`` best survive unchanged; the rest are chosen by tournament
-(``tools.selTournament``), varied by ``algorithms.varAnd`` (crossover with probability ``cxpb``, mutation
-with ``mutpb``) and scored together by one call of ``patchmix.ops.population_fitness`` through the
-toolbox's ``map``. ``tools.HallOfFame`` keeps the best individual ever seen; ``tools.Logbook`` records
-best/mean/worst fitness and the pairs entering or leaving the best individual.
+One generation (DEAP ``toolbox``): parents are chosen by tournament (``tools.selTournament``), varied by
+``algorithms.varAnd`` (crossover with probability ``cxpb``, mutation with ``mutpb``) and the offspring
+scored together by one call of ``patchmix.ops.population_fitness`` through the toolbox's ``map``. The next
+population (``replacement``): ``plus`` (default) keeps the best ``population`` of parents and offspring
+(``offspring_ratio * population`` offspring; DEAP's mu + lambda with truncation, offspring identical to
+their parent dropped); ``generational`` (the paper's) keeps the ``elite`` best parents and
+``population - elite`` offspring. ``tools.HallOfFame`` keeps the best individual ever seen;
+``tools.Logbook`` records best/mean/worst fitness and the pairs entering or leaving the best individual.
 
 Operators (each shown by a test in ``tests/test_search.py``):
 
-* crossover: for every pair present in both parents, child 1 takes mask columns ``< P // 2`` (the left half)
-  from parent 1 and the rest from parent 2, child 2 the opposite. With ``cx_pairs`` (default; the paper is
-  silent on how pair *sets* recombine) the slots whose pairs the parents do not share are also exchanged,
-  each with probability 1/2, mask included, so good pairs spread between individuals.
+* crossover: for every pair present in both parents the masks are recombined: ``uniform`` (default) takes
+  each cell from either parent with probability 1/2 (the children are complementary); ``half`` (the
+  paper's) gives child 1 mask columns ``< P // 2`` (the left half) from parent 1 and the rest from parent 2,
+  child 2 the opposite. With ``cx_pairs`` (default; the paper is silent on how pair *sets* recombine) the
+  slots whose pairs the parents do not share are also exchanged, each with probability 1/2, mask included,
+  so good pairs spread between individuals.
 * flip tails: invert every active mask.
 * transpose: transpose every mask.
 * flip heads: replace active (non-forced) pairs, each with probability ``heads_indpb`` (at least one), by
-  pairs the individual lacks; the slot keeps its mask.
+  pairs the individual lacks. With probability ``heads_near`` the new pair keeps one class of the old one
+  and the cells that class supplies (the mask is inverted when the kept class changes sides); else it is
+  any absent pair and the slot keeps its mask (the paper's move).
 * random tails: flip mask cells, each with probability ``tails_indpb`` (at least one).
 
 Reproducibility: numpy ``Generator`` for the operators and a private copy of the ``random`` module state
@@ -55,7 +62,7 @@ from deap import algorithms, base, creator, tools
 from ..errors import CheckpointError, ConfigError
 from ..files import atomic_path
 from .fitness import CachedFitness
-from .pairs import random_genome, slot_pools
+from .pairs import pair_classes, pair_id, random_genome, slot_pools
 from .policy import Policy
 from .settings import MUTATIONS, SearchConfig
 
@@ -106,14 +113,43 @@ def clone(ind):
 # --------------------------------------------------------------------------------------------------
 
 
-def crossover(ind1, ind2, rng: np.random.Generator, num_forced: int = 0, cx_pairs: bool = True):
-    """Half-mask crossover of shared pairs (+ exchange of unshared slots with ``cx_pairs``); in place."""
-    P = ind1.masks.shape[-1]
-    h = P // 2
-    _, i1, i2 = np.intersect1d(ind1.pairs, ind2.pairs, assume_unique=True, return_indices=True)
-    right1 = ind1.masks[i1, :, h:].copy()
-    ind1.masks[i1, :, h:] = ind2.masks[i2, :, h:]
-    ind2.masks[i2, :, h:] = right1
+def coin_flips(rng: np.random.Generator, shape) -> np.ndarray:
+    """Fair random booleans of ``shape``, from random bytes (8 per byte: a third of the time of
+    ``rng.random(shape) < 0.5`` for a 2,000-pair individual's 32,000 cells)."""
+    n = int(np.prod(shape))
+    bits = np.unpackbits(rng.integers(0, 256, size=(n + 7) // 8, dtype=np.uint8))
+    return bits[:n].view(bool).reshape(shape)
+
+
+def shared_slots(pairs1: np.ndarray, pairs2: np.ndarray, scratch: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Slots ``(i1, i2)`` with ``pairs1[i1] == pairs2[i2]`` (pair ids unique within an individual).
+
+    ``scratch``: int32 zeros with one entry per pair id (``Q``), returned to zeros: a lookup instead of
+    ``np.intersect1d``'s sort (at ImageNet scale, ``N = 2000``: 0.8 ms -> a few us per crossover)."""
+    if scratch is None:
+        _, i1, i2 = np.intersect1d(pairs1, pairs2, assume_unique=True, return_indices=True)
+        return i1, i2
+    scratch[pairs1] = np.arange(1, len(pairs1) + 1, dtype=np.int32)
+    hit = scratch[pairs2]
+    scratch[pairs1] = 0
+    i2 = np.flatnonzero(hit)
+    return hit[i2].astype(np.int64) - 1, i2
+
+
+def crossover(ind1, ind2, rng: np.random.Generator, num_forced: int = 0, cx_pairs: bool = True,
+              kind: str = "uniform", scratch: np.ndarray | None = None):
+    """Mask crossover of the shared pairs (``uniform`` cells or the paper's ``half`` masks) and, with
+    ``cx_pairs``, exchange of unshared slots with their masks; in place. ``scratch``: see :func:`shared_slots`."""
+    i1, i2 = shared_slots(ind1.pairs, ind2.pairs, scratch)
+    m1, m2 = ind1.masks[i1], ind2.masks[i2]
+    if kind == "uniform":
+        swap = coin_flips(rng, m1.shape)
+    else:  # half: child 1 keeps its left half (columns < P // 2) and takes the right half of parent 2
+        swap = np.zeros(m1.shape, bool)
+        swap[..., m1.shape[-1] // 2:] = True
+    ind1.masks[i1] = np.where(swap, m2, m1)
+    ind2.masks[i2] = np.where(swap, m1, m2)
     if cx_pairs:
         shared1 = np.zeros(len(ind1.pairs), bool)
         shared1[i1] = True
@@ -143,8 +179,31 @@ def transpose(ind):
     return (ind,)
 
 
-def flip_heads(ind, rng: np.random.Generator, optional: np.ndarray, num_forced: int = 0, indpb: float | None = None):
-    """Replace non-forced pairs (each with probability ``indpb``, at least one) by pairs the individual lacks."""
+class PairNeighbours:
+    """The pairs that share a class with a given pair, for the ``near`` moves of flip heads: for ``K``
+    classes and the pairs a slot may hold (``optional``), ``candidates(c)`` lists the allowed pair ids
+    ``{c, d}`` for every class ``d`` (``K`` lookups, no table of neighbours: ``Q`` is 500,500 at ``K = 1000``)."""
+
+    def __init__(self, num_classes: int, optional: np.ndarray):
+        self.K = num_classes
+        self.classes = pair_classes(num_classes).numpy()
+        self.allowed = np.zeros(len(self.classes), bool)
+        self.allowed[optional] = True
+        self._all = np.arange(num_classes)
+
+    def candidates(self, c: int) -> np.ndarray:
+        ids = pair_id(c, self._all, self.K)
+        return ids[self.allowed[ids]]
+
+
+def flip_heads(ind, rng: np.random.Generator, optional: np.ndarray, num_forced: int = 0, indpb: float | None = None,
+               near: float = 0.0, neighbours: PairNeighbours | None = None):
+    """Replace non-forced pairs (each with probability ``indpb``, at least one) by pairs the individual lacks.
+
+    With probability ``near`` (needs ``neighbours``) the new pair keeps one class ``c`` of the old pair and
+    draws the other; ``c`` keeps supplying the same cells (a pair's True cells come from its first class, so
+    the mask is inverted when ``c`` changes sides). Otherwise any absent pair, the slot keeping its mask.
+    """
     free = len(ind.pairs) - num_forced
     if free <= 0 or len(optional) <= free:
         return (ind,)
@@ -154,23 +213,36 @@ def flip_heads(ind, rng: np.random.Generator, optional: np.ndarray, num_forced: 
         chosen = rng.integers(free, size=1)
     present = set(ind.pairs.tolist())
     for slot in chosen + num_forced:
-        while True:
-            cand = int(optional[rng.integers(len(optional))])
-            if cand not in present:
-                break
-        present.discard(int(ind.pairs[slot]))
+        old = int(ind.pairs[slot])
+        cand = -1
+        if neighbours is not None and near > 0 and rng.random() < near:
+            a, b = neighbours.classes[old]
+            keep_first = bool(rng.random() < 0.5)
+            kept = int(a if keep_first else b)
+            options = [q for q in neighbours.candidates(kept).tolist() if q not in present]
+            if options:
+                cand = options[int(rng.integers(len(options)))]
+                lo, hi = neighbours.classes[cand]
+                if lo != hi and (lo == kept) != keep_first:  # the kept class changed sides
+                    np.logical_not(ind.masks[slot], out=ind.masks[slot])
+        while cand < 0:
+            q = int(optional[rng.integers(len(optional))])
+            if q not in present:
+                cand = q
+        present.discard(old)
         present.add(cand)
         ind.pairs[slot] = cand
     return (ind,)
 
 
 def random_tails(ind, rng: np.random.Generator, indpb: float | None = None):
-    """Flip mask cells, each with probability ``indpb`` (default ``2 / (N * P * P)``), at least one."""
-    p = 2.0 / ind.masks.size if indpb is None else indpb
-    flips = rng.random(ind.masks.shape) < p
-    if not flips.any():
-        flips.flat[rng.integers(ind.masks.size)] = True
-    ind.masks ^= flips
+    """Flip mask cells, each with probability about ``indpb`` (default ``2 / (N * P * P)``), at least one: a
+    binomial count of cells drawn at random (a cell drawn twice flips once)."""
+    size = ind.masks.size
+    p = 2.0 / size if indpb is None else indpb
+    count = max(1, int(rng.binomial(size, p)))
+    cells = np.unique(rng.integers(size, size=count))
+    ind.masks.flat[cells] = ~ind.masks.flat[cells]
     return (ind,)
 
 
@@ -183,7 +255,11 @@ def random_tails(ind, rng: np.random.Generator, indpb: float | None = None):
 class SearchResult:
     """``policy``: the best individual as a :class:`Policy`; ``logbook``: one dict per generation
     (``gen, nevals, best, mean, worst, entered, left``; pairs as ``[c_i, c_j]`` class indices);
-    ``generations``: generations run (without generation 0); ``stopped_early``; ``evaluations``; timings in s."""
+    ``generations``: generations run (without generation 0); ``stopped_early``; ``evaluations``; timings in s;
+    ``population``: the final population as ``pairs (I, N)`` int64, ``masks (I, N, P, P)`` bool and fitness
+    ``values (I,)`` float64 arrays; ``offspring``: the last generation's scored offspring, the same way (what
+    the final selection ranked: a converged population may hold one policy many times, its offspring are the
+    variants around it). Both serve to check the cached fitness against the exact one where it matters."""
 
     policy: Policy
     best_pairs: np.ndarray
@@ -196,6 +272,8 @@ class SearchResult:
     time_total: float = 0.0
     time_fitness: float = 0.0
     extra: dict = field(default_factory=dict)
+    population: dict[str, np.ndarray] = field(default_factory=dict)
+    offspring: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _fingerprint(fitness: CachedFitness) -> str:
@@ -234,6 +312,7 @@ class GeneticSearch:
         self.callback = callback
         self.time_fitness = 0.0
         self.evaluations = 0
+        self.last_offspring: list = []
         self.Individual = individual_class(self.config.direction)
         self.rng = np.random.default_rng([self.seed, 0x5EA7C4])
         self.py_state = random.Random(self.seed).getstate()
@@ -248,20 +327,24 @@ class GeneticSearch:
         weights = np.asarray(c.mutation_weights, dtype=np.float64)
         weights = weights / weights.sum()
 
+        cumulative = np.cumsum(weights)
+        neighbours = PairNeighbours(self.fitness.num_classes, self.optional) if c.heads_near > 0 else None
+
         def mutate(ind):
-            op = MUTATIONS[int(self.rng.choice(4, p=weights))]
+            op = MUTATIONS[min(int(np.searchsorted(cumulative, self.rng.random(), side="right")), 3)]
             if op == "flip_tails":
                 return flip_tails(ind)
             if op == "transpose":
                 return transpose(ind)
             if op == "flip_heads":
-                return flip_heads(ind, self.rng, self.optional, nf, c.heads_indpb)
+                return flip_heads(ind, self.rng, self.optional, nf, c.heads_indpb, c.heads_near, neighbours)
             return random_tails(ind, self.rng, c.tails_indpb)
 
         tb.register("individual", lambda: self.Individual(*random_genome(self.rng, self.forced, self.optional, self.N, self.P)))
         tb.register("population", tools.initRepeat, list, tb.individual)
         tb.register("clone", clone)
-        tb.register("mate", crossover, rng=self.rng, num_forced=nf, cx_pairs=c.cx_pairs)
+        tb.register("mate", crossover, rng=self.rng, num_forced=nf, cx_pairs=c.cx_pairs, kind=c.crossover,
+                    scratch=np.zeros(self.fitness.num_pairs, np.int32))
         tb.register("mutate", mutate)
         tb.register("select", tools.selTournament, tournsize=c.tournament_size)
         tb.register("evaluate", lambda ind: self.evaluate([ind])[0])
@@ -382,6 +465,22 @@ class GeneticSearch:
 
     # -- main loop ---------------------------------------------------------------------------------
 
+    def _generation(self, population: list) -> tuple[list, int]:
+        """One generation: the next population and the number of offspring scored."""
+        c = self.config
+        offspring = self.toolbox.select(population, c.num_offspring)
+        offspring = algorithms.varAnd(offspring, self.toolbox, c.cxpb, c.mutpb)
+        if c.replacement == "generational":
+            elites = [clone(ind) for ind in tools.selBest(population, c.elite)]
+            nevals = self._evaluate_invalid(offspring)
+            self.last_offspring = offspring
+            return elites + offspring, nevals
+        # plus: an offspring still valid was neither crossed nor mutated, a copy of its parent: dropped
+        offspring = [ind for ind in offspring if not ind.fitness.valid]
+        nevals = self._evaluate_invalid(offspring)
+        self.last_offspring = offspring
+        return tools.selBest(population + offspring, c.population), nevals
+
     def run(self) -> SearchResult:
         from tqdm import tqdm
 
@@ -412,11 +511,7 @@ class GeneticSearch:
                 while gen < c.generations and not state["stopped_early"]:
                     gen += 1
                     random.setstate(self.py_state)
-                    elites = [clone(ind) for ind in tools.selBest(population, c.elite)]
-                    offspring = self.toolbox.select(population, c.population - c.elite)
-                    offspring = algorithms.varAnd(offspring, self.toolbox, c.cxpb, c.mutpb)
-                    nevals = self._evaluate_invalid(offspring)
-                    population = elites + offspring
+                    population, nevals = self._generation(population)
                     self.hof.update(population)
                     self.py_state = random.getstate()
                     rec = self._record(gen, nevals, population, state["prev_best"])
@@ -443,13 +538,24 @@ class GeneticSearch:
                         self.seed, search=self._policy_meta(gen))
         return SearchResult(policy, best.pairs.copy(), best.masks.copy(), float(best.fitness.values[0]),
                             [dict(r) for r in self.logbook], gen, bool(state["stopped_early"]), self.evaluations,
-                            time.perf_counter() - t_start, self.time_fitness)
+                            time.perf_counter() - t_start, self.time_fitness, population=_arrays(population),
+                            offspring=_arrays(self.last_offspring))
 
     def _policy_meta(self, gen: int) -> dict:
         f, c = self.fitness, self.config
         return {"objective": f.objective, "direction": c.direction, "image_weight": f.image_weight,
                 "num_draws": f.num_draws, "draw_seed": f.seed, "same_class": c.same_class, "num_pairs": self.N,
-                "population": c.population, "generations": gen, "cxpb": c.cxpb, "mutpb": c.mutpb}
+                "population": c.population, "generations": gen, "cxpb": c.cxpb, "mutpb": c.mutpb,
+                "crossover": c.crossover, "replacement": c.replacement}
+
+
+def _arrays(individuals: list) -> dict[str, np.ndarray]:
+    """``{"pairs" (I, N), "masks" (I, N, P, P), "values" (I,)}`` of scored individuals (empty dict for none)."""
+    if not individuals:
+        return {}
+    return {"pairs": np.stack([ind.pairs for ind in individuals]),
+            "masks": np.stack([ind.masks for ind in individuals]),
+            "values": np.array([ind.fitness.values[0] for ind in individuals], dtype=np.float64)}
 
 
 def search(fitness: CachedFitness, config: SearchConfig | None = None, *, seed: int = 0,
@@ -475,5 +581,6 @@ def search(fitness: CachedFitness, config: SearchConfig | None = None, *, seed: 
                          save_checkpoint=save_checkpoint).run()
 
 
-__all__ = ["MUTATIONS", "GeneticSearch", "Genome", "SearchConfig", "SearchResult", "clone", "crossover",
-           "flip_heads", "flip_tails", "individual_class", "random_tails", "search", "transpose"]
+__all__ = ["MUTATIONS", "GeneticSearch", "Genome", "PairNeighbours", "SearchConfig", "SearchResult", "clone",
+           "coin_flips", "crossover", "flip_heads", "flip_tails", "individual_class", "random_tails", "search",
+           "shared_slots", "transpose"]

@@ -32,11 +32,14 @@ class NormalizedModel(nn.Module):
 
 
 def model_name(cfg: Config, ds: data_mod.Dataset) -> str:
-    """``model.name``, or for ``auto``: ``small_cnn`` for digits and images up to 16 pixels, ``resnet32`` up to
-    32 pixels, ``resnet50`` above."""
+    """``model.name``, or for ``auto``: ``small_cnn`` for digits and images up to 16 pixels, ``small_resnet`` for
+    mnist5k (the full comparison on 2 CPU cores: about 0.8 s per epoch of 3,500 images), ``resnet32`` up to 32
+    pixels, ``resnet50`` above."""
     name = cfg.model.name
     if name != "auto":
         return name
+    if ds.name == "mnist5k":
+        return "small_resnet"
     if ds.name == "digits" or ds.image_size <= 16:
         return "small_cnn"
     return "resnet32" if ds.image_size <= 32 else "resnet50"
@@ -48,7 +51,7 @@ def build_model(cfg: Config, ds: data_mod.Dataset) -> NormalizedModel:
 
     kw = {}
     name = model_name(cfg, ds)
-    if cfg.model.width is not None and name.replace("-", "_").lower() == "small_cnn":
+    if cfg.model.width is not None and name.replace("-", "_").lower() in ("small_cnn", "small_resnet"):
         kw["width"] = cfg.model.width
     try:
         model = create_model(name, ds.num_classes, grid_size=cfg.model.grid_size, in_channels=ds.channels,
