@@ -17,6 +17,11 @@ def cuda_device_ms(fn, reps: int = 20) -> float:
     """Device time of one ``fn()`` in ms: the summed durations of its CUDA kernels, copies and memsets, from the
     profiler, averaged over ``reps`` calls. Wall-clock medians of small CUDA steps measure the host (Python,
     dispatcher, launches, syncs); this measures what the GPU does, which is what a bandwidth target is about."""
+    return cuda_device_breakdown(fn, reps)[0]
+
+
+def cuda_device_breakdown(fn, reps: int = 20) -> tuple[float, dict[str, float]]:
+    """``cuda_device_ms`` and, per kernel / copy / memset name, its device ms per call (where the time goes)."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -26,7 +31,11 @@ def cuda_device_ms(fn, reps: int = 20) -> float:
             fn()
         torch.cuda.synchronize()
     cuda = torch.autograd.DeviceType.CUDA
-    return sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == cuda) / reps / 1e3
+    per: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == cuda:
+            per[e.name[:60]] = per.get(e.name[:60], 0.0) + e.time_range.elapsed_us() / reps / 1e3
+    return sum(per.values()), per
 
 
 def record_device_time(benchmark, fn) -> None:

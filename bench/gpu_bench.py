@@ -48,10 +48,25 @@ class Results:
         print(json.dumps(row), flush=True)
 
 
-def _device_ms(fn, reps=20):
-    from bench.conftest import cuda_device_ms
+def _device_ms(fn, reps=20) -> tuple[float, dict[str, float]]:
+    """Device ms per call, and the 6 costliest kernels / copies / memsets in microseconds (where the time goes)."""
+    from bench.conftest import cuda_device_breakdown
 
-    return cuda_device_ms(fn, reps)
+    ms, per = cuda_device_breakdown(fn, reps)
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:6]
+    return ms, {name: round(v * 1e3, 2) for name, v in top}
+
+
+def _patched(module, name: str, value, fn):
+    """``fn`` run with ``module.name`` replaced by ``value`` (a launch plan to compare against the launcher's)."""
+    def call():
+        old = getattr(module, name)
+        setattr(module, name, value)
+        try:
+            return fn()
+        finally:
+            setattr(module, name, old)
+    return call
 
 
 def _wall_ms(fn, reps=20):
@@ -72,8 +87,11 @@ def bench_grid_mix(results: Results, extras: bool):
 
 
 def _grid_mix_case(results: Results, B, C, H, W, dtype, cl, target, extras: bool):
+    import functools
+
     import torch
 
+    from patchmix._kernels import grid_mix as gk
     from patchmix.ops import grid_mix
     from patchmix.ops.grid_mix import grid_mix_compose, grid_mix_reference
 
@@ -88,11 +106,19 @@ def _grid_mix_case(results: Results, B, C, H, W, dtype, cl, target, extras: bool
     got, lam = grid_mix(x, mask, None, perm)
     ref, ref_lam = grid_mix_reference(x, mask, None, perm)
     assert torch.equal(got, ref) and torch.equal(lam, ref_lam), name
+    # for comparison: the per-cell-column paths (UNIFORM / SEGMENTS) alone, and GROUPS reading a mask byte per vector
+    cells = _patched(gk, "forward_plan", functools.partial(gk.forward_plan, groups=False),
+                     lambda: grid_mix(x, mask, None, perm))
+    bytes_ = _patched(gk, "forward_plan", functools.partial(gk.forward_plan, mask_bits=False),
+                      lambda: grid_mix(x, mask, None, perm))
+    assert torch.equal(cells()[0], ref) and torch.equal(bytes_()[0], ref), name
     providers = {
         "prealloc_copy": lambda: buf.copy_(x),
         "clone": x.clone,
         "patchmix": lambda: grid_mix(x, mask, None, perm),
         "patchmix_out": lambda: grid_mix(x, mask, None, perm, out=out),
+        "patchmix_cells": cells,
+        "patchmix_mask_bytes": bytes_,
     }
     if extras:
         from bench.bench_grid_mix import _kornia_cutmix
@@ -107,10 +133,11 @@ def _grid_mix_case(results: Results, B, C, H, W, dtype, cl, target, extras: bool
             providers["kornia"] = lambda: cutmix(x, labels)
     copy_ms = None
     for provider, fn in providers.items():
-        ms = _device_ms(fn)
+        ms, kernels = _device_ms(fn)
         copy_ms = copy_ms or ms
         results.add(kind="grid_mix", shape=name, provider=provider, device_ms=ms, wall_ms=_wall_ms(fn),
-                    copy_ms=copy_ms, target=target if provider in ("patchmix", "patchmix_out") else None)
+                    copy_ms=copy_ms, target=target if provider in ("patchmix", "patchmix_out") else None,
+                    kernels=kernels)
 
 
 def bench_loss(results: Results, extras: bool):
@@ -120,8 +147,10 @@ def bench_loss(results: Results, extras: bool):
 
 def _loss_case(results: Results, K: int, target: float, extras: bool):
     import torch
+    import triton
 
     from bench.bench_patchmix_cross_entropy import make
+    from patchmix._kernels import patchmix_cross_entropy as pk
     from patchmix.ops import patchmix_cross_entropy, patchmix_cross_entropy_eager
 
     image, patch, ta, tb, lam, mask = make(K, "cuda")
@@ -131,16 +160,33 @@ def _loss_case(results: Results, K: int, target: float, extras: bool):
         loss_fn(image, patch, ta, tb, lam, mask).backward()
 
     fns = {"clone": lambda: (image.detach().clone(), patch.detach().clone()), "patchmix": step}
+    step()
+    want = (image.grad.clone(), patch.grad.clone())
+    bk = triton.next_power_of_2(K)
+    variants = {  # launch configs beside the launcher's own (all 16 patch rows of a sample in one tile, more warps)
+        "cfg_w8": {**pk.launch_config(256, K, 16, interleaved=True), "num_warps": 8},
+        "cfg_rows16_single_w16": dict(SPB=1, PPB=16, BLOCK_K=bk, SINGLE=True, num_warps=16),
+        "cfg_rows16_online128_w4": dict(SPB=1, PPB=16, BLOCK_K=128, SINGLE=K <= 128, num_warps=4),
+    }
+    for label, cfg in variants.items():
+        fn = _patched(pk, "launch_config", lambda *a, cfg=cfg, **k: dict(cfg), step)
+        try:
+            fn()
+            torch.testing.assert_close((image.grad, patch.grad), want, rtol=1e-5, atol=1e-7)
+            fns[label] = fn
+        except Exception as e:  # noqa: BLE001  (a config that does not compile or is wrong is reported, not fatal)
+            print(f"loss K={K} {label}: {type(e).__name__}: {str(e)[:200]}", flush=True)
     if extras:
         compiled = torch.compile(patchmix_cross_entropy_eager)
         fns["eager"] = lambda: step(patchmix_cross_entropy_eager)
         fns["compiled"] = lambda: step(compiled)
     clone_ms = None
     for provider, fn in fns.items():
-        ms = _device_ms(fn)
+        ms, kernels = _device_ms(fn)
         clone_ms = clone_ms or ms
         results.add(kind="loss", shape=f"N=256 P*P=16 K={K} float32", provider=provider, device_ms=ms,
-                    wall_ms=_wall_ms(fn), clone_ms=clone_ms, target=target if provider == "patchmix" else None)
+                    wall_ms=_wall_ms(fn), clone_ms=clone_ms, target=target if provider == "patchmix" else None,
+                    kernels=kernels)
 
 
 def count_syncs(step) -> tuple[int, str]:
@@ -180,9 +226,10 @@ def bench_train_step(results: Results):
             s()
     for provider, s in steps.items():
         syncs, first = count_syncs(s)
+        ms, kernels = _device_ms(s, 10)
         results.add(kind="train_step", shape="resnet32 b128 32x32 channels_last", provider=provider,
-                    device_ms=_device_ms(s, 10), wall_ms=_wall_ms(s, 20), syncs_per_step=syncs, first_sync=first,
-                    target=STEP_TARGET if provider == "patchmix" else None)
+                    device_ms=ms, wall_ms=_wall_ms(s, 20), syncs_per_step=syncs, first_sync=first,
+                    target=STEP_TARGET if provider == "patchmix" else None, kernels=kernels)
 
 
 def summary(out: Path) -> str:

@@ -11,9 +11,10 @@
 #   2. benchmarks first (bench/gpu_bench.py): grid_mix, clone and a preallocated copy at the key shapes, the
 #      loss against its clone floor, a ResNet-32 training step under torch.cuda.set_sync_debug_mode
 #   3. the tests that exercise CUDA, Triton, graph capture and compile (-k), with pytest-xdist
-#   4. eager / compiled / Kornia providers, only if time remains
-#   5. the targets table (device time, % of copy, syncs per step)
-# Writes $OUT (default ./gpu-out): gpu_results.jsonl, bench.log, tests.log, tests.xml, summary.txt.
+#   4. the CLI on CUDA: `patchmix run` (digits, one seed, 2 epochs) and `patchmix train --method mix --amp`
+#   5. eager / compiled / Kornia providers, only if time remains (GPU_CHECK_EXTRAS=0: never)
+#   6. the targets table (device time, % of copy, syncs per step)
+# Writes $OUT (default ./gpu-out): gpu_results.jsonl, bench.log, tests.log, tests.xml, cli.log, summary.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -57,7 +58,13 @@ run 120 "$PY" -m pytest -q -p no:cacheprovider -n 8 -rfE --junitxml="$OUT/tests.
   tests/test_checks.py tests/test_augment.py tests/test_losses.py 2>&1 | tee "$OUT/tests.log" | tail -15
 log "tests done"
 
-if [ "$(left)" -gt 60 ]; then
+# the whole program on CUDA: the search (population_fitness), five methods, the loader's mixing, evaluation
+log "the CLI on CUDA"
+run 50 "$PY" -m patchmix run --device cuda --seeds 0 --epochs 2 --out /tmp/pm-run --quiet 2>&1 | tee "$OUT/cli.log" | tail -9
+run 30 "$PY" -m patchmix train --method mix --device cuda --amp --epochs 2 --seeds 0 --out /tmp/pm-mix --quiet 2>&1 | tee -a "$OUT/cli.log" | tail -3
+log "CLI done"
+
+if [ "${GPU_CHECK_EXTRAS:-1}" = 1 ] && [ "$(left)" -gt 60 ]; then
   log "extra providers (eager, compiled, Kornia)"
   run 90 "$PY" bench/gpu_bench.py --out "$OUT" --extras 2>&1 | tee -a "$OUT/bench.log" | grep -v '^{' | tail -5
 fi

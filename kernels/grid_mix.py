@@ -11,15 +11,27 @@ channels of ``W`` pixels interleaved (channels_last, ``H`` rows per image), move
 source image is chosen per (row, cell column), never per element, so every load of a row segment has one
 base address and a contiguous column range, and the shape parameters (``H``, ``W``, ``P``, row and image
 lengths) are constexprs: integer divisions become multiply-shift and 16-byte alignment is provable
-(``tl.multiple_of`` on the row bases, which are multiples of the row length). Three code paths, chosen by
+(``tl.multiple_of`` on the row bases, which are multiples of the row length). Four code paths, chosen by
 the launcher from constexprs:
 
+* ``GROUPS`` (every cell boundary a multiple of a vector of 2 or more words, cells longer than one chunk):
+  ``(ROWS, G, VEC)`` tiles along the whole row; each vector has one source, and a warp's vectors are
+  consecutive, so its accesses are contiguous runs of a row. The row's mask cells are read once, as a bit
+  set (``P <= 32``). Measured on an H200 (``bench/gpu_bench.py``): 82% of a copy's bandwidth at 256x3x224x224
+  float32, 81% channels_last, where the per-cell tiles below reached 28% and 32%: their warps touch 32-byte
+  pieces of four rows at once.
 * ``UNIFORM`` (``P`` a power of two dividing ``W``, cells a multiple of the vector): one ``(ROWS, P, CHUNK)``
   tile per step covers every cell column of the rows, so each thread issues all its 16-byte loads before
   its stores; a loop over ``cell width / CHUNK`` exact chunks (no masked columns, also for channels_last).
+  Chosen over ``GROUPS`` where one chunk spans a cell (a step moves whole rows): 62% of a copy at 256x3x32x32
+  float32, ``GROUPS`` 35%.
 * ``SEGMENTS`` (any other ``P <= 32``): cell columns unrolled at compile time; each segment is split into an
   unaligned head, a 16-byte-aligned body and a tail, each copied in exact chunks (no masked columns).
 * ``ELEMENTS`` (``P > 32``, cells of a few pixels): the source is chosen per word, as a plain masked copy.
+
+uint8 at 224 (cells of 56 bytes: 8-byte vectors) reaches only 24% of a copy (the per-cell paths 17%): its time
+is the float32 kernel's for a quarter of the bytes, so it is bound by per-row and per-vector work, not by
+memory; the open item is recorded in ``docs/cuda.md``.
 
 ``lam`` comes from the same launch (the first ``ceil(N / ROWS)`` programs). Indices are checked as they are
 read: a bad one is clamped (never read out of bounds) and sets the op's bit in the device status word
@@ -47,7 +59,7 @@ from patchmix.ops.contracts.grid_mix import (
 
 from ._checks import checked_load
 
-UNIFORM, SEGMENTS, ELEMENTS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # the copy paths (MODE)
+UNIFORM, SEGMENTS, ELEMENTS, GROUPS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)  # MODE
 MAX_SEGMENTS = 32  # SEGMENTS unrolls P cell columns at compile time; beyond, ELEMENTS
 MAX_CHUNK = tl.constexpr(64)  # words per row per copy step in the chunked paths
 STEP_WORDS = 2048  # words a program moves per copy step (8 KB): 2 to 4 16-byte vectors per thread
@@ -134,7 +146,8 @@ def _grid_mix_kernel(
     x_ptr, mask_ptr, ia_ptr, ib_ptr, out_ptr, lam_ptr, status_ptr, N, B, total_rows,
     H: tl.constexpr, W: tl.constexpr, P: tl.constexpr, RPI: tl.constexpr, ROW_WORDS: tl.constexpr,
     PX_BYTES: tl.constexpr, WORD_BYTES: tl.constexpr, ALIGN: tl.constexpr, MODE: tl.constexpr,
-    CHUNK: tl.constexpr, HAS_A: tl.constexpr, ROWS: tl.constexpr,
+    CHUNK: tl.constexpr, HAS_A: tl.constexpr, ROWS: tl.constexpr, G: tl.constexpr, VEC: tl.constexpr,
+    MASK_BITS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows, row_ok, n, rin, cell_r = _rows_of(pid, total_rows, RPI, H, P, ROWS)
@@ -166,6 +179,28 @@ def _grid_mix_kernel(
             m = tl.load(m_row + q, mask=row_ok, other=0)
             base = tl.where(m != 0, a_base, b_base)
             _copy_segment(x_ptr, out_ptr, base, o_base, row_ok, q, W, P, PX_BYTES, WORD_BYTES, ALIGN, MAX_CHUNK)
+    elif MODE == GROUPS:  # (ROWS, G, VEC) tiles along the whole row: one source per vector of VEC words
+        GPR: tl.constexpr = ROW_WORDS // VEC  # vectors per row (VEC divides every cell boundary, so the row too)
+        g = tl.arange(0, G)
+        v = tl.arange(0, VEC)
+        if MASK_BITS:  # bit q of a row's word: its cell column q takes image a
+            PB: tl.constexpr = triton.next_power_of_2(P)
+            q = tl.arange(0, PB)
+            mq = tl.load(m_row[:, None] + q[None, :], mask=row_ok[:, None] & (q < P)[None, :], other=0)
+            bits = tl.sum(tl.where(mq != 0, 1 << q[None, :], 0), 1)
+        for g0 in tl.range(0, GPR, G):
+            grp = g0 + g
+            ok = row_ok[:, None] & (grp < GPR)[None, :]
+            cell = ((grp * (VEC * WORD_BYTES) // PX_BYTES) * P) // W  # constexpr divisors: multiply-shift
+            if MASK_BITS:
+                m = (bits[:, None] >> cell[None, :]) & 1
+            else:
+                m = tl.load(m_row[:, None] + cell[None, :], mask=ok, other=0)
+            base = tl.multiple_of(tl.where(m != 0, a_base[:, None], b_base[:, None]), [ALIGN, ALIGN])
+            cols = (grp * VEC)[None, :, None] + v[None, None, :]
+            v_ok = ok[:, :, None]
+            val = tl.load(x_ptr + base[:, :, None] + cols, mask=v_ok)
+            tl.store(out_ptr + o_base[:, None, None] + cols, val, mask=v_ok)
     else:  # ELEMENTS: many small cells, the source per word
         for c0 in tl.range(0, ROW_WORDS, CHUNK):
             cols = c0 + tl.arange(0, CHUNK)
@@ -326,6 +361,9 @@ class Plan:
     rows: int
     num_warps: int
     programs: int
+    groups: int = 1  # GROUPS: vectors per row per step (G)
+    vec: int = 1  # GROUPS: units per vector (VEC), one source each
+    mask_bits: bool = False  # GROUPS: a row's mask cells as one bit set (P <= 32)
 
 
 def _rows_and_warps(total_rows: int, step_units: int, vec: int, device, per_image: int | None = None):
@@ -351,9 +389,21 @@ def _segment_chunk(W: int, P: int, px: int, unit: int, align: int) -> int:
     return min(chunks)
 
 
+def _groups_per_step(per_row: int) -> int:
+    """``G``: the largest power of two <= 64 whose steps cover a row's ``per_row`` vectors with at most 1/8 masked."""
+    g = 64
+    while g > 1 and triton.cdiv(per_row, g) * g * 7 > per_row * 8:
+        g //= 2
+    return g
+
+
 def forward_plan(x_shape, P: int, element_size: int, channels_last: bool, pointers: list[int], N: int,
-                 device) -> Plan:
-    """The forward's plan for images of ``x_shape`` (contiguous or channels_last), a ``P x P`` grid, ``N`` outputs."""
+                 device, groups: bool = True, mask_bits: bool = True) -> Plan:
+    """The forward's plan for images of ``x_shape`` (contiguous or channels_last), a ``P x P`` grid, ``N`` outputs.
+    ``groups=False``: the per-cell-column paths only (UNIFORM, SEGMENTS); ``mask_bits=False``: GROUPS reads one mask
+    byte per vector instead of each row's cells once as a bit set (both kept for the device comparison in
+    ``bench/gpu_bench.py``; on an H200 the bit set gave 82% / 81% of a copy at 224 float32 / channels_last,
+    against 81% / 78%)."""
     _, C, H, W = x_shape
     rpi = H if channels_last else C * H
     px = C * element_size if channels_last else element_size
@@ -366,7 +416,20 @@ def forward_plan(x_shape, P: int, element_size: int, channels_last: bool, pointe
     ptr_align = min([_pow2_factor(p, 16) for p in pointers] or [16])
     align = max(1, min(vec, _pow2_factor(row, vec), ptr_align // unit))
     cw = (W // P) * px // unit
-    if P & (P - 1) == 0 and W % P == 0 and cw % align == 0:
+    vec_fit = align  # the widest vector (in units) that no cell boundary splits
+    while vec_fit > 1 and any((b // unit) % vec_fit for b in bounds):
+        vec_fit //= 2
+    uniform = P & (P - 1) == 0 and W % P == 0 and cw % align == 0
+    # UNIFORM moves whole rows per step when its chunk spans a cell (256x3x32x32 float32: 61% of a copy on an
+    # H200, GROUPS 35%); with longer cells a warp's accesses break into 32-byte pieces of 4 rows (224 float32:
+    # 28%), where GROUPS, whose warps move contiguous runs of a row, reaches 81%
+    if groups and vec_fit >= 2 and not (uniform and _pow2_factor(cw, int(MAX_CHUNK)) == cw):
+        g = _groups_per_step(row // vec_fit)
+        rows, warps = _rows_and_warps(N * rpi, g * vec_fit, vec_fit, device)
+        programs = max(triton.cdiv(N * rpi, rows), triton.cdiv(N, rows))
+        return Plan(rpi, row, px, unit, align, GROUPS.value, 1, rows, warps, programs, g, vec_fit,
+                    mask_bits and P <= 32)
+    if uniform:
         mode, chunk = UNIFORM.value, _pow2_factor(cw, int(MAX_CHUNK))
         step = P * chunk
     elif P <= MAX_SEGMENTS:
@@ -429,7 +492,7 @@ def _compose_into(x, mask, index_a, index_b, out):
         N, max(B, 1), N * plan.rows_per_image if copy_rows else 0,
         H=H, W=W, P=P, RPI=max(plan.rows_per_image, 1), ROW_WORDS=max(plan.row, 1), PX_BYTES=plan.px,
         WORD_BYTES=plan.unit, ALIGN=plan.align, MODE=plan.mode, CHUNK=plan.chunk, HAS_A=index_a is not None,
-        ROWS=plan.rows, num_warps=plan.num_warps,
+        ROWS=plan.rows, G=plan.groups, VEC=plan.vec, MASK_BITS=plan.mask_bits, num_warps=plan.num_warps,
     )
     errors.launched(x.device)
     return lam

@@ -55,6 +55,20 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _no_unreported_device_errors():
+    """A kernel that finds bad data sets its device's status word (``patchmix.ops.errors``); a test that provokes
+    that must read it (``check_errors``), else the error surfaces in whichever test runs next in the process (seen
+    on an H200: a label test's error failed a CUDA-graph test)."""
+    yield
+    from patchmix.ops import errors
+
+    try:
+        errors.check_errors()
+    except ValueError as e:
+        pytest.fail(f"the test left a device error unreported: {e}")
+
+
 def poison_like(t: torch.Tensor) -> torch.Tensor:
     """Fill ``t`` with a value no kernel writes (NaN for floats, the max for integers)."""
     if t.is_floating_point():

@@ -305,11 +305,12 @@ def test_bad_input_each_kernel(name, kernel):
     if kernel == "triton":
         fn = triton_launcher("grid_mix")
         if name in ("index_b high", "index_a negative"):
-            check_errors("cpu")
-            fn(*change(*_ok()))
+            device = triton_device()
+            check_errors(device)
+            fn(*(t.to(device) for t in change(*_ok())))
             argument = name.split()[0]
             with pytest.raises(ValueError, match=rf"grid_mix: {argument} holds a value out of range .*detected on the device"):
-                check_errors("cpu")
+                check_errors(device)
             return
     with pytest.raises(exc, match=msg):
         fn(*change(*_ok()))

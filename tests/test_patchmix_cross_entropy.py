@@ -530,14 +530,17 @@ def test_bad_option_message(kw, match):
     ],
 )
 def test_bad_data_message(field, value, match, device):
-    """Checked by the kernel itself (C++ / launcher) before any logit is read, so the wrapper stays traceable."""
+    """Checked by the kernel itself (C++ / launcher) before any logit is read, so the wrapper stays traceable. On
+    CUDA the kernel reports it through the device status word (no host sync), raised by ``check_errors``."""
     img, pat, ta, tb, lam, mask = make(4, 6, 2, device=device)
     {"target_a": ta, "target_b": tb, "lam": lam}[field][2] = value
-    with pytest.raises(ValueError, match=match):
-        patchmix_cross_entropy(img, pat, ta, tb, lam, mask)
-    with pytest.raises(ValueError, match=match):  # the op called directly runs the same check
-        OP(img, pat, ta, tb, lam, mask, None, 0.5, 0.5, 0.0, "mean", False)
-    with pytest.raises(ValueError, match=match):
+    on_device = rf"patchmix_cross_entropy: {field} holds a value out of range .*detected on the device"
+    for call in (lambda: patchmix_cross_entropy(img, pat, ta, tb, lam, mask),
+                 lambda: OP(img, pat, ta, tb, lam, mask, None, 0.5, 0.5, 0.0, "mean", False)):  # the op directly
+        with pytest.raises(ValueError, match=on_device if device == "cuda" else match):
+            call()
+            check_errors(device)
+    with pytest.raises(ValueError, match=match):  # the reference checks on the host
         patchmix_cross_entropy_eager(img, pat, ta, tb, lam, mask)
 
 

@@ -24,6 +24,7 @@ word on every replay, and :func:`check_errors` after a replay reports it.
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 from torch import Tensor
@@ -61,11 +62,43 @@ def message(value: int) -> str:
     return "; ".join(found) if found else f"unknown device status {value:#x}"
 
 
+def persistent_zeros(device: torch.device) -> Tensor:
+    """A zeroed ``int32`` tensor ``(1,)`` that lives as long as the process (a status word, a kernel's counter),
+    allocated outside any memory pool a CUDA graph is being recorded into. ``torch.compile(mode=
+    "reduce-overhead")`` runs its warm-up with the calling thread's allocations routed to its graph pool, then
+    rejects a live tensor there that it does not own ("Detected 1 tensor(s) in the cudagraph pool not tracked as
+    outputs", seen on an H200). So on CUDA the tensor is made by a short-lived helper thread, whose allocations
+    no pool claims, and the current stream waits for its zero fill (an event, no host sync). During a capture
+    it is made in place (the capture then owns it; warm up before capturing, as ``torch.cuda.graph`` asks)."""
+    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return torch.zeros(1, dtype=torch.int32, device=device)
+    made: list = []
+
+    def make():
+        try:
+            with torch.cuda.device(device):
+                t = torch.zeros(1, dtype=torch.int32, device=device)
+                done = torch.cuda.Event()
+                done.record()
+                made.append((t, done))
+        except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
+            made.append(e)
+
+    helper = threading.Thread(target=make, name="patchmix-persistent-zeros")
+    helper.start()
+    helper.join()
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    t, done = made[0]
+    torch.cuda.current_stream(device).wait_event(done)
+    return t
+
+
 class _State:
     __slots__ = ("status", "host", "event", "calls")
 
     def __init__(self, device: torch.device):
-        self.status = torch.zeros(1, dtype=torch.int32, device=device)
+        self.status = persistent_zeros(device)
         self.host: Tensor | None = None  # pinned copy of the status word (CUDA)
         self.event = None  # completion of the pending copy
         self.calls = 0  # op calls since the last copy
@@ -110,7 +143,7 @@ def check_errors(device=None) -> None:
     devices = list(_STATES) if device is None else [_canonical(device)]
     for dev in devices:
         state = _STATES.get(dev)
-        if state is None:
+        if state is None or dev.type == "meta":  # meta tensors hold no data (the codegen audit's launches)
             continue
         if dev.type == "cuda":
             if _capturing(dev):
