@@ -189,6 +189,72 @@ def _loss_case(results: Results, K: int, target: float, extras: bool):
                     kernels=kernels)
 
 
+def bench_sweep(results: Results):
+    """Launch-parameter variants of the cases short of their targets: ``grid_mix`` uint8 at 224 (rows and warps per
+    program) and the loss at K = 1000 and 100 (software pipelining stages, tile width). ``kind="sweep"`` rows."""
+    import dataclasses
+
+    import torch
+    import triton
+
+    from patchmix._kernels import grid_mix as gk
+    from patchmix._kernels import patchmix_cross_entropy as pk
+    from patchmix.ops import grid_mix
+    from patchmix.ops.grid_mix import grid_mix_reference
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = (torch.rand(256, 3, 224, 224, device="cuda", generator=g) * 255).to(torch.uint8)
+    mask = torch.rand(256, 4, 4, device="cuda", generator=g) < 0.5
+    perm = torch.randperm(256, device="cuda", generator=g)
+    ref = grid_mix_reference(x, mask, None, perm)[0]
+    buf = torch.empty_like(x)
+    copy_ms, _ = _device_ms(lambda: buf.copy_(x))
+    plan = gk.forward_plan
+
+    def resized(x_shape, P, element_size, channels_last, pointers, N, device, rows, warps):
+        p = plan(x_shape, P, element_size, channels_last, pointers, N, device)
+        programs = max(triton.cdiv(N * p.rows_per_image, rows), triton.cdiv(N, rows))
+        return dataclasses.replace(p, rows=rows, num_warps=warps, programs=programs)
+
+    for rows in (4, 8, 16, 32, 64):
+        for warps in (1, 2, 4, 8):
+            fn = _patched(gk, "forward_plan", lambda *a, r=rows, w=warps: resized(*a, r, w),
+                          lambda: grid_mix(x, mask, None, perm))
+            assert torch.equal(fn()[0], ref)
+            ms, _ = _device_ms(fn)
+            results.add(kind="sweep", shape="grid_mix 256x3x224x224 uint8", provider=f"rows{rows}_w{warps}",
+                        device_ms=ms, wall_ms=float("nan"), copy_ms=copy_ms, percent_of_copy=round(100 * copy_ms / ms))
+
+    from bench.bench_patchmix_cross_entropy import make
+    from patchmix.ops import patchmix_cross_entropy
+
+    for K in (1000, 100):
+        image, patch, ta, tb, lam, mask_l = make(K, "cuda")
+
+        def step():
+            image.grad = patch.grad = None
+            patchmix_cross_entropy(image, patch, ta, tb, lam, mask_l).backward()
+
+        clone_ms, _ = _device_ms(lambda: (image.detach().clone(), patch.detach().clone()))
+        step()
+        want = (image.grad.clone(), patch.grad.clone())
+        own = pk.launch_config(256, K, 16, interleaved=True)
+        variants = {f"stages{n}": {**own, "num_stages": n} for n in (1, 2, 3, 4)}
+        variants.update({f"rows16_k512_w{w}": dict(SPB=1, PPB=16, BLOCK_K=512, SINGLE=K <= 512, num_warps=w)
+                         for w in (8, 16)})
+        for label, cfg in variants.items():
+            fn = _patched(pk, "launch_config", lambda *a, cfg=cfg, **k: dict(cfg), step)
+            try:
+                fn()
+                torch.testing.assert_close((image.grad, patch.grad), want, rtol=1e-5, atol=1e-7)
+            except Exception as e:  # noqa: BLE001
+                print(f"sweep loss K={K} {label}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                continue
+            ms, kernels = _device_ms(fn)
+            results.add(kind="sweep", shape=f"loss N=256 P*P=16 K={K}", provider=label, device_ms=ms,
+                        wall_ms=float("nan"), clone_ms=clone_ms, ratio=round(ms / clone_ms, 2), kernels=kernels)
+
+
 def count_syncs(step) -> tuple[int, str]:
     """Host syncs one ``step()`` makes (``set_sync_debug_mode("warn")`` counts them), and the first one's
     stack under ``"error"`` ('' when there is none)."""
@@ -240,6 +306,8 @@ def summary(out: Path) -> str:
         rows[(r["kind"], r["shape"], r["provider"])] = r
     lines = [f"{'case':<58} {'provider':<14} {'device ms':>10} {'wall ms':>9} {'measure':>22} {'target':>10}  ok"]
     for (kind, shape, provider), r in rows.items():
+        if kind == "sweep":
+            continue
         measure, goal, ok = "", "", ""
         if kind == "grid_mix" and r.get("copy_ms"):
             frac = r["copy_ms"] / r["device_ms"]
@@ -269,6 +337,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "gpu-out")))
     ap.add_argument("--extras", action="store_true", help="also eager, compiled and Kornia providers")
     ap.add_argument("--summary", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="only the launch-parameter variants of the open cases")
     a = ap.parse_args(argv)
     if a.summary:
         print(summary(a.out))
@@ -280,7 +349,9 @@ def main(argv=None) -> int:
         return 0
     results = Results(a.out)
     parts = [("grid_mix", lambda: bench_grid_mix(results, a.extras)), ("loss", lambda: bench_loss(results, a.extras))]
-    if not a.extras:
+    if a.sweep:
+        parts = [("sweep", lambda: bench_sweep(results))]
+    elif not a.extras:
         parts.append(("train_step", lambda: bench_train_step(results)))
     for name, part in parts:
         try:

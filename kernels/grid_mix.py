@@ -29,9 +29,8 @@ the launcher from constexprs:
   unaligned head, a 16-byte-aligned body and a tail, each copied in exact chunks (no masked columns).
 * ``ELEMENTS`` (``P > 32``, cells of a few pixels): the source is chosen per word, as a plain masked copy.
 
-uint8 at 224 (cells of 56 bytes: 8-byte vectors) reaches only 24% of a copy (the per-cell paths 17%): its time
-is the float32 kernel's for a quarter of the bytes, so it is bound by per-row and per-vector work, not by
-memory; the open item is recorded in ``docs/cuda.md``.
+uint8 at 224 (cells of 56 bytes: 8-byte vectors) reaches 83% of a copy with 8 rows a program and 2 warps, 24%
+with the 32 rows and 4 warps the generic rule gave (the per-cell paths 17%).
 
 ``lam`` comes from the same launch (the first ``ceil(N / ROWS)`` programs). Indices are checked as they are
 read: a bad one is clamped (never read out of bounds) and sets the op's bit in the device status word
@@ -425,7 +424,12 @@ def forward_plan(x_shape, P: int, element_size: int, channels_last: bool, pointe
     # 28%), where GROUPS, whose warps move contiguous runs of a row, reaches 81%
     if groups and vec_fit >= 2 and not (uniform and _pow2_factor(cw, int(MAX_CHUNK)) == cw):
         g = _groups_per_step(row // vec_fit)
-        rows, warps = _rows_and_warps(N * rpi, g * vec_fit, vec_fit, device)
+        rows, _ = _rows_and_warps(N * rpi, g * vec_fit, vec_fit, device)
+        # at most 8 rows a program and 4 vectors a thread: on an H200 (bench/gpu_bench.py --sweep) uint8 at 224
+        # moved at 83% of a copy with 8 rows and 2 warps, 24% with 32 rows and 4 warps; float32 (8 rows, 4 warps)
+        # at 82%
+        rows = min(rows, 8)
+        warps = max(1, min(4, _pow2_floor(rows * g // 128)))
         programs = max(triton.cdiv(N * rpi, rows), triton.cdiv(N, rows))
         return Plan(rpi, row, px, unit, align, GROUPS.value, 1, rows, warps, programs, g, vec_fit,
                     mask_bits and P <= 32)

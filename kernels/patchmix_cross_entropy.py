@@ -280,12 +280,13 @@ def launch_config(N: int, K: int, PP: int, interleaved: bool = False) -> dict:
     single = K <= MAX_SINGLE_K
     block_k = triton.next_power_of_2(max(K, 1)) if single else 1024
     pp_block = triton.next_power_of_2(PP)
-    if interleaved and pp_block * block_k > TILE and pp_block <= TILE // 256:
-        # interleaved rows are read whole only by a tile that holds all of them: a tile of a few reads pieces of
-        # every 64-byte run. Online over BLOCK_K = 256 with all 16 rows beats the single pass over 4 at a time
-        # (K = 1000 on an H200: forward kernel 19.4 us against 23.7; K <= 256 already holds all 16 rows)
-        single, block_k = False, TILE // pp_block
     ppb = max(1, min(pp_block, TILE // block_k))
+    if interleaved and ppb < pp_block and pp_block <= TILE // 256:
+        # interleaved rows are read whole only by a tile that holds all of them: a tile of a few reads pieces of
+        # every 64-byte run. All 16 rows, online over BLOCK_K = 512 in a tile of twice the usual size (8 warps):
+        # on an H200 at K = 1000 the forward kernel took 15.4 us, against 23.7 for the single pass over 4 rows
+        # at a time and 19.4 for BLOCK_K = 256 (bench/gpu_bench.py --sweep); K <= 256 holds all 16 rows anyway
+        single, block_k, ppb = False, 2 * TILE // pp_block, pp_block
     # several samples per program only while a program's rows stay small and the grid keeps >= 256 programs
     spb = 1
     while ppb == pp_block and spb * 2 * pp_block * block_k <= TILE and triton.cdiv(N, spb * 2) >= 256:
