@@ -2,7 +2,7 @@
 (256 per batch), with ``MixCollate(mixer)`` against the same loader without mixing (``plain``:
 ``default_collate``).
 
-Target (issue 11): mixing in the workers adds at most 5% to the time per batch (``x floor`` <= 1.05 for
+Target: mixing in the workers adds at most 5% to the time per batch (``x floor`` <= 1.05 for
 ``patchmix``, ``mixup`` and ``cutmix``; ``plain`` is the floor), measured in the same run. The loader
 is iterated whole per round; the table's time is per epoch of ``BATCHES`` batches.
 

@@ -2,7 +2,7 @@
 written in eager torch (``eager``: timm's ``Mixup._mix_batch``, numpy draws, in-place ops on the input), per
 batch, on the CPU. ``elem`` is ``Mix`` in ``"elem"`` mode (per-sample draws, vectorised), for scale.
 
-Target (issue 11): ``patchmix`` costs no more per batch than ``eager`` (ratio ``x eager`` >= 1.0 in the table,
+Target: ``patchmix`` costs no more per batch than ``eager`` (ratio ``x eager`` >= 1.0 in the table,
 both measured in the same run). Both do the same pixel work; ``eager`` mutates its input, ``patchmix`` writes a
 new batch (the input may be a view of a dataset, a pinned buffer, another view of the same images).
 

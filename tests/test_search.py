@@ -442,7 +442,7 @@ def test_genetic_search_reaches_closed_form_optimum_cifar10_scale():
     opt = f.optimum(20)
     r = search(f, population=300, generations=250, seed=0, progress=False, patience=None)
     gap = (r.best_fitness - opt.fitness) / abs(opt.fitness)
-    assert -1e-12 <= gap < 0.01, gap  # the optimum itself, up to rounding, since the operators of issue 12
+    assert -1e-12 <= gap < 0.01, gap  # the optimum itself, up to rounding, since the default (mu + lambda) operators
 
 
 def test_resume_after_interruption_equals_uninterrupted(small_fitness, tmp_path):
