@@ -90,8 +90,8 @@ def _grid_mix_case(results: Results, B, C, H, W, dtype, cl, target, extras: bool
     import functools
 
     import torch
-
     from patchmix._kernels import grid_mix as gk
+
     from patchmix.ops import grid_mix
     from patchmix.ops.grid_mix import grid_mix_compose, grid_mix_reference
 
@@ -145,13 +145,11 @@ def bench_loss(results: Results, extras: bool):
         _loss_case(results, K, target, extras)
 
 
-def _loss_case(results: Results, K: int, target: float, extras: bool):
-    import torch
-    import triton
-
+def _loss_problem(K: int):
+    """The loss benchmark's inputs at ``K`` on CUDA, as ``(step(loss_fn=patchmix_cross_entropy), clone, grads)``:
+    one forward + backward, the clone floor of the logits, and the gradients the last step left."""
     from bench.bench_patchmix_cross_entropy import make
-    from patchmix._kernels import patchmix_cross_entropy as pk
-    from patchmix.ops import patchmix_cross_entropy, patchmix_cross_entropy_eager
+    from patchmix.ops import patchmix_cross_entropy
 
     image, patch, ta, tb, lam, mask = make(K, "cuda")
 
@@ -159,23 +157,44 @@ def _loss_case(results: Results, K: int, target: float, extras: bool):
         image.grad = patch.grad = None
         loss_fn(image, patch, ta, tb, lam, mask).backward()
 
-    fns = {"clone": lambda: (image.detach().clone(), patch.detach().clone()), "patchmix": step}
+    return step, lambda: (image.detach().clone(), patch.detach().clone()), lambda: (image.grad, patch.grad)
+
+
+def _loss_configs(K: int, step, grads, variants: dict) -> dict:
+    """``step`` under each launch config of ``variants`` whose gradients match the launcher's own choice (a config
+    that does not compile or is wrong is printed and left out, not fatal)."""
+    import torch
+    from patchmix._kernels import patchmix_cross_entropy as pk
+
     step()
-    want = (image.grad.clone(), patch.grad.clone())
-    bk = triton.next_power_of_2(K)
-    variants = {  # launch configs beside the launcher's own (all 16 patch rows of a sample in one tile, more warps)
-        "cfg_w8": {**pk.launch_config(256, K, 16, interleaved=True), "num_warps": 8},
-        "cfg_rows16_single_w16": dict(SPB=1, PPB=16, BLOCK_K=bk, SINGLE=True, num_warps=16),
-        "cfg_rows16_online128_w4": dict(SPB=1, PPB=16, BLOCK_K=128, SINGLE=K <= 128, num_warps=4),
-    }
+    want = tuple(g.clone() for g in grads())
+    fns = {}
     for label, cfg in variants.items():
         fn = _patched(pk, "launch_config", lambda *a, cfg=cfg, **k: dict(cfg), step)
         try:
             fn()
-            torch.testing.assert_close((image.grad, patch.grad), want, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(grads(), want, rtol=1e-5, atol=1e-7)
             fns[label] = fn
-        except Exception as e:  # noqa: BLE001  (a config that does not compile or is wrong is reported, not fatal)
+        except Exception as e:  # noqa: BLE001
             print(f"loss K={K} {label}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    return fns
+
+
+def _loss_case(results: Results, K: int, target: float, extras: bool):
+    import torch
+    import triton
+    from patchmix._kernels import patchmix_cross_entropy as pk
+
+    from patchmix.ops import patchmix_cross_entropy_eager
+
+    step, clone, grads = _loss_problem(K)
+    fns = {"clone": clone, "patchmix": step}
+    bk = triton.next_power_of_2(K)
+    fns.update(_loss_configs(K, step, grads, {  # beside the launcher's own: all 16 patch rows in one tile, warps
+        "cfg_w8": {**pk.launch_config(256, K, 16, interleaved=True), "num_warps": 8},
+        "cfg_rows16_single_w16": dict(SPB=1, PPB=16, BLOCK_K=bk, SINGLE=True, num_warps=16),
+        "cfg_rows16_online128_w4": dict(SPB=1, PPB=16, BLOCK_K=128, SINGLE=K <= 128, num_warps=4),
+    }))
     if extras:
         compiled = torch.compile(patchmix_cross_entropy_eager)
         fns["eager"] = lambda: step(patchmix_cross_entropy_eager)
@@ -196,9 +215,9 @@ def bench_sweep(results: Results):
 
     import torch
     import triton
-
     from patchmix._kernels import grid_mix as gk
     from patchmix._kernels import patchmix_cross_entropy as pk
+
     from patchmix.ops import grid_mix
     from patchmix.ops.grid_mix import grid_mix_reference
 
@@ -225,31 +244,14 @@ def bench_sweep(results: Results):
             results.add(kind="sweep", shape="grid_mix 256x3x224x224 uint8", provider=f"rows{rows}_w{warps}",
                         device_ms=ms, wall_ms=float("nan"), copy_ms=copy_ms, percent_of_copy=round(100 * copy_ms / ms))
 
-    from bench.bench_patchmix_cross_entropy import make
-    from patchmix.ops import patchmix_cross_entropy
-
     for K in (1000, 100):
-        image, patch, ta, tb, lam, mask_l = make(K, "cuda")
-
-        def step():
-            image.grad = patch.grad = None
-            patchmix_cross_entropy(image, patch, ta, tb, lam, mask_l).backward()
-
-        clone_ms, _ = _device_ms(lambda: (image.detach().clone(), patch.detach().clone()))
-        step()
-        want = (image.grad.clone(), patch.grad.clone())
+        step, clone, grads = _loss_problem(K)
+        clone_ms, _ = _device_ms(clone)
         own = pk.launch_config(256, K, 16, interleaved=True)
         variants = {f"stages{n}": {**own, "num_stages": n} for n in (1, 2, 3, 4)}
         variants.update({f"rows16_k512_w{w}": dict(SPB=1, PPB=16, BLOCK_K=512, SINGLE=K <= 512, num_warps=w)
                          for w in (8, 16)})
-        for label, cfg in variants.items():
-            fn = _patched(pk, "launch_config", lambda *a, cfg=cfg, **k: dict(cfg), step)
-            try:
-                fn()
-                torch.testing.assert_close((image.grad, patch.grad), want, rtol=1e-5, atol=1e-7)
-            except Exception as e:  # noqa: BLE001
-                print(f"sweep loss K={K} {label}: {type(e).__name__}: {str(e)[:200]}", flush=True)
-                continue
+        for label, fn in _loss_configs(K, step, grads, variants).items():
             ms, kernels = _device_ms(fn)
             results.add(kind="sweep", shape=f"loss N=256 P*P=16 K={K}", provider=label, device_ms=ms,
                         wall_ms=float("nan"), clone_ms=clone_ms, ratio=round(ms / clone_ms, 2), kernels=kernels)
