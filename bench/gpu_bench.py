@@ -112,14 +112,15 @@ def _grid_mix_case(results: Results, B, C, H, W, dtype, cl, target, extras: bool
     bytes_ = _patched(gk, "forward_plan", functools.partial(gk.forward_plan, mask_bits=False),
                       lambda: grid_mix(x, mask, None, perm))
     assert torch.equal(cells()[0], ref) and torch.equal(bytes_()[0], ref), name
-    providers = {
-        "prealloc_copy": lambda: buf.copy_(x),
-        "clone": x.clone,
-        "patchmix": lambda: grid_mix(x, mask, None, perm),
-        "patchmix_out": lambda: grid_mix(x, mask, None, perm, out=out),
-        "patchmix_cells": cells,
-        "patchmix_mask_bytes": bytes_,
-    }
+    providers = {"prealloc_copy": lambda: buf.copy_(x)}  # the floor first: every row's "% of copy"
+    if not extras:  # the extras pass adds eager, compiled and Kornia beside the floor, nothing measured again
+        providers.update({
+            "clone": x.clone,
+            "patchmix": lambda: grid_mix(x, mask, None, perm),
+            "patchmix_out": lambda: grid_mix(x, mask, None, perm, out=out),
+            "patchmix_cells": cells,
+            "patchmix_mask_bytes": bytes_,
+        })
     if extras:
         from bench.bench_grid_mix import _kornia_cutmix
 
@@ -182,19 +183,11 @@ def _loss_configs(K: int, step, grads, variants: dict) -> dict:
 
 def _loss_case(results: Results, K: int, target: float, extras: bool):
     import torch
-    import triton
-    from patchmix._kernels import patchmix_cross_entropy as pk
 
     from patchmix.ops import patchmix_cross_entropy_eager
 
-    step, clone, grads = _loss_problem(K)
-    fns = {"clone": clone, "patchmix": step}
-    bk = triton.next_power_of_2(K)
-    fns.update(_loss_configs(K, step, grads, {  # beside the launcher's own: all 16 patch rows in one tile, warps
-        "cfg_w8": {**pk.launch_config(256, K, 16, interleaved=True), "num_warps": 8},
-        "cfg_rows16_single_w16": dict(SPB=1, PPB=16, BLOCK_K=bk, SINGLE=True, num_warps=16),
-        "cfg_rows16_online128_w4": dict(SPB=1, PPB=16, BLOCK_K=128, SINGLE=K <= 128, num_warps=4),
-    }))
+    step, clone, _ = _loss_problem(K)
+    fns = {"clone": clone} if extras else {"clone": clone, "patchmix": step}
     if extras:
         compiled = torch.compile(patchmix_cross_entropy_eager)
         fns["eager"] = lambda: step(patchmix_cross_entropy_eager)
@@ -209,8 +202,8 @@ def _loss_case(results: Results, K: int, target: float, extras: bool):
 
 
 def bench_sweep(results: Results):
-    """Launch-parameter variants of the cases short of their targets: ``grid_mix`` uint8 at 224 (rows and warps per
-    program) and the loss at K = 1000 and 100 (software pipelining stages, tile width). ``kind="sweep"`` rows."""
+    """Launch-parameter variants of the tuned cases: ``grid_mix`` uint8 at 224 (rows and warps per program) and the
+    loss at K = 1000 and 100 (pipelining stages, tile shape, warps). ``kind="sweep"`` rows."""
     import dataclasses
 
     import torch
@@ -251,6 +244,11 @@ def bench_sweep(results: Results):
         variants = {f"stages{n}": {**own, "num_stages": n} for n in (1, 2, 3, 4)}
         variants.update({f"rows16_k512_w{w}": dict(SPB=1, PPB=16, BLOCK_K=512, SINGLE=K <= 512, num_warps=w)
                          for w in (8, 16)})
+        variants.update({  # the single pass over all 16 rows, and narrower online tiles
+            "rows16_single_w16": dict(SPB=1, PPB=16, BLOCK_K=triton.next_power_of_2(K), SINGLE=True, num_warps=16),
+            "rows16_k128_w4": dict(SPB=1, PPB=16, BLOCK_K=128, SINGLE=K <= 128, num_warps=4),
+            "rows16_k256_w4": dict(SPB=1, PPB=16, BLOCK_K=256, SINGLE=K <= 256, num_warps=4),
+        })
         for label, fn in _loss_configs(K, step, grads, variants).items():
             ms, kernels = _device_ms(fn)
             results.add(kind="sweep", shape=f"loss N=256 P*P=16 K={K}", provider=label, device_ms=ms,

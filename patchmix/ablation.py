@@ -103,6 +103,9 @@ def run_ablation(table: str, cfg: Config, out: str, *, quiet: bool = False, comm
     rt.barrier()
     with Log(os.path.join(out, "log.jsonl"), quiet=quiet, enabled=rt.is_main) as log:
         ds = data_mod.from_config(cfg)
+        if table == "table6":  # every cell's search settings (e.g. search.num_pairs): refused now, not hours later
+            for cell in cells:
+                cfg.override(cell.updates).search.validate(ds.num_classes)
         log.info(f"ablation {table}: {len(cells)} variants x seeds {', '.join(map(str, cfg.run.seeds))}; "
                  f"data {ds.describe()}; {cfg.train.epochs} epochs")
         log.event("ablate", table=table, config=cfg.to_dict(), variants=[c.tag for c in cells])
@@ -121,10 +124,9 @@ def run_ablation(table: str, cfg: Config, out: str, *, quiet: bool = False, comm
         doc = tabulate(table, cells, results)
         doc.update(command=command, config=cfg.to_dict(), dataset=ds.describe(),
                    wall_seconds=round(time.perf_counter() - t_start, 2))
-        write_json(os.path.join(out, f"{table}.json"), doc)
-        atomic_write_text(os.path.join(out, f"{table}.md"), format_ablation(doc) + "\n")
         doc["figure"] = os.path.relpath(report.ablation_figure(doc, os.path.join(out, "figures", f"{table}.png")), out)
         write_json(os.path.join(out, f"{table}.json"), doc)
+        atomic_write_text(os.path.join(out, f"{table}.md"), format_ablation(doc) + "\n")
         log.event("ablated", table=table, cells=doc["cells"], wall_seconds=doc["wall_seconds"])
         return doc
 

@@ -22,6 +22,7 @@ mixers, or from timm's dense targets); :meth:`MixedBatch.to_dense` gives timm's 
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 from collections.abc import Sequence
@@ -164,8 +165,11 @@ def compose(x: Tensor, index_a: Tensor | None, index_b: Tensor, *, mask: Tensor 
         res, lam = compose(x[:, None], index_a, index_b, mask=mask, box=box, blend=blend, discrete=discrete,
                            out=None if out is None else out[:, None])
         return res[:, 0], lam
-    a = rows(x, index_a)
-    res, grid_lam = a, None
+    # x[index_a] and x[index_b], each gathered once and only by a step that reads it (grid_mix takes the
+    # indices itself); the blend, the last step, scales its b in place
+    a = functools.cache(lambda: rows(x, index_a))
+    b = functools.cache(lambda: rows(x, index_b))
+    res, grid_lam = None, None
     # the last step writes straight into `out` (a shared-memory buffer in a DataLoader worker)
     if mask is not None:
         last = out if box is None and blend is None else None
@@ -173,17 +177,19 @@ def compose(x: Tensor, index_a: Tensor | None, index_b: Tensor, *, mask: Tensor 
             res, grid_lam = grid_mix(x, mask, index_a, index_b, out=last)
         else:  # the op's rule for dtypes it does not serve (int64 label maps, bool masks)
             full = upsample_mask(mask, x.shape[-2], x.shape[-1])
-            res = select(full[:, None], a, rows(x, index_b), out=last)
+            res = select(full[:, None], a(), b(), out=last)
     if box is not None:
-        res = select(box_mask(box, x.shape[-2], x.shape[-1])[:, None], rows(x, index_b), res,
+        res = select(box_mask(box, x.shape[-2], x.shape[-1])[:, None], b(), a() if res is None else res,
                      out=out if blend is None else None)
     if blend is not None:
         if spatial:
-            blended = blend_pixels(a, rows(x, index_b), blend, discrete)  # index_select: a tensor of its own
+            blended = blend_pixels(a(), b(), blend, discrete)
             res = select((blend < 1).view(-1, *([1] * (x.dim() - 1))), blended, res, out=out)
         else:  # b gathered into `out` when the blend is computed in place there
             into = out if out is not None and x.is_floating_point() and not discrete else None
-            res = blend_pixels(a, rows(x, index_b, into), blend, discrete, out=None if into is not None else out)
+            res = blend_pixels(a(), rows(x, index_b, into), blend, discrete, out=None if into is not None else out)
+    if res is None:  # no step: the a images
+        res = a()
     if res is x:
         res = x.clone()
     if out is not None and res is not out:

@@ -305,8 +305,7 @@ def cmd_train(args) -> int:
     from . import data as data_mod
     from .files import write_json
     from .report import format_table, summarize
-    from .rundir import checkpoint_path
-    from .training import fgsm_evaluate, train_model
+    from .workflow import train_job
 
     cfg = _config(args, one_seed=True)
     out = args.out or f"runs/train-{args.method}"
@@ -325,11 +324,7 @@ def cmd_train(args) -> int:
             policy = rt.broadcast_object(policy)
         results = []
         for seed in cfg.run.seeds:
-            ck = checkpoint_path(out, args.method, seed)
-            net, res = train_model(cfg, ds, args.method, seed, rt=rt, checkpoint=ck, resume=args.resume,
-                                   policy=policy, log=log, desc=f"{args.method} seed {seed}")
-            if cfg.run.fgsm_epsilons:
-                res["fgsm"] = fgsm_evaluate(net, ds.test, cfg.run.fgsm_epsilons, 256, rt)
+            _, res, ck = train_job(cfg, ds, out, rt, log, args.method, seed, policy=policy, resume=args.resume)
             res["checkpoint"] = ck
             results.append(res)
         if rt.is_main:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .batch import MixedBatch
 from .ops import patchmix_cross_entropy
-from .ops.patchmix_cross_entropy import REDUCTIONS
+from .ops.patchmix_cross_entropy import REDUCTIONS, _patch_rows
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -29,11 +29,6 @@ def term_weights(has_grid: Tensor, image_weight: float, patch_weight: float) -> 
     for the others. Arithmetic on ``has_grid``, so no small tensor is copied to the device."""
     g = has_grid.to(torch.float32)
     return torch.stack([image_weight * g + (1 - g), patch_weight * g], 1)
-
-
-def _patch_rows(patch_logits: Tensor) -> Tensor:
-    """``(N, P*P, K)`` rows from ``(N, K, P, P)`` or ``(N, P*P, K)`` patch logits (a view)."""
-    return patch_logits.flatten(2).transpose(1, 2) if patch_logits.dim() == 4 else patch_logits
 
 
 def soft_patchmix_cross_entropy(image_logits: Tensor | None, patch_logits: Tensor | None, batch: MixedBatch,

@@ -266,9 +266,10 @@ def render_samples(cfg, ds, method: str, path: str, n: int = 16, seed: int = 0, 
 
     from . import data as data_mod
     from .augment import MixedBatch
-    from .training import derive_seed, make_mixer
+    from .seeding import seeded_generator
+    from .training import make_mixer
 
-    g = torch.Generator().manual_seed(derive_seed(seed, "show"))
+    g = seeded_generator(seed, "show")
     sp = getattr(ds, split)
     if method == "guided":
         from .guided import GuidedPatchMix, MixedBatchSampler, MixedCollate

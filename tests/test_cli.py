@@ -110,10 +110,13 @@ def test_ablate_table7_supervision_by_grid_size(tmp_path, capsys):
     net, _, _ = model_from_checkpoint(ck)
     image_logits, patch_logits = net.eval()(torch.rand(3, 1, 8, 8))
     assert torch.allclose(image_logits, patch_logits.mean((2, 3)), atol=1e-5)
-    # again: every job is reused, the same table
+    # again: every job is reused (nothing trains), the same table
+    log_path = os.path.join(out, "log.jsonl")
+    epochs = sum('"event": "epoch"' in line for line in open(log_path))
     assert _run(args, capsys)[0] == 0
     again = json.load(open(os.path.join(out, "table7.json")))
     assert again["cells"] == doc["cells"]
+    assert sum('"event": "epoch"' in line for line in open(log_path)) == epochs > 0
     from patchmix.rundir import RUN_FILES
 
     written = [os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs]

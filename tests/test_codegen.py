@@ -108,7 +108,7 @@ def record_benchmark_launches() -> list[codegen.Launch]:
         if K == 1000:
             take(label, patchmix_cross_entropy_backward_cuda, image, patch, _meta(()))
     for name, K, N in (("cifar10", 10, 20), ("cifar100", 100, 200)):
-        Q, S, V, n_ind, PP = 4 * K, 32, 100 * K, 500, 16
+        Q, S, V, n_ind, PP = K * (K + 1) // 2, 32, 100 * K, 500, 16  # Q: the class pairs i <= j
         table = _meta(Q, PP, 2, dtype=torch.float64)
         pairs, masks = _meta(n_ind, N, dtype=torch.int64), _meta(n_ind, N, 4, 4, dtype=torch.bool)
         logits, draws = _meta(V, PP, K, dtype=torch.float64), _meta(Q, S, 2, dtype=torch.int64)

@@ -362,7 +362,8 @@ def test_empty_and_single_sample_batches(mode, B):
         batch = Mix(**ALL, mode=mode, generator=torch.Generator().manual_seed(seed))(x, y)
         assert len(batch) == B and batch.images.shape == x.shape
         if B == 1:  # paired with itself: unchanged (up to float rounding of w * a + (1 - w) * a)
-            torch.testing.assert_close(batch.images, x) and torch.equal(batch.target_b, y)
+            torch.testing.assert_close(batch.images, x)
+            assert torch.equal(batch.target_b, y)
 
 
 def test_disabled_and_unmixed():

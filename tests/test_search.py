@@ -418,7 +418,11 @@ def test_replacements_and_the_final_population(small_fitness, replacement):
     if replacement == "plus":  # parents and offspring compete: the population's best never gets worse
         best = [rec["best"] for rec in r.logbook]
         assert all(b2 <= b1 for b1, b2 in zip(best, best[1:], strict=False))
-        assert r.logbook[1]["nevals"] <= 45  # 1.5 offspring per individual, copies of a parent not scored
+        assert r.logbook[1]["nevals"] <= 45  # 1.5 offspring per individual
+        # without crossover, offspring that mutation leaves untouched are copies of a parent: not scored again
+        r = search(small_fitness, population=30, generations=3, seed=0, progress=False, patience=None, cxpb=0.0,
+                   mutpb=0.5)
+        assert all(0 < rec["nevals"] < 45 for rec in r.logbook[1:]), [rec["nevals"] for rec in r.logbook]
 
 
 def test_maximise(small_fitness):

@@ -9,13 +9,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .contracts._common import host_checks
+
 
 def _check_labels(name: str, target: Tensor, num_classes: int) -> None:
     if target.dtype != torch.int64:
         raise ValueError(f"{name} must be int64 class indices, got dtype {target.dtype}")
     if target.dim() != 1:
         raise ValueError(f"{name} must have shape (N,), got {tuple(target.shape)}")
-    if num_classes is not None and target.numel() and not torch.compiler.is_compiling():
+    if num_classes is not None and target.numel() and host_checks(target):  # no host read of CUDA labels
         lo, hi = int(target.min()), int(target.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{name} holds label {lo if lo < 0 else hi}, outside [0, {num_classes})")

@@ -417,9 +417,7 @@ class GeneticSearch:
         }
         hof = self.hof[0]
         arrays = {
-            "pairs": np.stack([ind.pairs for ind in population]),
-            "masks": np.stack([ind.masks for ind in population]),
-            "values": np.array([ind.fitness.values[0] for ind in population], dtype=np.float64),
+            **_arrays(population),
             "hof_pairs": hof.pairs, "hof_masks": hof.masks, "hof_value": np.float64(hof.fitness.values[0]),
             "meta": np.array(json.dumps(meta)),  # a unicode array: no pickle needed to read it back
         }
@@ -562,8 +560,8 @@ def search(fitness: CachedFitness, config: SearchConfig | None = None, *, seed: 
            class_names: list[str] | None = None, checkpoint=None, resume: bool = False, progress: bool = True,
            callback: Callable[[int, dict], bool | None] | None = None, save_checkpoint: bool = True,
            **settings) -> SearchResult:
-    """Run the genetic search on ``fitness`` with ``config`` (a :class:`SearchConfig`; default: the paper's
-    settings) updated by ``**settings`` (its field names, e.g. ``population=100, patience=None``).
+    """Run the genetic search on ``fitness`` with ``config`` (a :class:`SearchConfig`; default: its tuned
+    operators, the paper's are ``PAPER_OPERATORS``) updated by ``**settings`` (its field names, e.g. ``population=100, patience=None``).
 
     ``checkpoint``: a file written every ``checkpoint_every`` generations (and at the end); with
     ``resume=True`` an existing checkpoint is continued (same settings required; ``generations``,

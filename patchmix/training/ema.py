@@ -44,16 +44,28 @@ class ModelEma(nn.Module):
         decay = 1 - (1 + step / self.warmup_gamma) ** -self.warmup_power
         return max(min(decay, self.decay), self.min_decay)
 
+    def _tensors(self, model: nn.Module) -> tuple[list, list, list]:
+        """(EMA floats, model floats, integer (EMA, model) pairs) of the two state dicts, built once per model and
+        placement: ``state_dict()`` costs about 0.3 ms on ResNet-32, twice a step, and its tensors share storage
+        with the parameters and buffers (a move to another device is seen through the first parameter)."""
+        key = (id(model), *(next(m.parameters(), torch.empty(0)).data_ptr() for m in (model, self.module)))
+        if getattr(self, "_key", None) != key:
+            floats, model_floats, ints = [], [], []
+            for ema_v, model_v in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+                if ema_v.is_floating_point():
+                    floats.append(ema_v)
+                    model_floats.append(model_v)
+                else:
+                    ints.append((ema_v, model_v))
+            self._key, self._cached = key, (floats, model_floats, ints)
+        return self._cached
+
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         decay = self.get_decay(step)
-        ema_floats, model_floats = [], []
-        for ema_v, model_v in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
-            if ema_v.is_floating_point():
-                ema_floats.append(ema_v)
-                model_floats.append(model_v)
-            else:
-                ema_v.copy_(model_v)
+        ema_floats, model_floats, ints = self._tensors(model)
+        for ema_v, model_v in ints:
+            ema_v.copy_(model_v)
         if ema_floats:
             torch._foreach_lerp_(ema_floats, model_floats, 1.0 - decay)
 

@@ -18,7 +18,7 @@ from .runtime import Runtime, autocast
 
 def _batches(split: data_mod.Split, batch_size: int, rt: Runtime, workers: int):
     order = torch.arange(len(split))[rt.rank::rt.world]
-    for x, y in data_mod.load_batches(split, order.split(batch_size), workers=workers):
+    for x, y in data_mod.batches(split, batch_size, order, workers=workers):
         yield data_mod.to_float(x, rt.device, rt.channels_last), y.to(rt.device, non_blocking=True)
 
 
