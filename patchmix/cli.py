@@ -250,7 +250,7 @@ def cmd_run(args) -> int:
     finally:
         shutdown_distributed(clean)
     if metrics:
-        from .report import format_table
+        from .workflow.report import format_table
 
         _print()
         _print(f"test top-1 accuracy, {metrics['dataset']['description']}, model {metrics['model']}, "
@@ -262,8 +262,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from .ablation import format_ablation, run_ablation
     from .training import shutdown_distributed
+    from .workflow.ablation import format_ablation, run_ablation
 
     cfg = _config(args)
     out = args.out or f"runs/ablate-{args.table}"
@@ -288,8 +288,8 @@ def _job(cfg, out: str, quiet: bool, command: str):
     """What ``train`` and ``search`` share: the runtime (one process, or DDP under torchrun, torn down on every
     path), the output folder checked (no folder of other files), ``out/checkpoints`` and ``out/config.json``
     written by rank 0, and ``out/log.jsonl`` (closed on every path). Yields ``(runtime, log)``."""
-    from .rundir import check_output
     from .training import Log, runtime_session
+    from .workflow.rundir import check_output
 
     with runtime_session(cfg) as rt:
         check_output(out, command)  # every rank, before any rank writes
@@ -304,8 +304,8 @@ def _job(cfg, out: str, quiet: bool, command: str):
 def cmd_train(args) -> int:
     from . import data as data_mod
     from .files import write_json
-    from .report import format_table, summarize
     from .workflow import train_job
+    from .workflow.report import format_table, summarize
 
     cfg = _config(args, one_seed=True)
     out = args.out or f"runs/train-{args.method}"
@@ -342,10 +342,10 @@ def cmd_train(args) -> int:
 def cmd_search(args) -> int:
     from . import data as data_mod
     from .files import write_json
-    from .report import fitness_figure, pairs_figure, render_samples
-    from .rundir import checkpoint_path, logbook_path, search_checkpoint_path
     from .training import model_from_checkpoint, train_model
     from .workflow import run_search
+    from .workflow.report import fitness_figure, pairs_figure, render_samples
+    from .workflow.rundir import checkpoint_path, logbook_path, search_checkpoint_path
 
     cfg = _config(args)
     out = args.out
@@ -378,7 +378,7 @@ def cmd_search(args) -> int:
 
 def cmd_show(args) -> int:
     from . import data as data_mod
-    from .report import render_samples
+    from .workflow.report import render_samples
 
     cfg = _config(args)
     ds = data_mod.from_config(cfg)

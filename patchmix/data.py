@@ -51,8 +51,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .collate import LoadedBatch
 from .errors import DatasetError
+from .mixing.collate import LoadedBatch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -659,7 +659,7 @@ class _Batches(torch.utils.data.Dataset):
 class SplitDataset(torch.utils.data.Dataset):
     """A split as a map-style dataset for a ``DataLoader``: ``dataset[i] = (image uint8 (C, H, W), label)``, and
     a whole batch at once through ``__getitems__``: one gather from memory (or the batch's files decoded), as a
-    :class:`patchmix.collate.LoadedBatch` that carries the batch's key when the batch sampler gives one."""
+    :class:`patchmix.mixing.collate.LoadedBatch` that carries the batch's key when the batch sampler gives one."""
 
     def __init__(self, split: Split):
         self.split = split

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .batch import MixedBatch
+from .mixing.batch import MixedBatch
 from .ops import patchmix_cross_entropy
 from .ops.patchmix_cross_entropy import REDUCTIONS, _patch_rows
 

@@ -2,7 +2,7 @@
 (the run's seed, the epoch, the rank, the batch index, a purpose), so a stream is a pure function of where
 it is used and never depends on what drew before it (another process, another worker, another method).
 
-This module is a leaf: it imports nothing from patchmix, so the mixing layer (:mod:`patchmix.collate`) and
+This module is a leaf: it imports nothing from patchmix, so the mixing layer (:mod:`patchmix.mixing.collate`) and
 the training layer (:mod:`patchmix.training.streams`) share it.
 """
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from patchmix import CutMix, MixedBatch, Mixup, RandomPatchMix
-from patchmix.augment import sample_beta
+from patchmix.mixing.augment import sample_beta
 from patchmix.ops import grid_mix_reference, patch_targets, soft_targets
 from patchmix.ops.grid_mix import upsample_mask
 
@@ -209,8 +209,8 @@ def test_sampling_compiles_fullgraph():
 def test_gamma_rounds_almost_never_fall_back(alpha):
     """Every draw finds an accepted proposal within GAMMA_ROUNDS (the fallback's probability is < 2e-16), and the
     Gamma mean and variance (both equal to the shape) come out right."""
-    from patchmix.augment import GAMMA_ROUNDS
-    from patchmix.sampling import sample_gamma_rounds
+    from patchmix.mixing.augment import GAMMA_ROUNDS
+    from patchmix.mixing.sampling import sample_gamma_rounds
 
     assert GAMMA_ROUNDS >= 12
     g = torch.Generator().manual_seed(3)

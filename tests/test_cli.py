@@ -117,7 +117,7 @@ def test_ablate_table7_supervision_by_grid_size(tmp_path, capsys):
     again = json.load(open(os.path.join(out, "table7.json")))
     assert again["cells"] == doc["cells"]
     assert sum('"event": "epoch"' in line for line in open(log_path)) == epochs > 0
-    from patchmix.rundir import RUN_FILES
+    from patchmix.workflow.rundir import RUN_FILES
 
     written = [os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs]
     assert all(RUN_FILES.fullmatch(f) for f in written)  # all of them the files a run may replace

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import patchmix.batch
+import patchmix.mixing.batch
 from patchmix import EpochBatchSampler, GuidedPatchMix, KeyedDataset, Mix, MixCollate, MixedBatch, RandomPatchMix
-from patchmix.collate import BatchKey, KeyedIndices, stack_batch, worker_output
-from patchmix.guided import mixed_loader
+from patchmix.mixing.collate import BatchKey, KeyedIndices, stack_batch, worker_output
+from patchmix.mixing.guided import mixed_loader
 from patchmix.search import Policy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,8 +84,8 @@ def test_keyed_batches_draw_the_same_for_any_number_of_workers_and_resume_exactl
 
 def test_collate_mixes_uint8_with_the_grid_mix_kernel_and_applies_the_transform(monkeypatch):
     calls = []
-    real = patchmix.batch.grid_mix
-    monkeypatch.setattr(patchmix.batch, "grid_mix", lambda *a, **kw: calls.append(a[0].dtype) or real(*a, **kw))
+    real = patchmix.mixing.batch.grid_mix
+    monkeypatch.setattr(patchmix.mixing.batch, "grid_mix", lambda *a, **kw: calls.append(a[0].dtype) or real(*a, **kw))
     flips = []
 
     def flip(x, generator):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from patchmix import GuidedPatchMix, MixedBatch
-from patchmix.guided import MixedBatchSampler, MixedCollate, concat_batches, mixed_loader, phase_four_counts
+from patchmix.mixing.guided import MixedBatchSampler, MixedCollate, concat_batches, mixed_loader, phase_four_counts
 from patchmix.ops import grid_mix_reference
 from patchmix.search import CachedFitness, Policy, search, synthetic_cache
 

@@ -297,7 +297,7 @@ def test_cutmix_cross_checks_kornia_random_cutmix_v2():
     pairs and boxes, patchmix's composition and lam (the exact remaining area) are Kornia's."""
     from kornia.augmentation import RandomCutMixV2
 
-    from patchmix.batch import compose
+    from patchmix.mixing.batch import compose
 
     for seed in range(5):
         x, y = make_batch(B=7, H=13, W=11, seed=seed)
@@ -472,7 +472,7 @@ def test_cuda_mixing_is_sync_free_and_matches_the_cpu_rule(mode):
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool, torch.float16, torch.float32, torch.float64])
 def test_select_is_where(dtype):
-    from patchmix.batch import select
+    from patchmix.mixing.batch import select
 
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(6, 3, 5, 7, generator=g) * 100 for _ in range(2))
@@ -487,7 +487,7 @@ def test_select_is_where(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_blend_with_one_number_and_with_a_tensor_gives_the_same_bits(dtype):
-    from patchmix.batch import blend_pixels, to_dtype
+    from patchmix.mixing.batch import blend_pixels, to_dtype
 
     x, _ = make_batch(B=8, dtype=dtype)
     b = x.flip(0)

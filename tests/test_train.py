@@ -198,8 +198,8 @@ def test_workflow_writes_everything(tmp_path):
               "figures/samples.png", "figures/guided_samples.png", "figures/fitness.png", "figures/pairs.png",
               "figures/accuracy.png", "figures/curves.png"):
         assert os.path.isfile(os.path.join(out, f)), f
-    # every file the run wrote is one a fresh run may remove again (patchmix.rundir.RUN_FILES), nothing else
-    from patchmix.rundir import RUN_FILES
+    # every file the run wrote is one a fresh run may remove again (patchmix.workflow.rundir.RUN_FILES), nothing else
+    from patchmix.workflow.rundir import RUN_FILES
 
     written = [os.path.relpath(os.path.join(d, f), out).replace(os.sep, "/") for d, _, fs in os.walk(out) for f in fs]
     assert [w for w in written if not RUN_FILES.fullmatch(w)] == []

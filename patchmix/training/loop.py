@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import data as data_mod
-from ..batch import MixedBatch
 from ..config import Config
 from ..errors import ConfigError
+from ..mixing.batch import MixedBatch
 from ..ops import check_errors
 from .checkpoint import CheckpointSaver, TrainState
 from .ema import ModelEma

@@ -5,13 +5,13 @@ loss trains it.
   fused image + patch loss ``L_T`` (the paper's phase one); ``mix``: Mixup, CutMix and PatchMix chosen per sample
   (or per batch) by ``train.mix_weights``, ``L_T`` for its PatchMix samples and ``L_O`` for the others;
 * ``guided``: phase four: each batch holds original, random-mixed and policy-guided samples, built by
-  :class:`patchmix.guided.MixedBatchSampler` (indices) and :class:`patchmix.guided.MixedCollate` (mixing).
+  :class:`patchmix.mixing.guided.MixedBatchSampler` (indices) and :class:`patchmix.mixing.guided.MixedCollate` (mixing).
 
 Every method goes through :class:`patchmix.PatchMixLoss`; all but ``random`` and ``mix`` use its image term ``L_O``
 only. Every method takes the same number of steps of the same batch size (the same budget): an epoch of
 ``guided`` shows each training image as an original or random-mixed sample with probability
 ``(n_original + n_random) / B``; its guided samples are drawn from the whole training set. Mixing happens where
-the batch is loaded (:class:`patchmix.collate.MixCollate`, in the DataLoader's workers when ``data.workers > 0``),
+the batch is loaded (:class:`patchmix.mixing.collate.MixCollate`, in the DataLoader's workers when ``data.workers > 0``),
 on uint8 images; from ``train.mix_off_epoch`` on every method trains on unmixed batches.
 """
 
@@ -24,14 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from .. import data as data_mod
-from ..augment import RandomPatchMix
-from ..batch import MixedBatch
 from ..choices import METHODS, MIX_METHODS, PATCH_SUPERVISED
-from ..collate import MixCollate
 from ..config import Config
 from ..errors import ConfigError, PolicyError
 from ..losses import PatchMixLoss
-from ..mix import Mix
+from ..mixing.augment import RandomPatchMix
+from ..mixing.batch import MixedBatch
+from ..mixing.collate import MixCollate
+from ..mixing.mix import Mix
 from .optim import lr_at
 from .runtime import Runtime
 from .streams import EpochStreams, loader_seed
@@ -98,7 +98,7 @@ class Method:
         self.load_size = self.batch_size  # dataset indices a step takes from the epoch's order
         self.guided = None
         if name == "guided":
-            from ..guided import GuidedPatchMix, phase_four_counts
+            from ..mixing.guided import GuidedPatchMix, phase_four_counts
 
             if policy is None:
                 raise ConfigError("method 'guided' needs a policy (run `patchmix search` first, then pass --policy)")
@@ -136,17 +136,17 @@ class Method:
         order = order[: self.steps_per_epoch * load]
         if not guided:
             return list(order.split(load))
-        from ..guided import MixedBatchSampler
+        from ..mixing.guided import MixedBatchSampler
 
         sampler = MixedBatchSampler(self.guided, self.counts, order=order, generator=streams.guided)
         return [torch.tensor(b) for b in sampler]
 
     def mixer(self) -> Mixer:
         """``mix(x, y, generator=None) -> MixedBatch`` of a loaded batch: the method's :func:`make_mixer`, or for
-        ``guided`` phase four's :meth:`patchmix.guided.MixedCollate.mix` (its random part a Random PatchMix)."""
+        ``guided`` phase four's :meth:`patchmix.mixing.guided.MixedCollate.mix` (its random part a Random PatchMix)."""
         if self.guided is None:
             return make_mixer(self.name, self.cfg)
-        from ..guided import MixedCollate
+        from ..mixing.guided import MixedCollate
 
         t = self.cfg.train
         alpha = t.alpha if t.patchmix_alpha is None else t.patchmix_alpha

@@ -1,7 +1,7 @@
 """The training batches: one ``torch.utils.data.DataLoader`` per training over the training split, fed one
 epoch's index batches at a time.
 
-* batch sampler: :class:`patchmix.collate.EpochBatchSampler` over the epoch's index batches (a function of
+* batch sampler: :class:`patchmix.mixing.collate.EpochBatchSampler` over the epoch's index batches (a function of
   ``(seed, epoch, rank)``, :meth:`Method.index_batches`), each tagged with its ``(epoch, step)``;
 * dataset: :class:`patchmix.data.SplitDataset`, one gather per batch from memory (images decoded once) or the
   batch's files decoded;
@@ -10,7 +10,7 @@ epoch's index batches at a time.
 * ``data.workers`` worker processes, persistent across the epochs, ``data.prefetch_factor`` batches ahead each;
   pinned memory on CUDA devices, so the copy to the device does not block.
 
-:meth:`TrainLoader.epoch` yields each :class:`~patchmix.batch.MixedBatch` on the device with its images as
+:meth:`TrainLoader.epoch` yields each :class:`~patchmix.mixing.batch.MixedBatch` on the device with its images as
 ``[0, 1]`` floats (channels-last on request), the uint8 images having crossed to the device (4x fewer bytes).
 """
 
@@ -21,8 +21,8 @@ from collections.abc import Iterator
 import torch
 
 from .. import data as data_mod
-from ..batch import MixedBatch
-from ..collate import EpochBatchSampler
+from ..mixing.batch import MixedBatch
+from ..mixing.collate import EpochBatchSampler
 from .methods import Method
 from .runtime import Runtime
 

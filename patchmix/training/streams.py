@@ -11,7 +11,7 @@ Streams of one epoch (:class:`EpochStreams`):
 ``order`` and ``guided`` are consumed whole at the start of the epoch (the epoch's index batches), so a
 mid-epoch checkpoint only needs the global generator's state (:meth:`EpochStreams.state`). The crops, flips
 and mixing of a batch draw in the data loader from generators seeded per batch by ``(seed, rank, epoch, step,
-purpose)`` (:class:`patchmix.collate.MixCollate`): they depend neither on the number of loader workers nor on
+purpose)`` (:class:`patchmix.mixing.collate.MixCollate`): they depend neither on the number of loader workers nor on
 what ran before, so a resumed epoch redraws the remaining batches exactly. All generators live on the CPU:
 the draws do not depend on the device.
 """

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .ops import grid_mix, patch_targets, soft_targets
-from .ops.contracts.grid_mix import SUPPORTED_DTYPES as GRID_MIX_DTYPES
-from .ops.grid_mix import upsample_mask
+from ..ops import grid_mix, patch_targets, soft_targets
+from ..ops.contracts.grid_mix import SUPPORTED_DTYPES as GRID_MIX_DTYPES
+from ..ops.grid_mix import upsample_mask
 
 KORNIA_FORMATS = ("mixup", "cutmix")
 

@@ -32,10 +32,10 @@ import json
 import os
 import re
 
-from .choices import METHODS
-from .config import Config
-from .errors import ConfigError, OutputError
-from .files import read_json
+from ..choices import METHODS
+from ..config import Config
+from ..errors import ConfigError, OutputError
+from ..files import read_json
 
 #: Files a run writes, relative to the output folder (a regular expression over the relative path): the
 #: names above, an older version's search checkpoint (``.pkl``), and the temporary file of a write that a

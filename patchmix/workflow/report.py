@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .choices import METHOD_LABELS
-from .files import atomic_path, atomic_write_text
+from ..choices import METHOD_LABELS
+from ..files import atomic_path, atomic_write_text
 
 METHOD_COLORS = {"base": "#7f7f7f", "mixup": "#1f77b4", "cutmix": "#2ca02c", "random": "#ff7f0e",
                  "guided": "#d62728", "mix": "#9467bd"}
@@ -227,7 +227,7 @@ def fidelity_figure(searches: dict, path: str) -> str:
 
 
 def ablation_figure(doc: dict, path: str) -> str:
-    """Grouped bars of an ablation table (:func:`patchmix.ablation.tabulate`): one group per row, one bar per
+    """Grouped bars of an ablation table (:func:`patchmix.workflow.ablation.tabulate`): one group per row, one bar per
     column (mean test top-1, error bar: std over seeds, dots: each seed)."""
     plt = _plt()
     rows, cols = doc["rows"], doc["cols"]
@@ -264,15 +264,15 @@ def render_samples(cfg, ds, method: str, path: str, n: int = 16, seed: int = 0, 
     come from phase four's batch builder with only the guided part)."""
     import torch
 
-    from . import data as data_mod
-    from .augment import MixedBatch
-    from .seeding import seeded_generator
-    from .training import make_mixer
+    from .. import data as data_mod
+    from ..mixing.augment import MixedBatch
+    from ..seeding import seeded_generator
+    from ..training import make_mixer
 
     g = seeded_generator(seed, "show")
     sp = getattr(ds, split)
     if method == "guided":
-        from .guided import GuidedPatchMix, MixedBatchSampler, MixedCollate
+        from ..mixing.guided import GuidedPatchMix, MixedBatchSampler, MixedCollate
 
         counts = (0, 0, n)
         guided = GuidedPatchMix(policy, sp.labels)
@@ -395,7 +395,7 @@ def format_table(summary: dict, fgsm: dict | None = None, markdown: bool = False
 def fidelity_summary(searches: dict) -> dict | None:
     """Over the seeds' fidelity checks: per population (``random``, ``final``) the mean and the lowest Spearman
     correlation and the seeds measured; ``below_goal`` when any is under the goal. None without a check."""
-    from .search.fidelity import GOAL
+    from ..search.fidelity import GOAL
 
     checks = [s["fidelity"] for s in searches.values() if s.get("fidelity") and "random" in s["fidelity"]]
     if not checks:

@@ -1,6 +1,6 @@
 """``patchmix.Mix``: one mixer with every knob of timm's ``Mixup`` (Mixup, CutMix with ``cutmix_minmax`` and
 ``correct_lam``, ``prob``, ``switch_prob``, ``mode``, ``label_smoothing``, an on/off switch), plus Random
-PatchMix and weights over any subset of the three. It returns a :class:`~patchmix.batch.MixedBatch`.
+PatchMix and weights over any subset of the three. It returns a :class:`~patchmix.mixing.batch.MixedBatch`.
 
 Modes (timm's names):
 
@@ -8,7 +8,7 @@ Modes (timm's names):
   weight, CutMix pastes one box, PatchMix composes with one ``P x P`` mask. The per-batch choices are drawn
   on the host from a CPU generator (never a read of device data), like timm's numpy draws.
 * ``"elem"``: a method, a gate (``prob``) and a ``lam`` per sample, vectorised on the data's device (no Python
-  loop over samples, no host read: :mod:`patchmix.sampling`).
+  loop over samples, no host read: :mod:`patchmix.mixing.sampling`).
 * ``"pair"``: as ``"elem"``, but the two samples of a pair (``partner[partner[i]] == i``) share their draws,
   so the pair's two outputs are complementary composites.
 
@@ -31,8 +31,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..choices import MIX_METHODS, MIX_MODES
 from .batch import MixedBatch, compose, rows, to_dtype
-from .choices import MIX_METHODS, MIX_MODES
 from .sampling import (
     PAIRINGS,
     box_area,
@@ -178,7 +178,7 @@ class Mix(nn.Module):
     # ----------------------------------------------------------------------------------------------
     def draw_generator(self, device, generator: torch.Generator | None = None) -> torch.Generator | None:
         """The generator to draw on ``device`` with (``generator``, default the mixer's; see
-        :func:`patchmix.sampling.device_generator`)."""
+        :func:`patchmix.mixing.sampling.device_generator`)."""
         source = generator if generator is not None else self.generator
         return device_generator(source, device, self._device_generators)
 

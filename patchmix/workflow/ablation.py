@@ -32,14 +32,14 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from . import data as data_mod
+from .. import data as data_mod
+from ..choices import ABLATIONS
+from ..config import Config
+from ..errors import ConfigError
+from ..files import atomic_write_text, write_json
+from ..training import Interrupted, Log, setup_runtime, train_model
 from . import report, rundir
-from .choices import ABLATIONS
-from .config import Config
-from .errors import ConfigError
-from .files import atomic_write_text, write_json
-from .training import Interrupted, Log, setup_runtime, train_model
-from .workflow import search_policy, stop_if_requested, train_job
+from .run import search_policy, stop_if_requested, train_job
 
 #: The ablations, in the order the CLI lists them.
 TABLES = ABLATIONS
@@ -143,7 +143,7 @@ def _record(cell: Variant, seed: int, res: dict, ck: str) -> dict:
 
 def _table6_seed(cfg, ds, out, rt, log, cells, seed) -> list[dict]:
     """One ``f_T`` (the run's Random PatchMix job), then per cell a search and the guided model it guides."""
-    from .search import Policy
+    from ..search import Policy
 
     f_t, _ = train_model(cfg, ds, "random", seed, rt=rt, checkpoint=rundir.checkpoint_path(out, "random", seed),
                          resume=True, log=log, desc=f"{'random':>6} seed {seed} (f_T)")

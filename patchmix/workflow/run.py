@@ -9,7 +9,7 @@ Per seed:
 
 plus ``base``, ``mixup`` and ``cutmix`` with the same budget and seed. Every job checkpoints; ``resume``
 skips finished jobs and continues the interrupted one. The output folder is described in
-:mod:`patchmix.rundir`; the figures and the report come from :mod:`patchmix.report`.
+:mod:`patchmix.workflow.rundir`; the figures and the report come from :mod:`patchmix.workflow.report`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ import time
 
 import torch
 
-from . import data as data_mod
-from . import report, rundir
-from .choices import METHODS
-from .config import Config
-from .files import read_json, write_json
-from .training import (
+from .. import data as data_mod
+from ..choices import METHODS
+from ..config import Config
+from ..files import read_json, write_json
+from ..training import (
     Interrupted,
     Log,
     Runtime,
@@ -35,6 +34,7 @@ from .training import (
     stop_requested,
     train_model,
 )
+from . import report, rundir
 
 
 class DistributedFitness:
@@ -73,7 +73,7 @@ def measure_fidelity(cfg: Config, ds: data_mod.Dataset, net, cache, result, seed
     """The cache's fidelity after a search (:func:`patchmix.search.cache_fidelity`): Spearman correlation of the
     cached and the exact fitness of ``net`` (``f_T``) over ``run.fidelity_individuals`` random policies and as
     many of ``result``'s final population, with ``run.fidelity_draws`` draws; ``seconds`` it took."""
-    from .search import cache_fidelity
+    from ..search import cache_fidelity
 
     size = len(ds.val) * ds.channels * ds.image_size ** 2 * 4
     if size > FIDELITY_MAX_BYTES:
@@ -95,7 +95,7 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
     run's ``search`` settings (:class:`patchmix.search.SearchConfig`). Returns the ``SearchResult``; on rank 0
     its ``extra["fidelity"]`` holds the cache's fidelity (:func:`measure_fidelity`) unless
     ``run.fidelity_individuals`` is 0."""
-    from .search import CachedFitness, CachedLogits, search
+    from ..search import CachedFitness, CachedLogits, search
 
     log = log or Log.silent()
     s = cfg.search
@@ -249,7 +249,7 @@ class Workflow:
     def policy(self, seed: int, f_t):
         """Phases one to three for ``seed``: ``f_T`` (trained, or read from its finished checkpoint), the
         search, and its policy; a finished guided job's saved policy is reused."""
-        from .search import Policy
+        from ..search import Policy
 
         cfg, ds, rt, log = self.cfg, self.ds, self.rt, self.log
         path = rundir.policy_path(self.out, seed)

@@ -1,9 +1,9 @@
 """Mixing inside ``torch.utils.data.DataLoader`` workers, on the raw uint8 batch (timm's ``FastCollateMixup``).
 
 ``DataLoader(dataset, batch_sampler=..., collate_fn=MixCollate(mixer), num_workers=k, pin_memory=True)``
-serves :class:`~patchmix.batch.MixedBatch` objects: the collate stacks the samples, optionally transforms the
+serves :class:`~patchmix.mixing.batch.MixedBatch` objects: the collate stacks the samples, optionally transforms the
 batch (crop, flip), mixes it with ``mixer`` (any :class:`patchmix.Mix`, the phase-four
-:class:`patchmix.guided.MixedCollate`, any callable ``(x, y) -> MixedBatch``), and the loader pins the result
+:class:`patchmix.mixing.guided.MixedCollate`, any callable ``(x, y) -> MixedBatch``), and the loader pins the result
 (``MixedBatch.pin_memory``) for ``batch.to(device, non_blocking=True)``.
 
 Seeding. A forked worker holds a copy of whatever generator the collate had, so without care the k-th batch of
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..seeding import seeded_generator
 from .batch import MixedBatch
-from .seeding import seeded_generator
 
 
 class BatchKey(NamedTuple):

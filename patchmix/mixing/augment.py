@@ -8,7 +8,7 @@ drawn Beta value). Sampling is vectorised, per sample, on the input's device, wi
 and no host read (a CUDA training step does not wait for the GPU here), and reproducible with a
 ``torch.Generator``: one on the data's device is used directly, one elsewhere seeds a generator there.
 
-:class:`MixedBatch` lives in :mod:`patchmix.batch` and the draws in :mod:`patchmix.sampling`; both are
+:class:`MixedBatch` lives in :mod:`patchmix.mixing.batch` and the draws in :mod:`patchmix.mixing.sampling`; both are
 re-exported here, where they were first defined.
 """
 

@@ -9,7 +9,7 @@
   in this order: original samples (``lam = 1``), Random-PatchMix samples (mixed within that part) and guided
   samples (``L_O`` over all of them). :func:`phase_four_counts` splits a batch into the three parts. The
   trainer's loader and :func:`mixed_loader` run ``MixedCollate.mix`` inside a
-  :class:`patchmix.collate.MixCollate` (a generator per batch or per worker, never one shared by the workers).
+  :class:`patchmix.mixing.collate.MixCollate` (a generator per batch or per worker, never one shared by the workers).
 
 A Random-PatchMix part of one sample is valid: like :class:`~patchmix.RandomPatchMix` on a batch of one, it
 pairs the sample with itself (the image is unchanged and keeps its label). Counts are never adjusted.
@@ -25,11 +25,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import PolicyError
+from ..ops import grid_mix
+from ..search.policy import Policy
 from .augment import MixedBatch, RandomPatchMix
 from .collate import MixCollate
-from .errors import PolicyError
-from .ops import grid_mix
-from .search.policy import Policy
 
 
 def phase_four_counts(batch: int, fractions: Sequence[float]) -> tuple[int, int, int]:
@@ -232,7 +232,7 @@ class MixedCollate:
     ``mix(x (n_o + n_r + 2 n_g, C, H, W), y (same,), generator=None) -> MixedBatch`` of ``n_o + n_r + n_g``
     samples (``generator``: the random part's draws, default ``random_mixer``'s own); calling the object on a list
     of ``(x, y)`` samples stacks them first (the ``collate_fn`` of a ``DataLoader``: a
-    :class:`patchmix.collate.MixCollate` with ``seed``, so each worker draws its own stream).
+    :class:`patchmix.mixing.collate.MixCollate` with ``seed``, so each worker draws its own stream).
     """
 
     def __init__(self, guided: GuidedPatchMix, counts: tuple[int, int, int], *,
