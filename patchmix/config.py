@@ -145,11 +145,13 @@ class RunConfig:
     show_samples: int = 16
     #: torch.set_num_threads (None: leave torch's default).
     threads: int | None = None
-    #: The cache's fidelity after each search (report.md, metrics.json): Spearman correlation of the cached and
-    #: the exact fitness over this many random policies and as many of the final population (0: not measured).
-    fidelity_individuals: int = 32
-    #: Validation pairs per class pair of that check (it runs f_T on individuals x N x draws composed images).
-    fidelity_draws: int = 8
+    #: The search check after each search (report.md, metrics.json; patchmix.search.search_check): f_T's exact
+    #: fitness of this many random policies built like the search's, of up to 32 of its final population and of
+    #: the chosen policy, on draws of its own: the fitness's fidelity (Spearman, with the exact-vs-exact
+    #: ceiling) and the search's efficacy (the chosen policy's percentile among the random ones). 0: not run.
+    fidelity_individuals: int = 200
+    #: Validation pairs per class pair of that check (it runs f_T on (policies + 33) x N x draws composed images).
+    fidelity_draws: int = 32
 
 
 @dataclass
@@ -209,9 +211,9 @@ class Config:
             raise ConfigError(f"run.methods: unknown {bad}; choose from {', '.join(METHODS)}")
         if not r.seeds:
             raise ConfigError("run.seeds must name at least one seed")
-        if r.fidelity_individuals < 0 or r.fidelity_draws < 1:
-            raise ConfigError(f"run.fidelity_individuals must be >= 0 and run.fidelity_draws >= 1, got "
-                              f"{r.fidelity_individuals} and {r.fidelity_draws}")
+        if (r.fidelity_individuals != 0 and r.fidelity_individuals < 3) or r.fidelity_draws < 2:
+            raise ConfigError(f"run.fidelity_individuals must be 0 (no check) or >= 3 and run.fidelity_draws >= 2, "
+                              f"got {r.fidelity_individuals} and {r.fidelity_draws}")
 
 
     def _validate_mixing(self) -> None:

@@ -4,14 +4,18 @@ scored on cached validation logits by the batched op ``patchmix.ops.population_f
 Typical use::
 
     cache = CachedLogits.from_model(model, val_images, val_labels)          # one pass, (V, P*P, K) logits
-    fitness = CachedFitness(cache, num_draws=32)                            # draws fixed once, seeded
+    fitness = interaction_fitness(cache, model, val_images, num_draws=32)   # f_T on composed draws, fitted
     result = search(fitness, population=500, generations=250, seed=0, checkpoint="search.npz", resume=True)
     result.policy.save("policy.json")                                       # -> patchmix.GuidedPatchMix
+    check = search_check(fitness, model, val_images, chosen=(result.best_pairs, result.best_masks),
+                         num_pairs=20)                                      # fidelity and efficacy, measured
 
 Modules: :mod:`.pairs` (pair ids, slot pools, the default ``N``), :mod:`.settings` (:class:`SearchConfig`,
-the one vocabulary of search settings), :mod:`.fitness` (the cache, cached and exact fitness, the closed-form
-optimum), :mod:`.fidelity` (how faithful the cache is: cached against exact fitness), :mod:`.genetic` (the DEAP
-search) and :mod:`.policy` (its result as JSON).
+the one vocabulary of search settings), :mod:`.scoring` (``f_T`` on composed images), :mod:`.fitness` (the
+cache, the cached fitness and its tables, the exact fitness, the per-pair optimum), :mod:`.interaction` (the
+interaction-aware table, fitted on ``f_T``), :mod:`.fidelity` (the search check: fidelity and efficacy against the
+exact fitness), :mod:`.genetic` (the DEAP search and the exhaustive solver) and :mod:`.policy` (its result as
+JSON).
 
 The DEAP search is imported on first use of one of its names (``search``, ``GeneticSearch``, ...), so that
 ``import patchmix`` does not import DEAP.
@@ -19,22 +23,24 @@ The DEAP search is imported on first use of one of its names (``search``, ``Gene
 
 import importlib
 
-from .fidelity import cache_fidelity
+from .fidelity import search_check
 from .fitness import (
     CachedFitness,
     CachedLogits,
     ExactFitness,
     OptimumResult,
+    draw_pairs,
     fitness_rank_correlation,
     random_population,
     rank_correlation,
     synthetic_cache,
 )
+from .interaction import build_interaction_table, fit_interactions, interaction_fitness
 from .pairs import pair_classes, pair_id
 from .policy import Policy, PolicyError
 from .settings import MUTATIONS, PAPER_OPERATORS, SearchConfig
 
-_GENETIC = ("GeneticSearch", "SearchResult", "search")
+_GENETIC = ("GeneticSearch", "SearchResult", "exhaustive_search", "search")
 
 
 def __getattr__(name: str):
@@ -55,12 +61,17 @@ __all__ = [
     "PolicyError",
     "SearchConfig",
     "SearchResult",
-    "cache_fidelity",
+    "build_interaction_table",
+    "draw_pairs",
+    "exhaustive_search",
+    "fit_interactions",
+    "interaction_fitness",
     "fitness_rank_correlation",
     "pair_classes",
     "pair_id",
     "random_population",
     "rank_correlation",
     "search",
+    "search_check",
     "synthetic_cache",
 ]

@@ -1,18 +1,24 @@
 """Fitness of guided-search individuals: the cache of a trained patch-head model, the cached (batched)
-fitness, the exact fitness that composes real images, their rank correlation, and the closed-form optimum.
+fitness, the exact fitness that composes real images, their rank correlation, and the per-pair optimum.
 
 Pairs are the ``Q = K (K + 1) / 2`` unordered class pairs of :mod:`.pairs`.
 
-Cached fitness (docs/semantics.md, "The cached fitness"). ``CachedFitness`` draws, once per search and from its seed,
-``S`` validation pairs ``(a, b)`` per class pair (``a`` of class ``c_i``, ``b`` of ``c_j``, uniformly with
-replacement). Patch ``n`` of a composed sample is scored with the cached prediction of its source image at
-patch ``n`` against the source's label: ``objective="logprob"`` -> ``log_softmax(logits)[label]``,
-``"accuracy"`` -> ``1[argmax == label]``. The fitness of an individual is the mean over its active pairs,
-the draws and the ``P*P`` patches, plus optionally ``image_weight`` times an image-level term (see
-``patchmix.ops.population_fitness``). Because the patch term is linear in the masks, it is precomputed once
-into ``table (Q, P*P, 2)`` (mean over draws per pair, cell and source), and every generation costs one call of
-``patchmix.ops.population_fitness`` (``I * N * P*P`` table lookups). ``exact_reference`` recomputes the same
-number by composing every draw explicitly (for tests and doubts).
+Cached fitness (docs/semantics.md, "The cached fitness"). ``CachedFitness`` draws, once per search and from its
+seed, ``S`` validation pairs ``(a, b)`` per class pair (``a`` of class ``c_i``, ``b`` of ``c_j``, uniformly with
+replacement: :func:`draw_pairs`). The fitness of an individual is the mean over its active pairs of the mean
+patch score of the composed samples (``objective="logprob"`` -> ``log_softmax(logits)[label]``, ``"accuracy"`` ->
+``1[argmax == label]``, each patch against its source's label), plus optionally ``image_weight`` times an
+image-level term (see ``patchmix.ops.population_fitness``). The patch term comes from a table, so every generation
+costs one call of ``patchmix.ops.population_fitness``:
+
+* the **interaction** table ``(Q, P*P, 2, P*P)`` (the default of ``patchmix run``/``search``, built by
+  :func:`patchmix.search.interaction_fitness`): a model of each cell's score on the *composed* image that depends
+  on which other cells come from the other image, fitted on ``f_T``'s scores of composed draws;
+* the **linear** table ``(Q, P*P, 2)`` (built here from the cache): patch ``n`` scored with the cached prediction
+  of its source image at patch ``n`` on the unmixed image, a mean over draws per pair, cell and source.
+  ``exact_reference`` recomputes it by composing every draw's cached logits explicitly (for tests and doubts).
+
+:class:`ExactFitness` runs ``f_T`` on the composed images themselves: the ground truth both tables approximate.
 """
 
 from __future__ import annotations
@@ -26,41 +32,13 @@ from torch import Tensor, nn
 
 from ..choices import DIRECTIONS, OBJECTIVES, SAME_CLASS, check_choice
 from ..files import torch_save
-from ..ops import grid_mix
 from ..ops.population_fitness import population_fitness
 from .pairs import check_num_pairs, default_num_pairs, pair_classes, pair_id, random_genome, slot_pools
+from .scoring import composed_scores, model_device, split_outputs
 
 # --------------------------------------------------------------------------------------------------
 # the cache
 # --------------------------------------------------------------------------------------------------
-
-
-def _split_outputs(out, grid_size: int | None) -> Tensor:
-    """``(image_logits, patch_logits)`` -> patch logits as ``(N, P*P, K)`` (a view when possible)."""
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise ValueError(
-            "CachedLogits.from_model: the model must return (image_logits (N, K), patch_logits (N, K, P, P) or "
-            f"(N, P*P, K)), got {type(out).__name__}"
-        )
-    image_logits, patch = out
-    if patch.dim() == 4:  # (N, K, P, P), the head's natural layout
-        if patch.shape[2] != patch.shape[3]:
-            raise ValueError(f"CachedLogits.from_model: patch logits (N, K, P, P) must be square, got {tuple(patch.shape)}")
-        patch = patch.permute(0, 2, 3, 1).reshape(patch.shape[0], -1, patch.shape[1])
-    elif patch.dim() != 3:
-        raise ValueError(
-            f"CachedLogits.from_model: patch logits must be (N, K, P, P) or (N, P*P, K), got {tuple(patch.shape)}"
-        )
-    P = math.isqrt(patch.shape[1])
-    if P * P != patch.shape[1]:
-        raise ValueError(f"CachedLogits.from_model: {patch.shape[1]} patches is not a square grid P*P")
-    if grid_size is not None and P != grid_size:
-        raise ValueError(f"CachedLogits.from_model: the model has a {P}x{P} grid, expected grid_size = {grid_size}")
-    if image_logits.shape[-1] != patch.shape[-1]:
-        raise ValueError(
-            f"CachedLogits.from_model: image logits have {image_logits.shape[-1]} classes, patch logits {patch.shape[-1]}"
-        )
-    return patch
 
 
 @dataclass
@@ -158,7 +136,7 @@ class CachedLogits:
         chunks, ys = [], []
         try:
             for x, y in batches:
-                patch = _split_outputs(model(x.to(device)), grid_size)
+                patch = split_outputs(model(x.to(device)), grid_size)
                 grid_size = math.isqrt(patch.shape[1])
                 chunks.append(patch.to("cpu", dtype))
                 ys.append(torch.as_tensor(y).to("cpu", torch.int64))
@@ -214,34 +192,68 @@ def synthetic_cache(
 # --------------------------------------------------------------------------------------------------
 
 
+def draw_pairs(labels: Tensor, num_classes: int, num_draws: int, seed: int) -> Tensor:
+    """``S`` validation pairs ``(a, b)`` per class pair, uniformly with replacement, fixed by ``seed``:
+    int64 ``(Q, S, 2)`` indices into ``labels (V,)``, ``a`` of the pair's first class ``c_i``, ``b`` of ``c_j``."""
+    K, S = num_classes, num_draws
+    lab = labels.numpy()
+    counts = np.bincount(lab, minlength=K)
+    if (counts == 0).any():
+        missing = np.flatnonzero(counts == 0)[:5].tolist()
+        raise ValueError(f"CachedFitness: classes {missing} have no validation image; every class needs one")
+    order = np.argsort(lab, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    cls = pair_classes(K).numpy()
+    u = np.random.default_rng(seed).random((cls.shape[0], S, 2))
+    which = cls[:, None, :]  # (Q, 1, 2)
+    pos = np.minimum((u * counts[which]).astype(np.int64), counts[which] - 1)
+    return torch.from_numpy(order[starts[which] + pos].astype(np.int64))
+
+
 @dataclass
 class OptimumResult:
-    """Closed-form optimum of the linear (patch-only) fitness: ``fitness``, pair ids ``(M,)`` and masks ``(M, P, P)``."""
+    """Optimum of the patch-only fitness: ``fitness``, pair ids ``(M,)`` and masks ``(M, P, P)``."""
 
     fitness: float
     pairs: np.ndarray
     masks: np.ndarray
 
 
+#: Largest grid whose masks :meth:`CachedFitness.best_masks` enumerates for an interaction table (2^16 per pair).
+MAX_ENUMERATED_GRID = 4
+
+
 @dataclass
 class CachedFitness:
-    """Batched fitness on a :class:`CachedLogits`, with the draws fixed once from ``seed``.
+    """Batched fitness of guided-search individuals from a table of per-pair, per-cell scores, with the
+    validation draws fixed once from ``seed``.
 
     ``__call__(pairs (I, N) int64, masks (I, N, P, P) bool) -> (I,)`` float64 tensor. Raw scores: higher means
-    the cached model finds the composed samples easier; the search minimises or maximises them.
+    ``f_T`` finds the composed samples easier; the search minimises or maximises them.
+
+    Two tables (``patchmix.ops.population_fitness`` scores both):
+
+    * linear ``(Q, P*P, 2)`` (``kind == "linear"``, built here from the cache when ``table`` is None): a cell's
+      score is the cached score of its source image's patch on the *unmixed* image; linear in the mask, with a
+      closed-form optimum. It ignores what the other image does to a cell: on a model whose cells see their
+      neighbours it ranks policies poorly (docs/search.md).
+    * interaction ``(Q, P*P, 2, P*P)`` (``kind == "interaction"``): a cell's score also depends on which other
+      cells come from the other image, fitted on ``f_T``'s scores of composed images
+      (:func:`patchmix.search.interaction_fitness` builds it on these draws).
 
     Args:
-        cache: the validation cache.
+        cache: the validation cache (its labels fix the draws; its logits serve the linear table and the image term).
         num_draws: ``S`` validation pairs ``(a, b)`` per class pair.
         objective: ``"logprob"`` (mean patch log-probability of the source label, ``-L_P / P^2``) or
             ``"accuracy"`` (patch accuracy).
-        image_weight: weight of the image-level term (0: patch-only, linear, with a closed-form optimum).
-            Not linear in the masks, so it is recomputed per draw: ``I * N * S * P*P * K`` multiply-adds per
-            generation (5e9 at CIFAR-100 scale with S = 32: minutes per generation on 2 CPU cores; use a
-            few draws, or CUDA), against ``I * N * P*P`` table lookups (1.6e6, ~2 ms) for the patch term.
+        image_weight: weight of the image-level term (0: patch-only, with an optimum per pair).
+            Not separable into cells, so it is recomputed per draw from the cache: ``I * N * S * P*P * K``
+            multiply-adds per generation (5e9 at CIFAR-100 scale with S = 32: minutes per generation on 2 CPU
+            cores; use a few draws, or CUDA), against ``I * N * P*P`` table lookups for a linear patch term.
         seed: seed of the draws.
         dtype: dtype of the table handed to the op (float64 default: exact ties, reproducible ranking).
         device: where the op runs (CPU default; CUDA runs the Triton kernel).
+        table: a prebuilt table (linear or interaction) for these draws; None builds the linear one.
     """
 
     cache: CachedLogits
@@ -251,9 +263,11 @@ class CachedFitness:
     seed: int = 0
     dtype: torch.dtype = torch.float64
     device: torch.device | str = "cpu"
-    table: Tensor = field(init=False, repr=False)
+    table: Tensor | None = field(default=None, repr=False)
     draws: Tensor = field(init=False, repr=False)
     classes: Tensor = field(init=False, repr=False)
+    #: how the table was built (the interaction fit's statistics; empty for the linear table)
+    build: dict = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self):
         check_choice("objective", self.objective, OBJECTIVES)
@@ -261,29 +275,27 @@ class CachedFitness:
             raise ValueError(f"CachedFitness: num_draws must be >= 1, got {self.num_draws}")
         if self.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"CachedFitness: dtype must be float32 or float64, got {self.dtype}")
-        K, S = self.cache.num_classes, self.num_draws
-        labels = self.cache.labels.numpy()
-        counts = np.bincount(labels, minlength=K)
-        if (counts == 0).any():
-            missing = np.flatnonzero(counts == 0)[:5].tolist()
-            raise ValueError(f"CachedFitness: classes {missing} have no validation image; every class needs one")
-        order = np.argsort(labels, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        K, PP = self.cache.num_classes, self.grid_size ** 2
         self.classes = pair_classes(K)
-        cls = self.classes.numpy()
-        rng = np.random.default_rng(self.seed)
-        u = rng.random((cls.shape[0], S, 2))
-        which = np.stack([cls[:, 0], cls[:, 1]], 1)[:, None, :]  # (Q, 1, 2)
-        pos = np.minimum((u * counts[which]).astype(np.int64), counts[which] - 1)
-        self.draws = torch.from_numpy(order[starts[which] + pos].astype(np.int64))  # (Q, S, 2)
-        scores = self.cache.patch_scores(self.objective)  # (V, PP) float64
-        table = torch.stack([scores[self.draws[..., 1]].mean(1), scores[self.draws[..., 0]].mean(1)], -1)
-        self.table = table.to(self.device, self.dtype).contiguous()  # (Q, PP, 2)
+        self.draws = draw_pairs(self.cache.labels, K, self.num_draws, self.seed)  # (Q, S, 2)
+        Q = self.classes.shape[0]
+        if self.table is None:
+            scores = self.cache.patch_scores(self.objective)  # (V, PP) float64
+            self.table = torch.stack([scores[self.draws[..., 1]].mean(1), scores[self.draws[..., 0]].mean(1)], -1)
+        elif tuple(self.table.shape) not in ((Q, PP, 2), (Q, PP, 2, PP)):
+            raise ValueError(f"CachedFitness: table must be (Q, P*P, 2) = ({Q}, {PP}, 2) or (Q, P*P, 2, P*P) = "
+                             f"({Q}, {PP}, 2, {PP}), got {tuple(self.table.shape)}")
+        self.table = self.table.to(self.device, self.dtype).contiguous()
         self._logits = None
         if self.image_weight != 0.0:
             self._logits = self.cache.logits.to(self.device, self.dtype).contiguous()
         self._draws_dev = self.draws.to(self.device)
         self._classes_dev = self.classes.to(self.device)
+
+    @property
+    def kind(self) -> str:
+        """``"linear"`` (a ``(Q, P*P, 2)`` table) or ``"interaction"`` (``(Q, P*P, 2, P*P)``)."""
+        return "linear" if self.table.dim() == 3 else "interaction"
 
     @property
     def num_classes(self) -> int:
@@ -312,7 +324,11 @@ class CachedFitness:
     def exact_reference(self, pairs, masks) -> Tensor:
         """Same value as ``__call__`` computed the long way: compose every draw's patch logits with the mask,
         score each patch against its patch target (docs/semantics.md) and the image term on the composed sample,
-        then average. Memory ``I * N * S * P*P * K``: for small checks only. float64 ``(I,)``."""
+        then average. Memory ``I * N * S * P*P * K``: for small checks only. float64 ``(I,)``. Linear table only
+        (an interaction table is a fit to ``f_T`` on composed images: :class:`ExactFitness` is its ground truth)."""
+        if self.kind != "linear":
+            raise ValueError("exact_reference: only the linear table is computed from the cache; compare an "
+                             "interaction table with ExactFitness")
         pairs = torch.as_tensor(pairs).cpu()
         masks = torch.as_tensor(masks).cpu()
         n_ind, N, P = masks.shape[0], masks.shape[1], masks.shape[2]
@@ -345,27 +361,52 @@ class CachedFitness:
     # closed form (patch-only objective)
     # ---------------------------------------------------------------------------------------------
 
-    def best_masks(self, direction: str = "min") -> tuple[np.ndarray, np.ndarray]:
-        """Per pair, the best mask and its value: ``masks (Q, P, P)`` bool, ``values (Q,)`` float64.
-        Linear objective: each cell independently takes the side with the lower (``min``) or higher score."""
+    def best_masks(self, direction: str = "min", pairs_per_call: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per pair, the best mask and its patch-only value: ``masks (Q, P, P)`` bool, ``values (Q,)`` float64.
+
+        Linear table: each cell independently takes the side with the lower (``min``) or higher score. Interaction
+        table: every one of the ``2^(P*P)`` masks of every pair is scored by ``patchmix.ops.population_fitness``
+        (one-slot individuals, ``pairs_per_call`` pairs per call, default about 2^20 masks), so ``P <=``
+        :data:`MAX_ENUMERATED_GRID`; ties go to the lowest mask number (bit ``n`` is cell ``n``)."""
         check_choice("direction", direction, DIRECTIONS)
-        t = self.table.double().cpu().numpy()
-        P = self.grid_size
-        take_a = t[..., 1] < t[..., 0] if direction == "min" else t[..., 1] > t[..., 0]
-        vals = np.where(take_a, t[..., 1], t[..., 0]).mean(-1)
-        return take_a.reshape(-1, P, P), vals
+        P, PP = self.grid_size, self.grid_size ** 2
+        if self.kind == "linear":
+            t = self.table.double().cpu().numpy()
+            take_a = t[..., 1] < t[..., 0] if direction == "min" else t[..., 1] > t[..., 0]
+            vals = np.where(take_a, t[..., 1], t[..., 0]).mean(-1)
+            return take_a.reshape(-1, P, P), vals
+        if P > MAX_ENUMERATED_GRID:
+            raise ValueError(f"best_masks: enumerating the 2^{PP} masks of a {P}x{P} grid per pair is out of reach; "
+                             f"the exhaustive optimum needs P <= {MAX_ENUMERATED_GRID} (use the genetic search)")
+        E = 1 << PP
+        codes = torch.arange(E, device=self.table.device)
+        every = ((codes[:, None] >> torch.arange(PP, device=codes.device)) & 1).bool().reshape(E, 1, P, P)
+        chunk = pairs_per_call or max(1, (1 << 20) // E)
+        Q = self.num_pairs
+        best = np.empty(Q, dtype=np.int64)
+        vals = np.empty(Q, dtype=np.float64)
+        for lo in range(0, Q, chunk):
+            qs = torch.arange(lo, min(Q, lo + chunk), device=self.table.device)
+            pairs = qs.repeat_interleave(E)[:, None]
+            v = population_fitness(self.table, pairs, every.repeat(len(qs), 1, 1, 1)).reshape(len(qs), E)
+            i = v.argmin(1) if direction == "min" else v.argmax(1)
+            best[lo:lo + len(qs)] = i.cpu().numpy()
+            vals[lo:lo + len(qs)] = v.gather(1, i[:, None])[:, 0].double().cpu().numpy()
+        masks = ((best[:, None] >> np.arange(PP)) & 1).astype(bool).reshape(Q, P, P)
+        return masks, vals
 
     def optimum(self, num_pairs: int, same_class: str = "forced", direction: str = "min",
                 exact_count: bool = True) -> OptimumResult:
         """Global optimum of the patch-only fitness over individuals of ``num_pairs`` pairs.
 
-        Per pair every cell takes its better side (``best_masks``); then, with the same-class pairs
+        Per pair the best mask (``best_masks``: closed form for a linear table, enumeration for an interaction
+        table); then, with the same-class pairs
         ``forced`` (all ``K`` always present), ``allowed`` or ``excluded``, the remaining slots take the best
         remaining pairs. ``exact_count=False`` allows fewer than ``num_pairs`` pairs (the fitness is a mean,
         so the optimum then keeps only the pairs that beat the running mean).
         """
         if self.image_weight != 0.0:
-            raise ValueError("optimum: the image-level term is not linear in the masks; use image_weight = 0")
+            raise ValueError("optimum: the image-level term is not separable into cells; use image_weight = 0")
         check_choice("same_class", same_class, SAME_CLASS)
         masks, vals = self.best_masks(direction)
         forced, optional = slot_pools(self.num_classes, same_class)
@@ -394,69 +435,64 @@ class CachedFitness:
 
 
 class ExactFitness:
-    """Fitness with real images: each draw ``(a, b)`` of :class:`CachedFitness` is composed with
-    ``patchmix.ops.grid_mix`` and run through ``model``; patch ``n`` is scored against its patch target with
-    the same objective, and the image-level term (when ``fitness.image_weight != 0``) scores the model's
-    image logits against the soft label with the exact pixel ``lam``. Measures how faithful the cache is.
+    """Fitness with real images: each draw ``(a, b)`` is composed with ``patchmix.ops.grid_mix`` and run
+    through ``model`` (:func:`patchmix.search.scoring.composed_scores`); patch ``n`` is scored against its patch
+    target with the fitness's objective, and the image-level term (when ``fitness.image_weight != 0``) scores
+    the model's image logits against the soft label with the exact pixel ``lam``. The ground truth the cached
+    fitness approximates.
 
-    ``__call__(pairs (I, N), masks (I, N, P, P)) -> (I,)`` float64. Cost: ``I * N_active * S`` forward passes
-    (build the ``CachedFitness`` with a smaller ``num_draws`` to make it cheaper; both then use the same draws).
+    ``__call__(pairs (I, N), masks (I, N, P, P)) -> (I,)`` float64; :meth:`per_draw` keeps the draws apart.
+    Cost: ``I * N_active * S`` forward passes.
+
+    Args:
+        model: ``f_T``; images: the cached validation set ``(V, C, H, W)``, float in ``[0, 1]`` or uint8.
+        fitness: gives the objective, the image weight, the pairs' classes and (by default) the draws.
+        draws: int64 ``(Q, S, 2)`` draws to compose instead of ``fitness.draws``: independent draws
+            (:func:`draw_pairs` with another seed) score a proxy on images it was not fitted on.
     """
 
-    def __init__(self, model: nn.Module, images: Tensor, fitness: CachedFitness, *, batch_size: int = 256,
-                 device=None):
+    def __init__(self, model: nn.Module, images: Tensor, fitness: CachedFitness, *, draws: Tensor | None = None,
+                 batch_size: int = 256, device=None):
         if images.dim() != 4 or images.shape[0] != fitness.cache.num_images:
             raise ValueError(
                 f"ExactFitness: images must be the cached validation set (V, C, H, W) with V = "
                 f"{fitness.cache.num_images}, got {tuple(images.shape)}"
             )
-        self.model, self.images, self.fitness, self.batch_size = model, images, fitness, int(batch_size)
-        if device is None:
-            p = next(iter(model.parameters()), None)
-            device = p.device if p is not None else torch.device("cpu")
-        self.device = torch.device(device)
+        draws = fitness.draws if draws is None else draws
+        if draws.dtype != torch.int64 or draws.dim() != 3 or draws.shape[0] != fitness.num_pairs or draws.shape[2] != 2:
+            raise ValueError(f"ExactFitness: draws must be int64 (Q, S, 2) with Q = {fitness.num_pairs}, got "
+                             f"{draws.dtype} {tuple(draws.shape)}")
+        self.model, self.images, self.fitness, self.draws = model, images, fitness, draws
+        self.batch_size = int(batch_size)
+        self.device = model_device(model, device)
 
-    @torch.no_grad()
-    def __call__(self, pairs, masks) -> Tensor:
+    @property
+    def num_draws(self) -> int:
+        return self.draws.shape[1]
+
+    def per_draw(self, pairs, masks) -> Tensor:
+        """``(I, S)`` float64: per individual and draw, the mean over its active slots of the composed sample's
+        score (NaN for an individual without an active slot)."""
         pairs = torch.as_tensor(pairs).cpu()
         masks = torch.as_tensor(masks).cpu()
-        n_ind, P = masks.shape[0], masks.shape[2]
-        f = self.fitness
-        S = f.num_draws
+        n_ind = masks.shape[0]
+        f, S = self.fitness, self.num_draws
         ii, kk = torch.nonzero(pairs >= 0, as_tuple=True)
         q = pairs[ii, kk]
-        a = f.draws[q, :, 0].reshape(-1)  # (M * S,)
-        b = f.draws[q, :, 1].reshape(-1)
-        m = masks[ii, kk].repeat_interleave(S, 0)  # (M * S, P, P)
-        owner = ii.repeat_interleave(S)
-        ca = f.classes[q, 0].repeat_interleave(S)
-        cb = f.classes[q, 1].repeat_interleave(S)
-        was_training = self.model.training
-        self.model.eval()
-        per_sample = torch.empty(a.numel(), dtype=torch.float64)
-        try:
-            for s in range(0, a.numel(), self.batch_size):
-                sl = slice(s, s + self.batch_size)
-                x, lam = grid_mix(self.images, m[sl], a[sl], b[sl])
-                image_logits, patch = self.model(x.to(self.device))
-                patch = _split_outputs((image_logits, patch), P).double().cpu()
-                target = torch.where(m[sl].reshape(-1, P * P), ca[sl, None], cb[sl, None])
-                if f.objective == "logprob":
-                    sc = torch.log_softmax(patch, -1).gather(-1, target[..., None])[..., 0]
-                else:
-                    sc = (patch.argmax(-1) == target).double()
-                val = sc.mean(-1)
-                if f.image_weight != 0.0:
-                    lp = torch.log_softmax(image_logits.double().cpu(), -1)
-                    lam64 = lam.double()
-                    img = lam64 * lp.gather(1, ca[sl, None])[:, 0] + (1 - lam64) * lp.gather(1, cb[sl, None])[:, 0]
-                    val = val + f.image_weight * img
-                per_sample[sl] = val
-        finally:
-            self.model.train(was_training)
-        total = torch.zeros(n_ind, dtype=torch.float64).index_add_(0, owner, per_sample)
-        count = torch.zeros(n_ind, dtype=torch.float64).index_add_(0, owner, torch.ones_like(per_sample))
-        return total / count
+        rep = lambda t: t.repeat_interleave(S, 0)  # noqa: E731  (one row per slot and draw)
+        scores, image = composed_scores(
+            self.model, self.images, self.draws[q, :, 0].reshape(-1), self.draws[q, :, 1].reshape(-1),
+            rep(masks[ii, kk]), rep(f.classes[q, 0]), rep(f.classes[q, 1]), objective=f.objective,
+            image_term=f.image_weight != 0.0, batch_size=self.batch_size, device=self.device)
+        per_sample = scores.mean(-1)
+        if image is not None:
+            per_sample = per_sample + f.image_weight * image
+        total = torch.zeros(n_ind, S, dtype=torch.float64).index_add_(0, ii, per_sample.reshape(-1, S))
+        count = torch.zeros(n_ind, dtype=torch.float64).index_add_(0, ii, torch.ones(len(ii), dtype=torch.float64))
+        return total / count[:, None]
+
+    def __call__(self, pairs, masks) -> Tensor:
+        return self.per_draw(pairs, masks).mean(-1)
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

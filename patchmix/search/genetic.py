@@ -284,6 +284,13 @@ def _fingerprint(fitness: CachedFitness) -> str:
     return h.hexdigest()
 
 
+def _check_fitness_settings(fitness: CachedFitness, config: SearchConfig) -> None:
+    """The fitness settings of ``config`` are those the fitness object was built with."""
+    for name, built in (("objective", fitness.objective), ("num_draws", fitness.num_draws), ("fitness", fitness.kind)):
+        if getattr(config, name) != built:
+            raise ConfigError(f"search.{name} = {getattr(config, name)!r} but the fitness was built with {built!r}")
+
+
 class GeneticSearch:
     """The DEAP search; :func:`search` is the one-call interface. ``run()`` may be called once."""
 
@@ -291,13 +298,11 @@ class GeneticSearch:
                  class_names: list[str] | None = None, checkpoint=None, resume: bool = False, progress: bool = True,
                  callback: Callable[[int, dict], bool | None] | None = None, save_checkpoint: bool = True):
         self.fitness = fitness
-        self.config = config or SearchConfig(objective=fitness.objective, num_draws=fitness.num_draws)
+        self.config = config or SearchConfig(objective=fitness.objective, num_draws=fitness.num_draws,
+                                             fitness=fitness.kind)
         K = fitness.num_classes
         self.config.validate(K)
-        for name in ("objective", "num_draws"):  # fitness settings: the fitness object is built with them
-            if getattr(self.config, name) != getattr(fitness, name):
-                raise ConfigError(f"search.{name} = {getattr(self.config, name)!r} but the fitness was built with "
-                                  f"{getattr(fitness, name)!r}")
+        _check_fitness_settings(fitness, self.config)
         self.seed = int(seed)
         self.class_names = list(class_names or fitness.cache.class_names or [str(k) for k in range(K)])
         if len(self.class_names) != K:
@@ -543,6 +548,7 @@ class GeneticSearch:
         f, c = self.fitness, self.config
         return {"objective": f.objective, "direction": c.direction, "image_weight": f.image_weight,
                 "num_draws": f.num_draws, "draw_seed": f.seed, "same_class": c.same_class, "num_pairs": self.N,
+                "fitness": f.kind, "solver": "ga",
                 "population": c.population, "generations": gen, "cxpb": c.cxpb, "mutpb": c.mutpb,
                 "crossover": c.crossover, "replacement": c.replacement}
 
@@ -573,12 +579,44 @@ def search(fitness: CachedFitness, config: SearchConfig | None = None, *, seed: 
     unknown = set(settings) - {f.name for f in dataclasses.fields(SearchConfig)}
     if unknown:
         raise TypeError(f"search: unknown settings {sorted(unknown)}; see SearchConfig")
-    base_config = config or SearchConfig(objective=fitness.objective, num_draws=fitness.num_draws)
-    return GeneticSearch(fitness, dataclasses.replace(base_config, **settings), seed=seed, class_names=class_names,
-                         checkpoint=checkpoint, resume=resume, progress=progress, callback=callback,
-                         save_checkpoint=save_checkpoint).run()
+    base_config = config or SearchConfig(objective=fitness.objective, num_draws=fitness.num_draws,
+                                         fitness=fitness.kind)
+    config = dataclasses.replace(base_config, **settings)
+    if config.solver == "exhaustive":
+        return exhaustive_search(fitness, config, seed=seed, class_names=class_names)
+    return GeneticSearch(fitness, config, seed=seed, class_names=class_names, checkpoint=checkpoint, resume=resume,
+                         progress=progress, callback=callback, save_checkpoint=save_checkpoint).run()
+
+
+def exhaustive_search(fitness: CachedFitness, config: SearchConfig, *, seed: int = 0,
+                      class_names: list[str] | None = None) -> SearchResult:
+    """The optimum of the patch-only fitness (``solver = exhaustive``): per pair the best mask
+    (:meth:`CachedFitness.best_masks`: closed form for a linear table, all ``2^(P*P)`` masks scored on the op for an
+    interaction table, ``P <= 4``), then the best pairs for the ``N`` slots (:meth:`CachedFitness.optimum`). Exact
+    where the GA approximates; needs ``image_weight = 0`` (the image term is not separable into cells). The result
+    has no logbook and no population (``generations = 0``)."""
+    config.validate(fitness.num_classes)
+    _check_fitness_settings(fitness, config)
+    t0 = time.perf_counter()
+    N = config.resolved_pairs(fitness.num_classes)
+    try:
+        opt = fitness.optimum(N, config.same_class, config.direction)
+    except ValueError as exc:
+        raise ConfigError(f"search.solver = exhaustive: {exc}") from None
+    seconds = time.perf_counter() - t0
+    K = fitness.num_classes
+    names = list(class_names or fitness.cache.class_names or [str(k) for k in range(K)])
+    cls = fitness.classes.numpy()
+    evaluations = fitness.num_pairs * (2 ** (fitness.grid_size ** 2) if fitness.kind == "interaction" else 2)
+    meta = {"objective": fitness.objective, "direction": config.direction, "image_weight": fitness.image_weight,
+            "num_draws": fitness.num_draws, "draw_seed": fitness.seed, "same_class": config.same_class,
+            "num_pairs": N, "fitness": fitness.kind, "solver": "exhaustive"}
+    policy = Policy(cls[opt.pairs], opt.masks.copy(), names, fitness.grid_size, opt.fitness, seed, search=meta)
+    return SearchResult(policy, opt.pairs.copy(), opt.masks.copy(), float(opt.fitness), [], 0, False, evaluations,
+                        seconds, seconds)
 
 
 __all__ = ["MUTATIONS", "GeneticSearch", "Genome", "PairNeighbours", "SearchConfig", "SearchResult", "clone",
-           "coin_flips", "crossover", "flip_heads", "flip_tails", "individual_class", "random_tails", "search",
+           "coin_flips", "crossover", "exhaustive_search", "flip_heads", "flip_tails", "individual_class",
+           "random_tails", "search",
            "shared_slots", "transpose"]

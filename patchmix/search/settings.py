@@ -23,7 +23,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..choices import CROSSOVERS, DIRECTIONS, OBJECTIVES, REPLACEMENTS, SAME_CLASS, check_choice
+from ..choices import (
+    CROSSOVERS,
+    DIRECTIONS,
+    FITNESS_KINDS,
+    MASK_DISTRIBUTIONS,
+    OBJECTIVES,
+    REPLACEMENTS,
+    SAME_CLASS,
+    SOLVERS,
+    check_choice,
+)
 from ..errors import ConfigError
 from .pairs import check_num_pairs, default_num_pairs
 
@@ -87,6 +97,20 @@ class SearchConfig:
     objective: str = "logprob"
     #: fitness: ``S``, validation pairs drawn per class pair (once per search).
     num_draws: int = 32
+    #: fitness: interaction (a per-pair model of each cell's score on composed images that depends on which
+    #: other cells come from the other image, fitted on f_T) | linear (each cell scored on its unmixed source:
+    #: one pass over the validation set, but blind to what the other image does; docs/search.md).
+    fitness: str = "interaction"
+    #: fitness (interaction): ``M``, random masks composed with each draw to fit the model (``Q * S * M`` forward
+    #: passes of f_T).
+    masks_per_draw: int = 64
+    #: fitness (interaction): ridge penalty on the model's interaction coefficients (in squared score units).
+    ridge: float = 10.0
+    #: fitness (interaction): half | spread, the fill of the random masks the model is fitted on.
+    mask_distribution: str = "spread"
+    #: solver: ga (the DEAP search) | exhaustive (the optimum itself: every mask of every pair scored; patch-only
+    #: fitness, ``P <= 4`` for the interaction table).
+    solver: str = "ga"
     #: checkpoints: write the search checkpoint every n generations (and at the end).
     checkpoint_every: int = 10
 
@@ -98,8 +122,13 @@ class SearchConfig:
         check_choice("search.objective", self.objective, OBJECTIVES, ConfigError)
         check_choice("search.crossover", self.crossover, CROSSOVERS, ConfigError)
         check_choice("search.replacement", self.replacement, REPLACEMENTS, ConfigError)
+        check_choice("search.fitness", self.fitness, FITNESS_KINDS, ConfigError)
+        check_choice("search.mask_distribution", self.mask_distribution, MASK_DISTRIBUTIONS, ConfigError)
+        check_choice("search.solver", self.solver, SOLVERS, ConfigError)
+        if not self.ridge > 0 or self.ridge == float("inf"):
+            raise ConfigError(f"search.ridge must be a finite number > 0, got {self.ridge}")
         for name, low in (("population", 2), ("generations", 0), ("tournament_size", 1), ("num_draws", 1),
-                          ("checkpoint_every", 1)):
+                          ("checkpoint_every", 1), ("masks_per_draw", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"search.{name} must be >= {low}, got {getattr(self, name)}")
         for name in ("cxpb", "mutpb", "heads_near"):

@@ -9,7 +9,8 @@ folder: its files, the refusal of foreign folders, resume checks) and :mod:`.rep
 from .run import (
     DistributedFitness,
     Workflow,
-    measure_fidelity,
+    build_fitness,
+    check_search,
     run_search,
     run_workflow,
     search_policy,
@@ -17,5 +18,5 @@ from .run import (
     train_job,
 )
 
-__all__ = ["DistributedFitness", "Workflow", "measure_fidelity", "run_search", "run_workflow", "search_policy",
+__all__ = ["DistributedFitness", "Workflow", "build_fitness", "check_search", "run_search", "run_workflow", "search_policy",
            "stop_if_requested", "train_job"]

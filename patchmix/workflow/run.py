@@ -35,6 +35,7 @@ from ..training import (
     train_model,
 )
 from . import report, rundir
+from .stats import paired_summary
 
 
 class DistributedFitness:
@@ -65,37 +66,76 @@ class DistributedFitness:
         return torch.cat([o.cpu()[: b - a] for o, a, b in zip(out, bounds, bounds[1:], strict=False)])
 
 
-#: The cache-fidelity check holds the validation split as float32 in memory; above this it is skipped.
-FIDELITY_MAX_BYTES = 1 << 30
+#: The interaction fit and the search check compose the validation split held in memory as uint8; above this
+#: the check is skipped and the interaction fitness refused (search.fitness=linear needs only f_T's logits).
+VALIDATION_MAX_BYTES = 1 << 30
 
 
-def measure_fidelity(cfg: Config, ds: data_mod.Dataset, net, cache, result, seed: int) -> dict:
-    """The cache's fidelity after a search (:func:`patchmix.search.cache_fidelity`): Spearman correlation of the
-    cached and the exact fitness of ``net`` (``f_T``) over ``run.fidelity_individuals`` random policies and as
-    many of ``result``'s final population, with ``run.fidelity_draws`` draws; ``seconds`` it took."""
-    from ..search import cache_fidelity
+def validation_images(ds: data_mod.Dataset):
+    """The validation images as uint8 ``(V, C, H, W)`` on the CPU, or None when they would take more than
+    :data:`VALIDATION_MAX_BYTES`."""
+    if len(ds.val) * ds.channels * ds.image_size ** 2 > VALIDATION_MAX_BYTES:
+        return None
+    return ds.val.get(torch.arange(len(ds.val)))[0]
 
-    size = len(ds.val) * ds.channels * ds.image_size ** 2 * 4
-    if size > FIDELITY_MAX_BYTES:
-        return {"skipped": f"the validation split would take {size / 2**30:.1f} GB as float32"}
-    t0 = time.perf_counter()
-    images = data_mod.to_float(ds.val.get(torch.arange(len(ds.val)))[0], "cpu")
+
+def build_fitness(cfg: Config, ds: data_mod.Dataset, net, cache, seed: int, rt: Runtime, log: Log, images):
+    """The search's fitness on ``net`` (``f_T``) with the run's ``search`` settings: the interaction table
+    (:func:`patchmix.search.build_interaction_table`, each DDP rank fitting a share of the pairs) or the linear
+    one. Its ``build`` holds what the fit cost."""
+    from ..errors import ConfigError
+    from ..search import CachedFitness, build_interaction_table, draw_pairs, pair_classes
+
     s = cfg.search
-    out = cache_fidelity(cache, net, images, num_pairs=s.resolved_pairs(ds.num_classes),
-                         final=[result.population, result.offspring], same_class=s.same_class, objective=s.objective,
-                         num_draws=cfg.run.fidelity_draws, individuals=cfg.run.fidelity_individuals,
-                         seed=derive_seed(seed, "fidelity") % 2**32)
-    out["seconds"] = round(time.perf_counter() - t0, 3)
-    return out
+    draw_seed = derive_seed(seed, "draws") % 2**32
+    table = None
+    if s.fitness == "interaction":
+        if images is None:
+            raise ConfigError("search.fitness = interaction composes the validation images in memory, and this "
+                              "validation split is too large; use --set search.fitness=linear")
+        K = ds.num_classes
+        draws = draw_pairs(cache.labels, K, s.num_draws, draw_seed)
+        Q = draws.shape[0]
+        lo, hi = Q * rt.rank // rt.world, Q * (rt.rank + 1) // rt.world
+        # composed where f_T runs: grid_mix on the device (the uint8 split is small next to the forward passes)
+        part, stats = build_interaction_table(
+            net, images.to(rt.device), draws, pair_classes(K), cfg.model.grid_size, objective=s.objective,
+            masks_per_draw=s.masks_per_draw, ridge=s.ridge, distribution=s.mask_distribution, seed=draw_seed,
+            device=rt.device, pair_range=(lo, hi), progress=not log.quiet and rt.is_main)
+        table = torch.cat(rt.gather_objects(part)) if rt.distributed else part
+        stats["forward_passes"] = Q * s.num_draws * s.masks_per_draw
+    fitness = CachedFitness(cache, num_draws=s.num_draws, objective=s.objective, seed=draw_seed, table=table)
+    if table is not None:
+        fitness.build = dict(stats, masks_per_draw=s.masks_per_draw, ridge=s.ridge, distribution=s.mask_distribution)
+        log.info(f"interaction fitness: {fitness.build['forward_passes']} composed images scored by f_T, fitted in "
+                 f"{stats['seconds']:.1f} s (in-sample R^2 {stats['r2']:.2f})")
+    return fitness
+
+
+def check_search(cfg: Config, ds: data_mod.Dataset, net, fitness, result, seed: int, images) -> dict:
+    """The search check (:func:`patchmix.search.search_check`): the fitness's fidelity and the search's efficacy
+    against ``net`` (``f_T``) with ``run.fidelity_individuals`` random policies and ``run.fidelity_draws`` draws of
+    its own; ``{"skipped": why}`` when the validation split is too large to hold."""
+    from ..search import search_check
+
+    if images is None:
+        return {"skipped": "the validation split is too large to hold in memory for the check"}
+    s = cfg.search
+    final = [result.population, result.offspring] if result.population else None
+    return search_check(fitness, net, images, chosen=(result.best_pairs, result.best_masks),
+                        num_pairs=s.resolved_pairs(ds.num_classes), final=final, same_class=s.same_class,
+                        direction=s.direction, num_draws=cfg.run.fidelity_draws,
+                        random_policies=cfg.run.fidelity_individuals, seed=derive_seed(seed, "fidelity") % 2**32)
 
 
 def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *, checkpoint: str | None = None,
                resume: bool = False, log: Log | None = None):
-    """Phase two: cache ``net``'s patch logits over the validation split and run the genetic search with the
-    run's ``search`` settings (:class:`patchmix.search.SearchConfig`). Returns the ``SearchResult``; on rank 0
-    its ``extra["fidelity"]`` holds the cache's fidelity (:func:`measure_fidelity`) unless
-    ``run.fidelity_individuals`` is 0."""
-    from ..search import CachedFitness, CachedLogits, search
+    """Phase two: cache ``net``'s patch logits over the validation split, build the search's fitness
+    (:func:`build_fitness`) and run the search with the run's ``search`` settings
+    (:class:`patchmix.search.SearchConfig`). Returns the ``SearchResult``; on rank 0 its ``extra["fidelity"]``
+    holds the search check (:func:`check_search`) unless ``run.fidelity_individuals`` is 0, and
+    ``extra["fitness"]`` what the fitness's fit cost."""
+    from ..search import CachedLogits, search
 
     log = log or Log.silent()
     s = cfg.search
@@ -104,22 +144,21 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
     loader = ((data_mod.to_float(x, rt.device), y) for x, y in data_mod.batches(ds.val, 256, order))
     cache = CachedLogits.from_model(net, loader, device=rt.device, grid_size=cfg.model.grid_size,
                                     class_names=list(ds.classes))
-    fitness = CachedFitness(cache, num_draws=s.num_draws, objective=s.objective,
-                            seed=derive_seed(seed, "draws") % 2**32)
-    if rt.distributed:
-        fitness = DistributedFitness(fitness, rt)
+    images = validation_images(ds) if s.fitness == "interaction" or cfg.run.fidelity_individuals else None
+    fitness = build_fitness(cfg, ds, net, cache, seed, rt, log, images)
+    scorer = DistributedFitness(fitness, rt) if rt.distributed else fitness
     t_cache = time.perf_counter() - t0
     # every rank resumes from the same checkpoint (each scores its share of the same population); rank 0 writes
-    result = search(fitness, s, seed=seed, class_names=list(ds.classes), checkpoint=checkpoint,
+    result = search(scorer, s, seed=seed, class_names=list(ds.classes), checkpoint=checkpoint,
                     save_checkpoint=rt.is_main, resume=resume, progress=not log.quiet and rt.is_main)
     result.extra["cache_seconds"] = t_cache
+    result.extra["fitness"] = dict(fitness.build, kind=fitness.kind)
     log.event("search", seed=seed, fitness=result.best_fitness, generations=result.generations,
               evaluations=result.evaluations, seconds=round(result.time_total, 3),
               pairs=[list(p) for p in result.policy.named_pairs()])
     if rt.is_main and cfg.run.fidelity_individuals:
-        fid = result.extra["fidelity"] = measure_fidelity(cfg, ds, net, cache, result, seed)
-        log.event("fidelity", seed=seed, **{k: v for k, v in fid.items() if k not in ("random", "final")},
-                  random=(fid.get("random") or {}).get("spearman"), final=(fid.get("final") or {}).get("spearman"))
+        fid = result.extra["fidelity"] = check_search(cfg, ds, net, fitness, result, seed, images)
+        log.event("fidelity", seed=seed, **report.fidelity_event(fid))
         log.info(f"search seed {seed}: {report.fidelity_text(fid)}")
     return result
 
@@ -166,6 +205,7 @@ def search_policy(cfg: Config, ds: data_mod.Dataset, out: str, rt: Runtime, log:
                   "stopped_early": result.stopped_early, "evaluations": result.evaluations,
                   "seconds": round(result.time_total, 3), "fitness_seconds": round(result.time_fitness, 3),
                   "cache_seconds": round(result.extra.get("cache_seconds", 0.0), 3),
+                  "fitness_build": result.extra.get("fitness"),
                   "pairs": [list(p) for p in policy.named_pairs()], "fidelity": result.extra.get("fidelity")}
     log.info(f"{label}: fitness {result.best_fitness:.4f} after {result.generations} generations "
              f"({result.time_total:.1f} s), {len(policy)} pairs")
@@ -285,8 +325,9 @@ class Workflow:
                 fgsm_summary[m] = {e: sum(r[e] for r in rows) / len(rows) for e in rows[0]}
         policies = list(self.policies.values())
         first_policy = policies[0] if policies else None
+        paired = paired_summary(results, self.methods)
         figures = report.make_figures(cfg, ds, out, results, summary, first_policy, policies, self.logbooks,
-                                      self.searches)
+                                      self.searches, paired)
         files = {"config": "config.json", "metrics": "metrics.json", "log": "log.jsonl", "checkpoints": "checkpoints/"}
         if first_policy is not None:
             first_policy.save(os.path.join(out, "policy.json"))
@@ -297,7 +338,8 @@ class Workflow:
                    "model": model_name(cfg, ds), "device": str(rt.device) + (f" x{rt.world}" if rt.distributed else ""),
                    "threads": torch.get_num_threads(), "summary": summary, "fgsm_summary": fgsm_summary,
                    "ema_summary": report.summarize(results, self.methods, key="ema_test_acc"),
-                   "results": results, "search": self.searches, "fidelity": report.fidelity_summary(self.searches),
+                   "paired": paired, "results": results, "search": self.searches,
+                   "fidelity": report.fidelity_summary(self.searches),
                    "figures": figures, "files": files,
                    "wall_seconds": round(time.perf_counter() - t_start, 2)}
         write_json(os.path.join(out, "metrics.json"), metrics)
@@ -306,5 +348,5 @@ class Workflow:
         return metrics
 
 
-__all__ = ["DistributedFitness", "Workflow", "measure_fidelity", "run_search", "run_workflow", "search_policy",
+__all__ = ["DistributedFitness", "Workflow", "build_fitness", "check_search", "run_search", "run_workflow", "search_policy",
            "stop_if_requested", "train_job"]

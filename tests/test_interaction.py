@@ -1,0 +1,267 @@
+"""The interaction-aware cached fitness (patchmix.search.interaction), the exhaustive solver and the search check
+(fidelity with its ceiling, efficacy)."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from patchmix.errors import ConfigError
+from patchmix.search import (
+    CachedFitness,
+    CachedLogits,
+    ExactFitness,
+    SearchConfig,
+    build_interaction_table,
+    draw_pairs,
+    fit_interactions,
+    interaction_fitness,
+    pair_classes,
+    random_population,
+    rank_correlation,
+    search,
+    search_check,
+)
+from patchmix.search.fidelity import ceiling, efficacy_verdict, uniform_masks
+from patchmix.search.interaction import predict_cells, sample_masks
+
+
+class CellModel(nn.Module):
+    """Per-cell linear classifier (conv, kernel = stride = cell) plus ``mix`` times the mean over all cells: with
+    ``mix > 0`` every cell's logits depend on the other cells, as a real CNN's do."""
+
+    def __init__(self, num_classes=4, grid_size=2, cell=4, mix=0.0, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, num_classes, cell, stride=cell)
+        self.mix = mix
+
+    def forward(self, x):
+        f = self.conv(x)  # (N, K, P, P)
+        patch = f + self.mix * f.mean((2, 3), keepdim=True)
+        return patch.mean((2, 3)), patch
+
+
+def data(K=4, per_class=6, P=2, cell=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(K).repeat_interleave(per_class)
+    images = torch.rand(labels.numel(), 3, P * cell, P * cell, generator=g) * 0.5
+    images += labels[:, None, None, None].float() * 0.1
+    return images.clamp(0, 1), labels
+
+
+def brute_slot(table_q: torch.Tensor, bits) -> float:
+    """The model's slot score by its definition (module docstring of patchmix.search.interaction)."""
+    PP = len(bits)
+    total = 0.0
+    for n in range(PP):
+        s = int(bits[n])
+        total += float(table_q[n, s, n]) + sum(float(table_q[n, s, m]) * (bits[m] != bits[n])
+                                               for m in range(PP) if m != n)
+    return total / PP
+
+
+# -------------------------------------------------------------------------------------------------
+# the fit
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("P", [1, 2, 3])
+def test_fit_recovers_an_exact_pairwise_model(P):
+    g = torch.Generator().manual_seed(P)
+    PP = P * P
+    truth = torch.randn(3, PP, 2, PP, generator=g, dtype=torch.float64)
+    bits = torch.stack([sample_masks(g, 300, P, "spread") for _ in range(3)]).reshape(3, 300, PP)
+    y = predict_cells(truth, bits)
+    est = fit_interactions(bits, y, 1e-9)
+    # the diagonal is the intercept; a coefficient is identifiable where its indicator varies
+    torch.testing.assert_close(est, truth, rtol=1e-6, atol=1e-6)
+    for b, r in ((0, 0), (2, 17)):
+        for n in range(PP):
+            s = int(bits[b, r, n])
+            direct = truth[b, n, s, n] + sum(truth[b, n, s, m] * float(bits[b, r, m] != bits[b, r, n])
+                                             for m in range(PP) if m != n)
+            assert float(y[b, r, n]) == pytest.approx(float(direct), abs=1e-12)
+
+
+def test_fit_shrinks_coefficients_and_handles_a_side_never_taken():
+    g = torch.Generator().manual_seed(0)
+    bits = torch.rand(1, 50, 4, generator=g) < 0.5
+    bits[0, :, 0] = True  # cell 0 never comes from the second class
+    y = torch.randn(1, 50, 4, generator=g, dtype=torch.float64)
+    weak = fit_interactions(bits, y, 0.01)
+    strong = fit_interactions(bits, y, 1e6)
+    assert torch.isfinite(weak).all() and torch.isfinite(strong).all()
+    assert (strong[0, 0, 0] == 0).all()  # the side never taken: zeros, not NaN
+    off = ~torch.eye(4, dtype=torch.bool)
+    assert strong[..., off[:, None, :].expand(4, 2, 4)].abs().max() < 1e-3  # all but the intercepts shrunk away
+    # the intercept then is the mean of the cell's score over the rows where it takes that side
+    mean = y[0, bits[0, :, 1], 1].mean()
+    assert float(strong[0, 1, 1, 1]) == pytest.approx(float(mean), abs=1e-3)
+    with pytest.raises(ValueError, match="ridge must be > 0"):
+        fit_interactions(bits, y, 0.0)
+    with pytest.raises(ValueError, match="bool"):
+        fit_interactions(bits.float(), y, 1.0)
+
+
+def test_build_is_the_same_in_any_chunking_and_range():
+    images, labels = data()
+    model = CellModel(mix=1.0)
+    K, P = 4, 2
+    draws = draw_pairs(labels, K, 3, seed=5)
+    kw = dict(masks_per_draw=6, ridge=1.0, seed=7)
+    whole, stats = build_interaction_table(model, images, draws, pair_classes(K), P, pairs_per_chunk=4, **kw)
+    parts = [build_interaction_table(model, images, draws, pair_classes(K), P, pair_range=r, pairs_per_chunk=1, **kw)[0]
+             for r in ((0, 3), (3, 10))]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-9, atol=1e-9)
+    assert whole.shape == (10, 4, 2, 4) and stats["forward_passes"] == 10 * 3 * 6 and 0 < stats["r2"] <= 1
+
+
+# -------------------------------------------------------------------------------------------------
+# the fitness: values, fidelity against a model whose cells interact
+# -------------------------------------------------------------------------------------------------
+
+
+def test_interaction_fitness_scores_policies_by_the_model():
+    images, labels = data()
+    model = CellModel(mix=1.0)
+    cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
+    f = interaction_fitness(cache, model, images, num_draws=3, masks_per_draw=8, ridge=1.0, seed=2)
+    assert f.kind == "interaction" and f.table.shape == (10, 4, 2, 4)
+    assert f.build["forward_passes"] == 10 * 3 * 8
+    assert torch.equal(f.draws, draw_pairs(labels, 4, 3, 2))  # the draws the table was fitted on
+    pairs, masks = random_population(5, 6, f, "forced", seed=0)
+    pairs[1, 2] = -1
+    got = f(pairs, masks)
+    for i in range(5):
+        slots = [brute_slot(f.table[q], masks[i, k].reshape(-1).tolist()) for k, q in enumerate(pairs[i].tolist())
+                 if q >= 0]
+        assert float(got[i]) == pytest.approx(np.mean(slots), abs=1e-9)
+    with pytest.raises(ValueError, match="only the linear table"):
+        f.exact_reference(pairs, masks)
+    with pytest.raises(ValueError, match=r"\(Q, P\*P, 2\)"):
+        CachedFitness(cache, num_draws=3, table=torch.zeros(10, 4, 3))
+
+
+def test_interaction_fitness_ranks_policies_like_the_model_where_the_linear_cache_cannot():
+    """Cells that see the others: the linear cache ranks random policies poorly, the interaction table well."""
+    K, P = 4, 2
+    images, labels = data(K=K, per_class=10, P=P)
+    model = CellModel(num_classes=K, grid_size=P, mix=3.0, seed=1)
+    cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
+    inter = interaction_fitness(cache, model, images, num_draws=8, masks_per_draw=32, ridge=1.0, seed=0)
+    linear = CachedFitness(cache, num_draws=8, seed=0)
+    exact = ExactFitness(model, images, linear)  # the draws both were built on: no draw noise
+    pairs, masks = random_population(60, 5, linear, "forced", seed=3)
+    e = exact(pairs, masks).numpy()
+    rho_inter = rank_correlation(inter(pairs, masks).numpy(), e)
+    rho_linear = rank_correlation(linear(pairs, masks).numpy(), e)
+    assert rho_inter > 0.95 and rho_inter > rho_linear + 0.1, (rho_inter, rho_linear)
+
+
+# -------------------------------------------------------------------------------------------------
+# the optimum by enumeration, the exhaustive solver, the GA against it
+# -------------------------------------------------------------------------------------------------
+
+
+def _random_interaction_fitness(K=4, P=2, seed=0):
+    images, labels = data(K=K, P=P)
+    cache = CachedLogits.from_model(CellModel(num_classes=K, grid_size=P), images, labels, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    Q, PP = K * (K + 1) // 2, P * P
+    return CachedFitness(cache, num_draws=2, table=torch.randn(Q, PP, 2, PP, generator=g, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("direction", ["min", "max"])
+def test_best_masks_enumerates_every_mask(direction):
+    f = _random_interaction_fitness(P=2)
+    masks, vals = f.best_masks(direction, pairs_per_call=3)
+    for q in range(f.num_pairs):
+        scored = {bits: brute_slot(f.table[q], bits) for bits in itertools.product([False, True], repeat=4)}
+        best = (min if direction == "min" else max)(scored.values())
+        assert vals[q] == pytest.approx(best, abs=1e-12)
+        assert scored[tuple(masks[q].reshape(-1).tolist())] == pytest.approx(best, abs=1e-12)
+    with pytest.raises(ValueError, match="P <= 4"):
+        f8 = _random_interaction_fitness(K=2, P=5)
+        f8.best_masks()
+
+
+def test_exhaustive_solver_is_the_optimum_and_the_ga_gets_close():
+    f = _random_interaction_fitness(K=5, P=3, seed=1)
+    opt = f.optimum(8)
+    ex = search(f, solver="exhaustive", num_pairs=8, seed=0, progress=False)
+    assert ex.best_fitness == pytest.approx(opt.fitness) and ex.generations == 0 and ex.logbook == []
+    assert ex.policy.search["solver"] == "exhaustive" and ex.policy.search["fitness"] == "interaction"
+    assert float(f(torch.from_numpy(ex.best_pairs)[None], torch.from_numpy(ex.best_masks)[None])[0]) == \
+        pytest.approx(opt.fitness)
+    ga = search(f, population=60, generations=60, num_pairs=8, seed=0, progress=False, patience=None)
+    assert opt.fitness <= ga.best_fitness <= opt.fitness + 0.05 * abs(opt.fitness)
+    with pytest.raises(ConfigError, match="search.fitness = 'linear' but the fitness was built with 'interaction'"):
+        search(f, fitness="linear", num_pairs=8, progress=False)
+
+
+def test_search_settings_of_the_fitness_are_validated():
+    for bad, match in ((dict(fitness="cubic"), "search.fitness"), (dict(solver="anneal"), "search.solver"),
+                       (dict(ridge=0.0), "search.ridge"), (dict(ridge=float("nan")), "search.ridge"),
+                       (dict(masks_per_draw=0), "search.masks_per_draw"),
+                       (dict(mask_distribution="all"), "search.mask_distribution")):
+        with pytest.raises(ConfigError, match=match):
+            SearchConfig(**bad).validate(4)
+
+
+# -------------------------------------------------------------------------------------------------
+# the search check
+# -------------------------------------------------------------------------------------------------
+
+
+def test_ceiling_from_two_halves_of_the_draws():
+    g = torch.Generator().manual_seed(0)
+    signal = torch.randn(50, 1, generator=g, dtype=torch.float64)
+    same = ceiling(signal.expand(50, 8))
+    assert same["exact_vs_exact"] == pytest.approx(1.0) and same["ceiling"] == pytest.approx(1.0)
+    noisy = ceiling(signal + 2.0 * torch.randn(50, 8, generator=g, dtype=torch.float64))
+    assert 0 < noisy["exact_vs_exact"] < noisy["reliability"] < noisy["ceiling"] < 1
+    assert noisy["reliability"] == pytest.approx(2 * noisy["exact_vs_exact"] / (1 + noisy["exact_vs_exact"]))
+    assert ceiling(signal)["ceiling"] is None  # one draw: nothing to compare
+
+
+def test_efficacy_words_and_uniform_masks():
+    assert "harder for f_T than 100%" in efficacy_verdict(0.0) and "the search works" in efficacy_verdict(0.0)
+    assert "NOT harder" in efficacy_verdict(100.0)
+    assert "not markedly" in efficacy_verdict(20.0)
+    assert "easier for f_T than 100%" in efficacy_verdict(100.0, "max")
+    m = np.zeros((3, 2, 2), bool)
+    m[1] = True
+    m[2, 0, 0] = True
+    assert uniform_masks(m) == 2
+
+
+def test_search_check_of_a_per_patch_model_on_the_search_draws_is_exact():
+    """Cells that see only themselves, the check drawn like the fitness: the linear cache is the exact fitness,
+    Spearman 1 on random and final policies; the percentile is the chosen policy's rank among the random ones."""
+    images, labels = data(K=4, per_class=5)
+    model = CellModel(mix=0.0)
+    cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
+    f = CachedFitness(cache, num_draws=4, seed=9)
+    r = search(f, population=12, generations=3, num_pairs=6, seed=0, progress=False, patience=None)
+    check = search_check(f, model, images, chosen=(r.best_pairs, r.best_masks), num_pairs=6,
+                         final=[r.population, r.offspring], num_draws=4, random_policies=30, seed=9)
+    assert check["kind"] == "linear" and check["linear_spearman"] is None
+    assert check["random"]["n"] == 30 and check["random"]["spearman"] == pytest.approx(1.0)
+    assert check["final"]["spearman"] == pytest.approx(1.0)
+    np.testing.assert_allclose(check["random"]["proxy"], check["random"]["exact"], rtol=1e-4, atol=1e-4)
+    eff = check["efficacy"]
+    rand = np.asarray(check["random"]["exact"])
+    assert eff["percentile"] == pytest.approx(100 * (rand < eff["exact"]).mean() + 50 * (rand == eff["exact"]).mean())
+    assert eff["exact"] == pytest.approx(r.best_fitness, abs=1e-4)  # the same draws: exact = cached
+    assert eff["masks"] == 6 and 0 <= eff["uniform_masks"] <= 6 and eff["verdict"]
+    assert check["seconds"] >= 0
+    # an interaction fitness reports the linear cache's correlation beside its own
+    inter = interaction_fitness(cache, model, images, num_draws=4, masks_per_draw=4, seed=9)
+    c2 = search_check(inter, model, images, chosen=(r.best_pairs, r.best_masks), num_pairs=6, num_draws=4,
+                      random_policies=10, seed=1)
+    assert c2["kind"] == "interaction" and c2["linear_spearman"] is not None and c2["final"] is None
+    with pytest.raises(ValueError, match="num_draws must be >= 2"):
+        search_check(f, model, images, chosen=(r.best_pairs, r.best_masks), num_pairs=6, num_draws=1)
