@@ -60,6 +60,12 @@ BUDGETS = {
     ('_population_fitness_reduce_kernel', 'cifar100 I=500 N=200 patch'): (53, 576),
     ('_population_fitness_kernel', 'cifar100 I=500 N=200 image S=32'): (80, 1208),
     ('_population_fitness_reduce_kernel', 'cifar100 I=500 N=200 image S=32'): (53, 576),
+    # interaction table (Q, 16, 2, 16) float64: 8 slots a program, a (8, 16, 16) tile (measured 64/76 registers,
+    # 1360/1312 SASS on sm_80/sm_90)
+    ('_population_fitness_kernel', 'cifar10 I=500 N=20 interaction'): (84, 1496),
+    ('_population_fitness_reduce_kernel', 'cifar10 I=500 N=20 interaction'): (33, 240),
+    ('_population_fitness_kernel', 'cifar100 I=500 N=200 interaction'): (84, 1496),
+    ('_population_fitness_reduce_kernel', 'cifar100 I=500 N=200 interaction'): (53, 576),
 }
 
 
@@ -116,6 +122,9 @@ def record_benchmark_launches() -> list[codegen.Launch]:
         take(f"{name} I={n_ind} N={N} patch", population_fitness_cuda, table, pairs, masks, None, None, None, 0.0)
         take(f"{name} I={n_ind} N={N} image S={S}", population_fitness_cuda, table, pairs, masks, logits, draws, classes,
              0.5)
+        interaction = _meta(Q, PP, 2, PP, dtype=torch.float64)  # the (Q, P*P, 2, P*P) interaction table
+        take(f"{name} I={n_ind} N={N} interaction", population_fitness_cuda, interaction, pairs, masks, None, None,
+             None, 0.0)
     return launches
 
 
@@ -264,10 +273,11 @@ def test_launches_and_host_reads_per_op_call(monkeypatch):
         loss.backward()
         assert counts["launches"] == ["_patchmix_cross_entropy_backward_kernel"] and counts["reads"] == []
         _reset(counts)
-        population_fitness(torch.randn(3, 4, 2, dtype=torch.float64), torch.tensor([[0, -1], [2, 1]]),
-                           torch.rand(2, 2, 2, 2) < 0.5)
-        assert counts["launches"] == ["_population_fitness_kernel", "_population_fitness_reduce_kernel"]
-        assert counts["reads"] == []
+        for table in (torch.randn(3, 4, 2, dtype=torch.float64), torch.randn(3, 4, 2, 4, dtype=torch.float64)):
+            _reset(counts)
+            population_fitness(table, torch.tensor([[0, -1], [2, 1]]), torch.rand(2, 2, 2, 2) < 0.5)
+            assert counts["launches"] == ["_population_fitness_kernel", "_population_fitness_reduce_kernel"]
+            assert counts["reads"] == []
     # the gradients are right on this path too
     x2 = x.detach().clone().requires_grad_(True)
     from patchmix.ops import grid_mix_reference

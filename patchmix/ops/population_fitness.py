@@ -2,6 +2,9 @@
 
 Semantics: ``contracts.population_fitness`` (``patchmix.search.fitness`` builds the inputs).
 
+The table is per cell ``(Q, P*P, 2)`` (patch term linear in the mask) or the interaction table
+``(Q, P*P, 2, P*P)`` (each cell's score also depends on which other cells come from the other image).
+
 Kernels: ``population_fitness_cpu`` (``csrc/population_fitness.cpp``), ``population_fitness_cuda``
 (``kernels/population_fitness.py``, Triton), ``population_fitness_reference`` (below). No autograd: the
 search only needs values. CPU sums run in float64 in a fixed order (results do not depend on the thread
@@ -15,11 +18,27 @@ from torch import Tensor
 
 from ._registry import define_op
 from .contracts import _common
-from .contracts.population_fitness import SCHEMA, check_args, check_data
+from .contracts.population_fitness import SCHEMA, check_args, check_data, is_pairwise
 
 # --------------------------------------------------------------------------------------------------
 # reference
 # --------------------------------------------------------------------------------------------------
+
+
+def _patch_term(table: Tensor, q: Tensor, m: Tensor) -> Tensor:
+    """``P^2`` times the patch term of every slot, ``(I, N)``, from pair ids ``q (I, N)`` (clamped to ``>= 0``)
+    and mask bits ``m (I, N, PP)``."""
+    if not is_pairwise(table):  # (Q, PP, 2): one lookup per cell
+        t = table[q]  # (I, N, PP, 2)
+        return torch.where(m, t[..., 1], t[..., 0]).sum(-1)
+    # (Q, PP, 2, PP): every cell's row for its side, (I, N, PP, PP) (row n, column m), gathered through a
+    # flat (Q * PP * 2, PP) view, times [x_m != x_n] (the xor: 0 on the diagonal), plus the diagonal. A product,
+    # as in the kernels, so an inf or NaN anywhere in a used row makes the slot NaN on every backend.
+    Q, PP = table.shape[0], table.shape[1]
+    cells = torch.arange(PP, device=q.device)
+    rows = table.reshape(Q * PP * 2, PP)[(q[..., None] * PP + cells) * 2 + m.long()]  # (I, N, PP, PP)
+    differ = (m[..., :, None] ^ m[..., None, :]).to(rows.dtype)  # (I, N, PP, PP)
+    return rows.diagonal(dim1=-2, dim2=-1).sum(-1) + (rows * differ).sum((-2, -1))
 
 
 def population_fitness_reference(
@@ -39,8 +58,7 @@ def population_fitness_reference(
     active = pairs >= 0
     q = pairs.clamp_min(0)
     m = masks.reshape(n_ind, N, PP)
-    t = table[q]  # (I, N, PP, 2)
-    slot = torch.where(m, t[..., 1], t[..., 0]).sum(-1) / PP  # (I, N)
+    slot = _patch_term(table, q, m) / PP  # (I, N)
     if float(image_weight) != 0.0:
         a = draws[q][..., 0]  # (I, N, S)
         b = draws[q][..., 1]
@@ -83,7 +101,10 @@ def population_fitness(
 
     Args:
         table: ``(Q, P*P, 2)`` float32/float64 per-pair, per-cell mean patch scores (``[..., 1]``: cell from
-            the pair's first class, ``[..., 0]``: from its second); see ``patchmix.search.CachedFitness``.
+            the pair's first class, ``[..., 0]``: from its second); see ``patchmix.search.CachedFitness``. Or
+            the interaction table ``(Q, P*P, 2, P*P)``: ``table[q, n, s, n]`` is cell ``n``'s base score on
+            side ``s``, ``table[q, n, s, m]`` (``m != n``) is added when cell ``m`` comes from the other side
+            (see ``patchmix.ops.contracts.population_fitness``).
         pairs: int64 ``(I, N)`` pair ids in ``[0, Q)``, ``-1`` for an inactive slot.
         masks: bool ``(I, N, P, P)``; True cells come from the pair's first class.
         logits: ``(V, P*P, K)`` cached patch logits (table's dtype), only for the image-level term.

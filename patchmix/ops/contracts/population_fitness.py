@@ -10,6 +10,15 @@ Semantics (``patchmix.search.fitness`` builds the inputs):
   ``table[q, n, 0]`` the same for image ``b_s``. A composed sample's patch ``n`` comes from ``a`` when the mask
   cell is True, so the patch term of slot ``k`` is ``mean_n table[q, n, mask[n]]``: exactly the mean over
   draws and patches of the cached fitness, because that mean is linear in the mask.
+* ``table (Q, P*P, 2, P*P)`` (the interaction table, for a fitness where a cell's score depends on which other
+  cells come from the other image): for pair ``q``, cell ``n`` and side ``s`` (1: the cell comes from the pair's
+  first class, i.e. its mask bit is True; 0: from the second), ``table[q, n, s, n]`` (the diagonal) is the
+  cell's base score and ``table[q, n, s, m]``, ``m != n``, is added when cell ``m`` comes from the other side
+  than cell ``n``. For mask bits ``x`` (``P*P`` bools) the patch term of the slot is
+  ``(1 / P^2) * sum_n (table[q, n, x_n, n] + sum_{m != n} table[q, n, x_n, m] * [x_m != x_n])``:
+  ``P^2 * P^2`` multiply-adds instead of ``P^2`` lookups. Every backend computes the off-diagonal terms as
+  products with ``[x_m != x_n]``, so an inf or NaN anywhere in a used row ``table[q, n, x_n, :]`` makes the slot
+  NaN. A 3-D table is the 4-D table with zero off-diagonal entries (``table3[q, n, s] = table4[q, n, s, n]``).
 * Optional image-level term (``image_weight != 0``; needs ``logits (V, P*P, K)``, ``draws (Q, S, 2)`` indices
   into ``logits`` and ``pair_classes (Q, 2)``): per draw the composed sample's image logits are taken as the
   mean over its ``P*P`` patches of the source patch logits, ``u = mean_n (mask[n] ? logits[a_s, n] : logits[b_s, n])``,
@@ -38,6 +47,16 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 ERROR_PAIRS = errors.code(OP, "pairs")
 ERROR_DRAWS = errors.code(OP, "draws")
 ERROR_PAIR_CLASSES = errors.code(OP, "pair_classes")
+
+
+def is_table_shape(shape, PP: int) -> bool:
+    """Whether ``shape`` is ``(Q, PP, 2)`` (per-cell table) or ``(Q, PP, 2, PP)`` (interaction table)."""
+    return tuple(shape[1:]) in ((PP, 2), (PP, 2, PP))
+
+
+def is_pairwise(table: Tensor) -> bool:
+    """Whether ``table`` is the 4-D interaction table ``(Q, P*P, 2, P*P)`` (after ``check_args``)."""
+    return table.dim() == 4
 
 
 def check_args(
@@ -70,10 +89,10 @@ def check_args(
         raise ValueError(
             f"population_fitness: pairs must have shape (I, N) = ({n_ind}, {N}) to match masks, got {tuple(pairs.shape)}"
         )
-    if table.dim() != 3 or table.shape[1] != PP or table.shape[2] != 2:
+    if not is_table_shape(table.shape, PP):
         raise ValueError(
-            f"population_fitness: table must have shape (Q, P*P, 2) = (Q, {PP}, 2) for {P}x{P} masks, "
-            f"got {tuple(table.shape)}"
+            f"population_fitness: table must have shape (Q, P*P, 2) = (Q, {PP}, 2) or, as an interaction table, "
+            f"(Q, P*P, 2, P*P) = (Q, {PP}, 2, {PP}) for {P}x{P} masks, got {tuple(table.shape)}"
         )
     image_weight = float(image_weight)
     if image_weight != image_weight or image_weight in (float("inf"), float("-inf")):
