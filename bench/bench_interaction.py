@@ -1,7 +1,7 @@
 """The interaction-aware fitness at CIFAR-100 scale: what its build costs and how faithful it stays as the build
 is made cheaper, with a synthetic ``f_T`` whose cells interact (no trained CIFAR-100 model fits this machine).
 
-The synthetic ``f_T`` (:class:`InteractingCells`): ``K`` classes, each a random template image; validation images
+The synthetic ``f_T`` (:class:`patchmix.search.synthetic.InteractingCells`): ``K`` classes, each a random template image; validation images
 are their class's template plus noise. A cell's own evidence for class ``c`` is its pixels' match with class
 ``c``'s template over that cell; its patch logits add ``beta`` times a distance-weighted mean of the *other*
 cells' evidence (the receptive field of a CNN, in one line), so a cell's score depends on which other cells come
@@ -28,7 +28,6 @@ import time
 
 import pytest
 import torch
-from torch import nn
 
 from patchmix.search import (
     CachedFitness,
@@ -41,49 +40,7 @@ from patchmix.search import (
     rank_correlation,
 )
 from patchmix.search.fidelity import ceiling
-
-
-class InteractingCells(nn.Module):
-    """A synthetic ``f_T`` (module docstring): ``forward(x (B, C, H, W)) -> (image_logits (B, K), patch_logits
-    (B, K, P, P))``."""
-
-    def __init__(self, num_classes: int, grid_size: int = 4, size: int = 16, channels: int = 1, beta: float = 1.5,
-                 length: float = 1.0, scale: float = 6.0, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.P, self.cell = grid_size, size // grid_size
-        self.templates = nn.Parameter(torch.rand(num_classes, channels, size, size, generator=g), requires_grad=False)
-        ij = torch.cartesian_prod(torch.arange(grid_size), torch.arange(grid_size)).double()
-        dist = torch.cdist(ij, ij)
-        weight = torch.exp(-dist / length) * (1 - torch.eye(grid_size ** 2, dtype=torch.float64))
-        self.register_buffer("spread", (beta * weight / weight.sum(1, keepdim=True)).float())  # (PP, PP)
-        self.scale = scale
-
-    def cells(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, PP, C * cell^2)``, row-major cells."""
-        c = self.cell
-        return nn.functional.unfold(x, c, stride=c).transpose(1, 2)
-
-    def forward(self, x):
-        cells = self.cells(x)  # (B, PP, D)
-        t = self.cells(self.templates)  # (K, PP, D)
-        # evidence: minus the mean squared distance to each class's template over the cell
-        own = -self.scale * (cells.pow(2).mean(-1)[:, :, None] - 2 * torch.einsum("bnd,knd->bnk", cells, t) / t.shape[-1]
-                             + t.pow(2).mean(-1).T[None])  # (B, PP, K)
-        patch = own + torch.einsum("nm,bmk->bnk", self.spread, own)
-        P = self.P
-        return patch.mean(1), patch.transpose(1, 2).reshape(x.shape[0], -1, P, P)
-
-
-def synthetic_validation(model: InteractingCells, per_class: int, noise: float = 0.35, seed: int = 1):
-    """``per_class`` images of every class: its template plus uniform noise, clipped to [0, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    K = model.templates.shape[0]
-    labels = torch.arange(K).repeat_interleave(per_class)
-    images = model.templates.data[labels] + noise * (torch.rand(labels.numel(), *model.templates.shape[1:],
-                                                                generator=g) - 0.5)
-    return images.clamp(0, 1), labels
-
+from patchmix.search.synthetic import InteractingCells, synthetic_validation
 
 SCALES = {"cifar100": dict(K=100, per_class=100, N=200), "toy": dict(K=6, per_class=8, N=8)}
 BUILDS = [(32, 64), (16, 16), (8, 16), (8, 8), (4, 8)]

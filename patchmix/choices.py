@@ -51,9 +51,9 @@ CROSSOVERS = ("uniform", "half")
 #: ``search.replacement``: the next generation: parents and offspring compete (DEAP's mu + lambda), or the
 #: paper's generational step (the elite and the offspring).
 REPLACEMENTS = ("plus", "generational")
-#: ``search.fitness``: the cached fitness's table: a per-pair model of each cell's score on composed images
+#: ``search.table``: the cached fitness's table: a per-pair model of each cell's score on composed images
 #: that depends on the other cells (fitted on f_T), or each cell scored on its unmixed source.
-FITNESS_KINDS = ("interaction", "linear")
+TABLES = ("interaction", "linear")
 #: ``search.solver``: the DEAP genetic search, or the exact optimum by enumeration (patch-only fitness, P <= 4).
 SOLVERS = ("ga", "exhaustive")
 #: ``search.mask_distribution``: the random masks the interaction model is fitted on (every cell with

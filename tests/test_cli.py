@@ -11,7 +11,8 @@ import torch
 from patchmix.cli import main
 
 TINY = ["--epochs", "1", "--set", "data.limit_train=160", "--set", "model.width=8", "--batch-size", "32",
-        "--quiet"]
+        "--set", "search.num_draws=4", "--set", "search.masks_per_draw=4", "--set", "run.fidelity_individuals=12",
+        "--set", "run.fidelity_draws=4", "--quiet"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,15 +48,21 @@ def test_run_end_to_end(finished_run, capsys):
             assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     for line in open(os.path.join(out, "log.jsonl")):
         json.loads(line)  # JSON lines
-    # the cache's fidelity, per seed and summarised, in metrics.json and report.md
+    # the search check (fidelity with its ceiling, efficacy), per seed and summarised, in metrics.json and report.md
     for seed in ("0", "1"):
         fid = m["search"][seed]["fidelity"]
-        assert fid["random"]["n"] == 32 and fid["draws"] == 8 and fid["final"]["n"] >= 1
+        assert fid["random"]["n"] == 12 and fid["draws"] == 4 and fid["final"]["n"] >= 1 and fid["table"] == "interaction"
         assert fid["random"]["spearman"] is None or -1 <= fid["random"]["spearman"] <= 1
+        assert 0 <= fid["efficacy"]["percentile"] <= 100 and fid["efficacy"]["masks"] == 20
+        assert fid["linear_spearman"] is None or -1 <= fid["linear_spearman"] <= 1
+        assert m["search"][seed]["fitness_build"]["forward_passes"] == 55 * 4 * 4
     assert m["fidelity"]["goal"] == 0.8 and m["fidelity"]["random"]["seeds"] == 2
+    assert set(m["fidelity"]["percentiles"]) == {"0", "1"}
+    assert m["paired"]["test_acc"]["base"]["random"]["n"] == 2  # paired statistics with two seeds
     report = open(os.path.join(out, "report.md")).read()
-    assert "## Cache fidelity" in report and "| 1 |" in report and "figures/fidelity.png" in report
+    assert "## Search check: fidelity and efficacy" in report and "| 1 |" in report and "figures/fidelity.png" in report
     assert ("Below the goal" in report) == m["fidelity"]["below_goal"]
+    assert "### Paired differences" in report
 
 
 def test_config_file_reruns_and_resume_keeps_results(finished_run, capsys):

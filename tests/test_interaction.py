@@ -13,6 +13,7 @@ from patchmix.search import (
     CachedFitness,
     CachedLogits,
     ExactFitness,
+    InteractingCells,
     SearchConfig,
     build_interaction_table,
     draw_pairs,
@@ -23,6 +24,7 @@ from patchmix.search import (
     rank_correlation,
     search,
     search_check,
+    synthetic_validation,
 )
 from patchmix.search.fidelity import ceiling, efficacy_verdict, uniform_masks
 from patchmix.search.interaction import predict_cells, sample_masks
@@ -129,7 +131,7 @@ def test_interaction_fitness_scores_policies_by_the_model():
     model = CellModel(mix=1.0)
     cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
     f = interaction_fitness(cache, model, images, num_draws=3, masks_per_draw=8, ridge=1.0, seed=2)
-    assert f.kind == "interaction" and f.table.shape == (10, 4, 2, 4)
+    assert f.table_kind == "interaction" and f.table.shape == (10, 4, 2, 4)
     assert f.build["forward_passes"] == 10 * 3 * 8
     assert torch.equal(f.draws, draw_pairs(labels, 4, 3, 2))  # the draws the table was fitted on
     pairs, masks = random_population(5, 6, f, "forced", seed=0)
@@ -145,20 +147,21 @@ def test_interaction_fitness_scores_policies_by_the_model():
         CachedFitness(cache, num_draws=3, table=torch.zeros(10, 4, 3))
 
 
-def test_interaction_fitness_ranks_policies_like_the_model_where_the_linear_cache_cannot():
-    """Cells that see the others: the linear cache ranks random policies poorly, the interaction table well."""
-    K, P = 4, 2
-    images, labels = data(K=K, per_class=10, P=P)
-    model = CellModel(num_classes=K, grid_size=P, mix=3.0, seed=1)
+@pytest.mark.parametrize("K, P, N", [(2, 2, 3), (4, 2, 6), (4, 4, 6)])
+def test_interaction_fitness_ranks_policies_like_the_model_where_the_linear_cache_cannot(K, P, N):
+    """Cells that see the others (InteractingCells): the linear cache ranks random policies no better than chance
+    (measured: -0.18 to 0.21), the interaction table as f_T does (0.88 to 0.99)."""
+    model = InteractingCells(K, grid_size=P, size=4 * P).eval()
+    images, labels = synthetic_validation(model, 10)
     cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
     inter = interaction_fitness(cache, model, images, num_draws=8, masks_per_draw=32, ridge=1.0, seed=0)
     linear = CachedFitness(cache, num_draws=8, seed=0)
     exact = ExactFitness(model, images, linear)  # the draws both were built on: no draw noise
-    pairs, masks = random_population(60, 5, linear, "forced", seed=3)
+    pairs, masks = random_population(60, N, linear, "forced", seed=3)
     e = exact(pairs, masks).numpy()
     rho_inter = rank_correlation(inter(pairs, masks).numpy(), e)
     rho_linear = rank_correlation(linear(pairs, masks).numpy(), e)
-    assert rho_inter > 0.95 and rho_inter > rho_linear + 0.1, (rho_inter, rho_linear)
+    assert rho_inter > 0.85 and rho_linear < 0.3, (rho_inter, rho_linear)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -189,21 +192,29 @@ def test_best_masks_enumerates_every_mask(direction):
 
 
 def test_exhaustive_solver_is_the_optimum_and_the_ga_gets_close():
-    f = _random_interaction_fitness(K=5, P=3, seed=1)
-    opt = f.optimum(8)
-    ex = search(f, solver="exhaustive", num_pairs=8, seed=0, progress=False)
+    """On a table fitted to an f_T whose cells interact, the GA's default operators end within 1% of the optimum
+    (measured 0.40% at this budget); the exhaustive solver is the optimum."""
+    model = InteractingCells(4, grid_size=4, size=16).eval()
+    images, labels = synthetic_validation(model, 8)
+    cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
+    f = interaction_fitness(cache, model, images, num_draws=4, masks_per_draw=16, seed=0)
+    opt = f.optimum(6)
+    ex = search(f, solver="exhaustive", num_pairs=6, seed=0, progress=False)
     assert ex.best_fitness == pytest.approx(opt.fitness) and ex.generations == 0 and ex.logbook == []
-    assert ex.policy.search["solver"] == "exhaustive" and ex.policy.search["fitness"] == "interaction"
+    assert ex.policy.search["solver"] == "exhaustive" and ex.policy.search["table"] == "interaction"
     assert float(f(torch.from_numpy(ex.best_pairs)[None], torch.from_numpy(ex.best_masks)[None])[0]) == \
         pytest.approx(opt.fitness)
-    ga = search(f, population=60, generations=60, num_pairs=8, seed=0, progress=False, patience=None)
-    assert opt.fitness <= ga.best_fitness <= opt.fitness + 0.05 * abs(opt.fitness)
-    with pytest.raises(ConfigError, match="search.fitness = 'linear' but the fitness was built with 'interaction'"):
-        search(f, fitness="linear", num_pairs=8, progress=False)
+    ga = search(f, population=60, generations=60, num_pairs=6, seed=0, progress=False, patience=None)
+    assert opt.fitness <= ga.best_fitness <= opt.fitness + 0.01 * abs(opt.fitness), (ga.best_fitness, opt.fitness)
+    with pytest.raises(ConfigError, match="search.table = 'linear' but the fitness was built with 'interaction'"):
+        search(f, table="linear", num_pairs=6, progress=False)
+    with pytest.raises(ConfigError, match="not separable"):
+        search(CachedFitness(cache, num_draws=4, image_weight=1.0), solver="exhaustive", table="linear",
+               num_pairs=6, num_draws=4, progress=False)
 
 
 def test_search_settings_of_the_fitness_are_validated():
-    for bad, match in ((dict(fitness="cubic"), "search.fitness"), (dict(solver="anneal"), "search.solver"),
+    for bad, match in ((dict(table="cubic"), "search.table"), (dict(solver="anneal"), "search.solver"),
                        (dict(ridge=0.0), "search.ridge"), (dict(ridge=float("nan")), "search.ridge"),
                        (dict(masks_per_draw=0), "search.masks_per_draw"),
                        (dict(mask_distribution="all"), "search.mask_distribution")):
@@ -248,7 +259,7 @@ def test_search_check_of_a_per_patch_model_on_the_search_draws_is_exact():
     r = search(f, population=12, generations=3, num_pairs=6, seed=0, progress=False, patience=None)
     check = search_check(f, model, images, chosen=(r.best_pairs, r.best_masks), num_pairs=6,
                          final=[r.population, r.offspring], num_draws=4, random_policies=30, seed=9)
-    assert check["kind"] == "linear" and check["linear_spearman"] is None
+    assert check["table"] == "linear" and check["linear_spearman"] is None
     assert check["random"]["n"] == 30 and check["random"]["spearman"] == pytest.approx(1.0)
     assert check["final"]["spearman"] == pytest.approx(1.0)
     np.testing.assert_allclose(check["random"]["proxy"], check["random"]["exact"], rtol=1e-4, atol=1e-4)
@@ -262,6 +273,6 @@ def test_search_check_of_a_per_patch_model_on_the_search_draws_is_exact():
     inter = interaction_fitness(cache, model, images, num_draws=4, masks_per_draw=4, seed=9)
     c2 = search_check(inter, model, images, chosen=(r.best_pairs, r.best_masks), num_pairs=6, num_draws=4,
                       random_policies=10, seed=1)
-    assert c2["kind"] == "interaction" and c2["linear_spearman"] is not None and c2["final"] is None
+    assert c2["table"] == "interaction" and c2["linear_spearman"] is not None and c2["final"] is None
     with pytest.raises(ValueError, match="num_draws must be >= 2"):
         search_check(f, model, images, chosen=(r.best_pairs, r.best_masks), num_pairs=6, num_draws=1)

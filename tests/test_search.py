@@ -133,30 +133,19 @@ def test_exact_fitness_equals_cached_for_a_per_patch_model():
         assert res["spearman"] == pytest.approx(1.0)
 
 
-def test_cache_fidelity_of_a_per_patch_model_is_perfect_on_random_and_final_policies():
-    """A model whose patch logits depend on its own cell only: the cache is exact, Spearman 1 on both."""
-    from patchmix.search import cache_fidelity
+def test_unique_individuals_ignores_slot_order():
+    """One policy is one policy whatever the order of its slots; a population of copies has one."""
     from patchmix.search.fidelity import unique_individuals
 
-    torch.manual_seed(0)
-    model = TinyPatchModel(num_classes=4, grid_size=2)
-    images, labels = tiny_data(K=4, per_class=5)
-    cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
-    f = CachedFitness(cache, num_draws=3, seed=0)
-    r = search(f, population=12, generations=3, num_pairs=6, seed=0, progress=False, patience=None)
-    fid = cache_fidelity(cache, model, images, num_pairs=6, final=[r.population, r.offspring], num_draws=3,
-                         individuals=10, seed=2)
-    assert fid["random"]["n"] == 10 and fid["random"]["spearman"] == pytest.approx(1.0)
-    assert 3 <= fid["final"]["n"] <= 10 and fid["final"]["spearman"] == pytest.approx(1.0)
-    np.testing.assert_allclose(fid["final"]["cached"], fid["final"]["exact"], rtol=1e-4, atol=1e-4)
-    # one policy is one policy whatever the order of its slots; a population of copies has one
+    f = CachedFitness(synthetic_cache(4, per_class=3, grid_size=2, seed=0), num_draws=2)
+    r = search(f, population=12, generations=2, num_pairs=6, seed=0, progress=False, patience=None)
     p, m = r.population["pairs"][:1], r.population["masks"][:1]
     perm = np.random.default_rng(0).permutation(6)
     same = unique_individuals(np.concatenate([p, p, p[:, perm]]), np.concatenate([m, m, m[:, perm]]))
     assert len(same[0]) == 1
-    one = cache_fidelity(cache, model, images, num_pairs=6, final=[{"pairs": np.repeat(p, 5, 0),
-                                                                   "masks": np.repeat(m, 5, 0)}], num_draws=3)
-    assert one["final"]["n"] == 1 and one["final"]["spearman"] is None  # undefined, said so
+    two = unique_individuals(np.concatenate([p, r.population["pairs"][1:2]]),
+                             np.concatenate([m, ~r.population["masks"][1:2]]))
+    assert len(two[0]) == 2
 
 
 def test_rank_correlation():
@@ -203,7 +192,7 @@ def test_optimum_without_exact_count_keeps_pairs_below_the_mean():
     loose = f.optimum(12, "allowed", exact_count=False)
     exact = f.optimum(12, "allowed")
     assert len(loose.pairs) <= 12 and loose.fitness <= exact.fitness
-    with pytest.raises(ValueError, match="not linear"):
+    with pytest.raises(ValueError, match="not separable"):
         CachedFitness(synthetic_cache(3, per_class=2), num_draws=2, image_weight=1.0).optimum(4)
     with pytest.raises(ValueError, match=r"num_pairs = 30 must lie in \[6, 21\]"):
         f.optimum(30)
@@ -653,10 +642,12 @@ def test_one_vocabulary_for_the_search_settings():
     assert {f.name for f in dataclasses.fields(SearchConfig)} >= {"population", "generations", "cxpb", "mutpb",
                                                                    "num_pairs", "objective", "num_draws"}
     f = CachedFitness(synthetic_cache(5, per_class=4, grid_size=4, seed=0), num_draws=4)
-    r = search(f, dataclasses.replace(cfg.search, population=8, generations=1, num_draws=4, num_pairs=6),
-               progress=False)
+    r = search(f, dataclasses.replace(cfg.search, population=8, generations=1, num_draws=4, num_pairs=6,
+                                      table="linear"), progress=False)
     assert r.policy.search["direction"] == "max" and len(r.policy) == 6
     with pytest.raises(ConfigError, match="search.objective = 'accuracy' but the fitness was built with 'logprob'"):
         search(f, objective="accuracy", progress=False)
+    with pytest.raises(ConfigError, match="search.table = 'interaction' but the fitness was built with 'linear'"):
+        search(f, cfg.search, num_draws=4, progress=False)  # the run's default table is the interaction one
     with pytest.raises(ConfigError, match="search.cxpb must be in"):
         config.resolve(None, None, {"search.cxpb": "2"})

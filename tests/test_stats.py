@@ -48,5 +48,5 @@ def test_paired_summary_needs_two_seeds_and_covers_fgsm():
     assert p["confidence"] == 0.95 and p["fgsm"]["0.1"]["base"]["random"]["mean"] == pytest.approx(0.1 / 3)
     assert p["test_acc"]["base"]["random"]["distinguishable"]  # +3, +3, +4 points
     text = "\n".join(paired_section(p))
-    assert "### Paired differences" in text and "n = 3" in text and "**≠ 0**" in text and "eps 0.1" in text
+    assert "### Paired differences" in text and "n = 3" in text and "**≠ 0**" in text and "| Random PatchMix | 0.1 |" in text
     assert paired_section(None) == []

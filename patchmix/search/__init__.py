@@ -33,12 +33,12 @@ from .fitness import (
     fitness_rank_correlation,
     random_population,
     rank_correlation,
-    synthetic_cache,
 )
 from .interaction import build_interaction_table, fit_interactions, interaction_fitness
 from .pairs import pair_classes, pair_id
 from .policy import Policy, PolicyError
 from .settings import MUTATIONS, PAPER_OPERATORS, SearchConfig
+from .synthetic import InteractingCells, synthetic_cache, synthetic_validation
 
 _GENETIC = ("GeneticSearch", "SearchResult", "exhaustive_search", "search")
 
@@ -54,6 +54,7 @@ __all__ = [
     "PAPER_OPERATORS",
     "CachedFitness",
     "CachedLogits",
+    "InteractingCells",
     "ExactFitness",
     "GeneticSearch",
     "OptimumResult",
@@ -74,4 +75,5 @@ __all__ = [
     "search",
     "search_check",
     "synthetic_cache",
+    "synthetic_validation",
 ]

@@ -117,7 +117,7 @@ def search_check(fitness: CachedFitness, model: nn.Module, images: Tensor, *, ch
         direction: what the search aimed at (``min``: hard for ``f_T``).
         num_draws: validation pairs per class pair, drawn from ``seed`` (independent of the search's draws).
 
-    Returns a dict (JSON-ready): ``draws``, ``kind``, ``goal``, ``random`` and ``final`` (``spearman``, ``n``,
+    Returns a dict (JSON-ready): ``draws``, ``table``, ``goal``, ``random`` and ``final`` (``spearman``, ``n``,
     ``proxy``, ``exact``, their standard deviations, ``exact_vs_exact``, ``reliability``, ``ceiling``; ``final`` is
     None without a final population), ``linear_spearman`` (the linear cache on the same random policies, for an
     interaction fitness), ``efficacy`` (``exact``, ``proxy``, ``percentile``, ``random_median/min/max``,
@@ -130,11 +130,11 @@ def search_check(fitness: CachedFitness, model: nn.Module, images: Tensor, *, ch
     t0 = time.perf_counter()
     draws = draw_pairs(fitness.cache.labels, fitness.num_classes, num_draws, seed)
     exact = ExactFitness(model, images, fitness, draws=draws, batch_size=batch_size, device=device)
-    out = {"draws": num_draws, "kind": fitness.kind, "goal": GOAL}
+    out = {"draws": num_draws, "table": fitness.table_kind, "goal": GOAL}
     pairs, masks = random_population(random_policies, num_pairs, fitness, same_class, seed)
     out["random"], _ = _compare(fitness, exact, pairs, masks)
     out["linear_spearman"] = None
-    if fitness.kind != "linear":
+    if fitness.table_kind != "linear":
         linear = CachedFitness(fitness.cache, num_draws=fitness.num_draws, objective=fitness.objective,
                                image_weight=fitness.image_weight, seed=fitness.seed)
         out["linear_spearman"] = _spearman(linear(pairs, masks).double().numpy(), np.asarray(out["random"]["exact"]))

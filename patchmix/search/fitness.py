@@ -170,28 +170,6 @@ class CachedLogits:
         return cls(d["logits"], d["labels"], int(d["grid_size"]), d.get("class_names"))
 
 
-def synthetic_cache(
-    num_classes: int, per_class: int = 50, grid_size: int = 4, seed: int = 0, dtype: torch.dtype = torch.float16
-) -> CachedLogits:
-    """A synthetic cache for benchmarks and tests: every class has its own per-cell difficulty, and each
-    class is confused with a few "neighbour" classes, so pairs and cells differ in fitness."""
-    g = torch.Generator().manual_seed(seed)
-    K, PP = num_classes, grid_size * grid_size
-    labels = torch.arange(K).repeat_interleave(per_class)
-    V = labels.numel()
-    difficulty = torch.rand(K, PP, generator=g) * 3.0  # margin of the true class per class and cell
-    neighbour = torch.randn(K, K, generator=g)
-    logits = torch.randn(V, PP, K, generator=g)
-    logits += 0.5 * neighbour[labels][:, None, :]
-    logits[torch.arange(V), :, labels] += difficulty[labels] + 0.5 * torch.randn(V, PP, generator=g)
-    return CachedLogits(logits.to(dtype), labels, grid_size)
-
-
-# --------------------------------------------------------------------------------------------------
-# cached fitness
-# --------------------------------------------------------------------------------------------------
-
-
 def draw_pairs(labels: Tensor, num_classes: int, num_draws: int, seed: int) -> Tensor:
     """``S`` validation pairs ``(a, b)`` per class pair, uniformly with replacement, fixed by ``seed``:
     int64 ``(Q, S, 2)`` indices into ``labels (V,)``, ``a`` of the pair's first class ``c_i``, ``b`` of ``c_j``."""
@@ -293,7 +271,7 @@ class CachedFitness:
         self._classes_dev = self.classes.to(self.device)
 
     @property
-    def kind(self) -> str:
+    def table_kind(self) -> str:
         """``"linear"`` (a ``(Q, P*P, 2)`` table) or ``"interaction"`` (``(Q, P*P, 2, P*P)``)."""
         return "linear" if self.table.dim() == 3 else "interaction"
 
@@ -326,7 +304,7 @@ class CachedFitness:
         score each patch against its patch target (docs/semantics.md) and the image term on the composed sample,
         then average. Memory ``I * N * S * P*P * K``: for small checks only. float64 ``(I,)``. Linear table only
         (an interaction table is a fit to ``f_T`` on composed images: :class:`ExactFitness` is its ground truth)."""
-        if self.kind != "linear":
+        if self.table_kind != "linear":
             raise ValueError("exact_reference: only the linear table is computed from the cache; compare an "
                              "interaction table with ExactFitness")
         pairs = torch.as_tensor(pairs).cpu()
@@ -370,7 +348,7 @@ class CachedFitness:
         :data:`MAX_ENUMERATED_GRID`; ties go to the lowest mask number (bit ``n`` is cell ``n``)."""
         check_choice("direction", direction, DIRECTIONS)
         P, PP = self.grid_size, self.grid_size ** 2
-        if self.kind == "linear":
+        if self.table_kind == "linear":
             t = self.table.double().cpu().numpy()
             take_a = t[..., 1] < t[..., 0] if direction == "min" else t[..., 1] > t[..., 0]
             vals = np.where(take_a, t[..., 1], t[..., 0]).mean(-1)

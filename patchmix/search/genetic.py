@@ -286,7 +286,7 @@ def _fingerprint(fitness: CachedFitness) -> str:
 
 def _check_fitness_settings(fitness: CachedFitness, config: SearchConfig) -> None:
     """The fitness settings of ``config`` are those the fitness object was built with."""
-    for name, built in (("objective", fitness.objective), ("num_draws", fitness.num_draws), ("fitness", fitness.kind)):
+    for name, built in (("objective", fitness.objective), ("num_draws", fitness.num_draws), ("table", fitness.table_kind)):
         if getattr(config, name) != built:
             raise ConfigError(f"search.{name} = {getattr(config, name)!r} but the fitness was built with {built!r}")
 
@@ -299,7 +299,7 @@ class GeneticSearch:
                  callback: Callable[[int, dict], bool | None] | None = None, save_checkpoint: bool = True):
         self.fitness = fitness
         self.config = config or SearchConfig(objective=fitness.objective, num_draws=fitness.num_draws,
-                                             fitness=fitness.kind)
+                                             table=fitness.table_kind)
         K = fitness.num_classes
         self.config.validate(K)
         _check_fitness_settings(fitness, self.config)
@@ -548,7 +548,7 @@ class GeneticSearch:
         f, c = self.fitness, self.config
         return {"objective": f.objective, "direction": c.direction, "image_weight": f.image_weight,
                 "num_draws": f.num_draws, "draw_seed": f.seed, "same_class": c.same_class, "num_pairs": self.N,
-                "fitness": f.kind, "solver": "ga",
+                "table": f.table_kind, "solver": "ga",
                 "population": c.population, "generations": gen, "cxpb": c.cxpb, "mutpb": c.mutpb,
                 "crossover": c.crossover, "replacement": c.replacement}
 
@@ -580,7 +580,7 @@ def search(fitness: CachedFitness, config: SearchConfig | None = None, *, seed: 
     if unknown:
         raise TypeError(f"search: unknown settings {sorted(unknown)}; see SearchConfig")
     base_config = config or SearchConfig(objective=fitness.objective, num_draws=fitness.num_draws,
-                                         fitness=fitness.kind)
+                                         table=fitness.table_kind)
     config = dataclasses.replace(base_config, **settings)
     if config.solver == "exhaustive":
         return exhaustive_search(fitness, config, seed=seed, class_names=class_names)
@@ -607,10 +607,10 @@ def exhaustive_search(fitness: CachedFitness, config: SearchConfig, *, seed: int
     K = fitness.num_classes
     names = list(class_names or fitness.cache.class_names or [str(k) for k in range(K)])
     cls = fitness.classes.numpy()
-    evaluations = fitness.num_pairs * (2 ** (fitness.grid_size ** 2) if fitness.kind == "interaction" else 2)
+    evaluations = fitness.num_pairs * (2 ** (fitness.grid_size ** 2) if fitness.table_kind == "interaction" else 2)
     meta = {"objective": fitness.objective, "direction": config.direction, "image_weight": fitness.image_weight,
             "num_draws": fitness.num_draws, "draw_seed": fitness.seed, "same_class": config.same_class,
-            "num_pairs": N, "fitness": fitness.kind, "solver": "exhaustive"}
+            "num_pairs": N, "table": fitness.table_kind, "solver": "exhaustive"}
     policy = Policy(cls[opt.pairs], opt.masks.copy(), names, fitness.grid_size, opt.fitness, seed, search=meta)
     return SearchResult(policy, opt.pairs.copy(), opt.masks.copy(), float(opt.fitness), [], 0, False, evaluations,
                         seconds, seconds)

@@ -42,7 +42,7 @@ from .pairs import pair_classes
 from .scoring import composed_scores
 
 
-def sample_masks(generator: torch.Generator, count: int, grid_size: int, distribution: str = "spread") -> Tensor:
+def sample_masks(generator: torch.Generator, count: int, grid_size: int, distribution: str = "half") -> Tensor:
     """``count`` random masks ``(count, P, P)`` bool drawn from ``generator``: ``half``, every cell from either
     image with probability 1/2 (as the search's initial masks), or ``spread``, a fill ``p ~ U(0, 1)`` per mask and
     then every cell with probability ``p`` (nearly uniform masks, where a search may end, are seen too)."""
@@ -106,12 +106,36 @@ def _pair_generator(seed: int, q: int) -> torch.Generator:
 
 
 @torch.no_grad()
+def score_compositions(model: nn.Module, images: Tensor, draws: Tensor, classes: Tensor, grid_size: int,
+                       pairs: range, *, objective: str = "logprob", masks_per_draw: int = 64,
+                       distribution: str = "half", seed: int = 0, batch_size: int = 512,
+                       device=None) -> tuple[Tensor, Tensor]:
+    """What the fit learns from: ``f_T``'s cell scores on the compositions of ``pairs``.
+
+    Pair ``q``'s ``R = S * M`` compositions are its ``S`` draws, each with ``M`` masks (:func:`sample_masks` from a
+    generator seeded by ``(seed, q)``: the same whatever ``pairs`` it is built with); composition ``s * M + j`` is
+    draw ``s`` with its ``j``-th mask. Returns ``bits (B, R, P*P)`` bool (True: the cell from the pair's first class)
+    and ``scores (B, R, P*P)`` float64, ``B = len(pairs)``.
+    """
+    S, M, P = draws.shape[1], int(masks_per_draw), grid_size
+    R = S * M
+    masks = torch.stack([sample_masks(_pair_generator(seed, q), R, P, distribution) for q in pairs])  # (B, R, P, P)
+    d = draws[pairs.start:pairs.stop]  # (B, S, 2)
+    c = classes[pairs.start:pairs.stop]
+    scores, _ = composed_scores(model, images, d[..., 0].repeat_interleave(M, 1).reshape(-1),
+                                d[..., 1].repeat_interleave(M, 1).reshape(-1), masks.reshape(-1, P, P),
+                                c[:, 0].repeat_interleave(R), c[:, 1].repeat_interleave(R), objective=objective,
+                                batch_size=batch_size, device=device)
+    return masks.reshape(len(pairs), R, P * P), scores.reshape(len(pairs), R, P * P)
+
+
 def build_interaction_table(model: nn.Module, images: Tensor, draws: Tensor, classes: Tensor, grid_size: int, *,
                             objective: str = "logprob", masks_per_draw: int = 64, ridge: float = 10.0,
-                            distribution: str = "spread", seed: int = 0, batch_size: int = 512,
+                            distribution: str = "half", seed: int = 0, batch_size: int = 512,
                             pairs_per_chunk: int | None = None, device=None, pair_range: tuple[int, int] | None = None,
                             progress: bool = False) -> tuple[Tensor, dict]:
-    """Fit the interaction table of every pair on ``f_T``'s scores of composed validation images.
+    """Fit the interaction table of every pair on ``f_T``'s scores of composed validation images
+    (:func:`score_compositions`, then :func:`fit_interactions`), a chunk of pairs at a time.
 
     Args:
         model: ``f_T`` (returns ``(image_logits, patch_logits)``); images: ``(V, C, H, W)`` float in ``[0, 1]``
@@ -127,15 +151,15 @@ def build_interaction_table(model: nn.Module, images: Tensor, draws: Tensor, cla
         progress: a progress bar (tqdm) over the pairs.
 
     Returns:
-        ``table (hi - lo, P*P, 2, P*P)`` float64 (``(Q, ...)`` for all pairs) and ``{"forward_passes", "seconds", "r2"}``: ``r2`` is the in-sample
-        share of the cells' score variance (around each ``(pair, cell, side)`` mean) that the model explains.
+        ``table (hi - lo, P*P, 2, P*P)`` float64 (``(Q, ...)`` for all pairs) and ``{"forward_passes", "seconds",
+        "r2"}``: ``r2`` is the in-sample share of the cells' score variance (around each ``(pair, cell, side)``
+        mean) that the model explains.
     """
-    S = draws.shape[1]
-    P, PP, M = grid_size, grid_size * grid_size, int(masks_per_draw)
     if masks_per_draw < 1:
         raise ValueError(f"build_interaction_table: masks_per_draw must be >= 1, got {masks_per_draw}")
+    PP = grid_size * grid_size
     first, last = pair_range if pair_range is not None else (0, draws.shape[0])
-    R = S * M
+    R = draws.shape[1] * int(masks_per_draw)
     chunk = pairs_per_chunk or max(1, 8192 // R)
     table = torch.empty(last - first, PP, 2, PP, dtype=torch.float64)
     t0 = time.perf_counter()
@@ -143,16 +167,9 @@ def build_interaction_table(model: nn.Module, images: Tensor, draws: Tensor, cla
     bar = tqdm(total=last - first, desc="interaction fit", unit="pair", disable=not progress, leave=False)
     for lo in range(first, last, chunk):
         qs = range(lo, min(last, lo + chunk))
-        masks = torch.stack([sample_masks(_pair_generator(seed, q), R, P, distribution) for q in qs])  # (B, R, P, P)
-        d = draws[qs.start:qs.stop]  # (B, S, 2)
-        a = d[..., 0].repeat_interleave(M, 1).reshape(-1)  # draw s composed with masks s*M .. s*M + M - 1
-        b = d[..., 1].repeat_interleave(M, 1).reshape(-1)
-        c = classes[qs.start:qs.stop]
-        scores, _ = composed_scores(model, images, a, b, masks.reshape(-1, P, P), c[:, 0].repeat_interleave(R),
-                                    c[:, 1].repeat_interleave(R), objective=objective, batch_size=batch_size,
-                                    device=device)
-        bits = masks.reshape(len(qs), R, PP)
-        y = scores.reshape(len(qs), R, PP)
+        bits, y = score_compositions(model, images, draws, classes, grid_size, qs, objective=objective,
+                                     masks_per_draw=masks_per_draw, distribution=distribution, seed=seed,
+                                     batch_size=batch_size, device=device)
         t = fit_interactions(bits, y, ridge)
         table[qs.start - first:qs.stop - first] = t
         res, tot = _residuals(t, bits, y)
@@ -188,7 +205,7 @@ def _residuals(table: Tensor, bits: Tensor, y: Tensor) -> tuple[float, float]:
 
 
 def interaction_fitness(cache: CachedLogits, model: nn.Module, images: Tensor, *, num_draws: int = 32,
-                        masks_per_draw: int = 64, ridge: float = 10.0, distribution: str = "spread",
+                        masks_per_draw: int = 64, ridge: float = 10.0, distribution: str = "half",
                         objective: str = "logprob", image_weight: float = 0.0, seed: int = 0,
                         batch_size: int = 512, device=None, fitness_device="cpu",
                         progress: bool = False) -> CachedFitness:
@@ -213,5 +230,5 @@ def interaction_fitness(cache: CachedLogits, model: nn.Module, images: Tensor, *
     return fitness
 
 
-__all__ = ["build_interaction_table", "fit_interactions", "interaction_fitness",
-           "predict_cells", "sample_masks"]
+__all__ = ["build_interaction_table", "fit_interactions", "interaction_fitness", "predict_cells", "sample_masks",
+           "score_compositions"]

@@ -26,12 +26,12 @@ import numpy as np
 from ..choices import (
     CROSSOVERS,
     DIRECTIONS,
-    FITNESS_KINDS,
     MASK_DISTRIBUTIONS,
     OBJECTIVES,
     REPLACEMENTS,
     SAME_CLASS,
     SOLVERS,
+    TABLES,
     check_choice,
 )
 from ..errors import ConfigError
@@ -97,17 +97,17 @@ class SearchConfig:
     objective: str = "logprob"
     #: fitness: ``S``, validation pairs drawn per class pair (once per search).
     num_draws: int = 32
-    #: fitness: interaction (a per-pair model of each cell's score on composed images that depends on which
+    #: fitness: the table, interaction (a per-pair model of each cell's score on composed images that depends on which
     #: other cells come from the other image, fitted on f_T) | linear (each cell scored on its unmixed source:
     #: one pass over the validation set, but blind to what the other image does; docs/search.md).
-    fitness: str = "interaction"
+    table: str = "interaction"
     #: fitness (interaction): ``M``, random masks composed with each draw to fit the model (``Q * S * M`` forward
     #: passes of f_T).
     masks_per_draw: int = 64
     #: fitness (interaction): ridge penalty on the model's interaction coefficients (in squared score units).
     ridge: float = 10.0
     #: fitness (interaction): half | spread, the fill of the random masks the model is fitted on.
-    mask_distribution: str = "spread"
+    mask_distribution: str = "half"
     #: solver: ga (the DEAP search) | exhaustive (the optimum itself: every mask of every pair scored; patch-only
     #: fitness, ``P <= 4`` for the interaction table).
     solver: str = "ga"
@@ -122,7 +122,7 @@ class SearchConfig:
         check_choice("search.objective", self.objective, OBJECTIVES, ConfigError)
         check_choice("search.crossover", self.crossover, CROSSOVERS, ConfigError)
         check_choice("search.replacement", self.replacement, REPLACEMENTS, ConfigError)
-        check_choice("search.fitness", self.fitness, FITNESS_KINDS, ConfigError)
+        check_choice("search.table", self.table, TABLES, ConfigError)
         check_choice("search.mask_distribution", self.mask_distribution, MASK_DISTRIBUTIONS, ConfigError)
         check_choice("search.solver", self.solver, SOLVERS, ConfigError)
         if not self.ridge > 0 or self.ridge == float("inf"):

@@ -244,7 +244,7 @@ def fidelity_figure(searches: dict, path: str) -> str:
             left.scatter([eff["proxy"]], [eff["exact"]], s=120, color=color, marker="*", edgecolor="black", zorder=4)
             right.axvline(eff["exact"], color=color, lw=2,
                           label=f"seed {seed}: chosen (percentile {eff['percentile']:.0f})")
-    kind = next((s["fidelity"].get("kind") for s in searches.values() if (s.get("fidelity") or {}).get("kind")), "")
+    kind = next((s["fidelity"].get("table") for s in searches.values() if (s.get("fidelity") or {}).get("table")), "")
     left.set_xlabel(f"search's fitness ({kind} table)" if kind else "search's fitness")
     left.set_ylabel("exact fitness (f_T on composed images)")
     left.set_title("Fidelity: does the fitness rank policies as f_T does?", fontsize=9)
@@ -255,7 +255,7 @@ def fidelity_figure(searches: dict, path: str) -> str:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(plt.MaxNLocator(5))
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -384,7 +384,7 @@ def _fidelity_section(search: dict, summary: dict | None, figures: dict[str, str
             continue
         rnd, fin, eff = fid.get("random") or {}, fid.get("final"), fid.get("efficacy") or {}
         final = f"{_fmt(fin['spearman'])} ({_fmt(fin.get('ceiling'))}), n = {fin['n']}" if fin else "n/a"
-        lines.append(f"| {seed} | {fid.get('kind', '?')} | {_fmt(rnd.get('spearman'))} ({_fmt(rnd.get('ceiling'))}), "
+        lines.append(f"| {seed} | {fid.get('table', '?')} | {_fmt(rnd.get('spearman'))} ({_fmt(rnd.get('ceiling'))}), "
                      f"n = {rnd.get('n')} | {_fmt(fid.get('linear_spearman'))} | {final} | "
                      f"{_fmt(eff.get('exact'), '.4f')} | {_fmt(eff.get('percentile'), '.1f')} "
                      f"({_fmt(eff.get('random_median'), '.4f')}) | {eff.get('uniform_masks')} / {eff.get('masks')} | "
@@ -456,7 +456,7 @@ def fidelity_summary(searches: dict) -> dict | None:
     if not checks:
         return None
     first = next(iter(checks.values()))
-    out: dict = {"goal": GOAL, "draws": first["draws"], "policies": first["random"]["n"], "kind": first.get("kind")}
+    out: dict = {"goal": GOAL, "draws": first["draws"], "policies": first["random"]["n"], "table": first.get("table")}
     for key in ("random", "final"):
         parts = [c[key] for c in checks.values() if c.get(key) and c[key]["spearman"] is not None]
         rhos = [p["spearman"] for p in parts]
@@ -476,7 +476,7 @@ def fidelity_event(fid: dict) -> dict:
     if "skipped" in fid:
         return {"skipped": fid["skipped"]}
     eff = fid.get("efficacy") or {}
-    return {"kind": fid.get("kind"), "draws": fid.get("draws"), "seconds": fid.get("seconds"),
+    return {"table": fid.get("table"), "draws": fid.get("draws"), "seconds": fid.get("seconds"),
             "random": (fid.get("random") or {}).get("spearman"), "final": (fid.get("final") or {}).get("spearman"),
             "ceiling": (fid.get("random") or {}).get("ceiling"), "linear": fid.get("linear_spearman"),
             "percentile": eff.get("percentile"), "uniform_masks": eff.get("uniform_masks")}
@@ -494,7 +494,7 @@ def fidelity_text(fid: dict) -> str:
 
     eff = fid.get("efficacy") or {}
     linear = f"; the linear cache {_fmt(fid['linear_spearman'])}" if fid.get("linear_spearman") is not None else ""
-    return (f"fidelity of the {fid.get('kind', '?')} fitness (Spearman with f_T's exact fitness): random policies "
+    return (f"fidelity of the {fid.get('table', '?')} fitness (Spearman with f_T's exact fitness): random policies "
             f"{rho(fid.get('random'))}, final population {rho(fid.get('final'))}{linear}. Efficacy: "
             f"{eff.get('verdict', 'n/a')} (percentile {_fmt(eff.get('percentile'), '.1f')}, "
             f"{eff.get('uniform_masks')} of {eff.get('masks')} masks uniform); {fid.get('seconds', 0):.1f} s")
@@ -508,7 +508,7 @@ FIDELITY_BELOW_GOAL = (
     "one, the policies the search chose between differ by less than the fitness's error, so which of them won is "
     "arbitrary, though all of them may still be good. The linear cache (each cell scored on its unmixed source) "
     "is blind to what the other image does to a cell and fails this way on models whose cells see their "
-    "neighbours; the interaction fitness (search.fitness = interaction, the default) models it.")
+    "neighbours; the interaction fitness (search.table = interaction, the default) models it.")
 
 
 def _diff_cell(d: dict | None, scale: float = 100.0) -> str:
@@ -542,13 +542,13 @@ def paired_section(paired: dict | None) -> list[str]:
     lines.append("")
     fgsm = {e: t for e, t in (paired.get("fgsm") or {}).items() if t}
     if fgsm:
-        cols = [(e, b) for e in fgsm for b in bases if b in fgsm[e]]
         lines += ["Under FGSM (top-1 at each epsilon, the same paired differences):", "",
-                  "| method | " + " | ".join(f"eps {e}: minus {METHOD_LABELS.get(b, b)}" for e, b in cols) + " |",
-                  "|---|" + "---|" * len(cols)]
+                  "| method | epsilon | " + " | ".join(f"minus {METHOD_LABELS.get(b, b)}" for b in bases) + " |",
+                  "|---|---|" + "---|" * len(bases)]
         for m in methods:
-            lines.append(f"| {METHOD_LABELS.get(m, m)} | "
-                         + " | ".join(_diff_cell(fgsm[e][b].get(m)) for e, b in cols) + " |")
+            for e, t in fgsm.items():
+                lines.append(f"| {METHOD_LABELS.get(m, m)} | {e} | "
+                             + " | ".join(_diff_cell(t.get(b, {}).get(m)) for b in bases) + " |")
         lines.append("")
     return lines
 
@@ -584,7 +584,7 @@ def write_report(out: str, metrics: dict, figures: dict[str, str]) -> str:
             pairs = ", ".join(f"{a}+{b}" for a, b in s.get("pairs", [])[:12])
             more = "" if len(s.get("pairs", [])) <= 12 else f" (+{len(s['pairs']) - 12} more)"
             build = s.get("fitness_build") or {}
-            how = (f"{build.get('kind')} table" + (f" fitted on {build['forward_passes']} composed images "
+            how = (f"{build.get('table')} table" + (f" fitted on {build['forward_passes']} composed images "
                                                    f"({build['seconds']:.1f} s)" if build.get("forward_passes") else "")
                    if build else "")
             lines.append(f"- seed {seed}: fitness {s.get('fitness'):.4f} after {s.get('generations')} generations "

@@ -67,7 +67,7 @@ class DistributedFitness:
 
 
 #: The interaction fit and the search check compose the validation split held in memory as uint8; above this
-#: the check is skipped and the interaction fitness refused (search.fitness=linear needs only f_T's logits).
+#: the check is skipped and the interaction fitness refused (search.table=linear needs only f_T's logits).
 VALIDATION_MAX_BYTES = 1 << 30
 
 
@@ -89,10 +89,10 @@ def build_fitness(cfg: Config, ds: data_mod.Dataset, net, cache, seed: int, rt: 
     s = cfg.search
     draw_seed = derive_seed(seed, "draws") % 2**32
     table = None
-    if s.fitness == "interaction":
+    if s.table == "interaction":
         if images is None:
-            raise ConfigError("search.fitness = interaction composes the validation images in memory, and this "
-                              "validation split is too large; use --set search.fitness=linear")
+            raise ConfigError("search.table = interaction composes the validation images in memory, and this "
+                              "validation split is too large; use --set search.table=linear")
         K = ds.num_classes
         draws = draw_pairs(cache.labels, K, s.num_draws, draw_seed)
         Q = draws.shape[0]
@@ -144,7 +144,7 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
     loader = ((data_mod.to_float(x, rt.device), y) for x, y in data_mod.batches(ds.val, 256, order))
     cache = CachedLogits.from_model(net, loader, device=rt.device, grid_size=cfg.model.grid_size,
                                     class_names=list(ds.classes))
-    images = validation_images(ds) if s.fitness == "interaction" or cfg.run.fidelity_individuals else None
+    images = validation_images(ds) if s.table == "interaction" or cfg.run.fidelity_individuals else None
     fitness = build_fitness(cfg, ds, net, cache, seed, rt, log, images)
     scorer = DistributedFitness(fitness, rt) if rt.distributed else fitness
     t_cache = time.perf_counter() - t0
@@ -152,7 +152,7 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
     result = search(scorer, s, seed=seed, class_names=list(ds.classes), checkpoint=checkpoint,
                     save_checkpoint=rt.is_main, resume=resume, progress=not log.quiet and rt.is_main)
     result.extra["cache_seconds"] = t_cache
-    result.extra["fitness"] = dict(fitness.build, kind=fitness.kind)
+    result.extra["fitness"] = dict(fitness.build, table=fitness.table_kind)
     log.event("search", seed=seed, fitness=result.best_fitness, generations=result.generations,
               evaluations=result.evaluations, seconds=round(result.time_total, 3),
               pairs=[list(p) for p in result.policy.named_pairs()])

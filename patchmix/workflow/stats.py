@@ -72,7 +72,7 @@ def paired_summary(results: Sequence[dict], methods: Sequence[str]) -> dict | No
     acc = paired_table(results, methods)
     if not any(row["n"] >= 2 for table in acc.values() for row in table.values()):
         return None
-    eps = sorted({e for r in results for e in (r.get("fgsm") or {})}, key=float)
+    eps = sorted({e for r in results for e in (r.get("fgsm") or {}) if float(e) != 0.0}, key=float)  # 0: clean
     fgsm = {e: paired_table(results, methods, value=lambda r, e=e: (r.get("fgsm") or {}).get(e)) for e in eps}
     return {"confidence": CONFIDENCE,
             "method": "per seed, method minus baseline on the same test set; mean with a Student-t interval over the "
