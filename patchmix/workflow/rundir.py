@@ -297,9 +297,9 @@ class RunFolder:
         locked by another command (unless ``locked``: this one holds the lock), the settings of a resumed or
         reused run, no input file a fresh command would remove. Raises :class:`~patchmix.errors.OutputError`
         or :class:`~patchmix.errors.ConfigError`."""
-        check_output(self.out, self.command)
-        if not locked:
+        if not locked:  # first: a folder in use may be half-way through another command's commit
             self.lock.probe()
+        check_output(self.out, self.command)
         if self.mode == "resume":
             check_resume_config(self.cfg, self.out)
         elif self.mode == "reuse":
