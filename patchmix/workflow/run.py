@@ -30,7 +30,6 @@ from ..training import (
     derive_seed,
     fgsm_evaluate,
     model_name,
-    setup_runtime,
     stop_requested,
     train_model,
 )
@@ -172,44 +171,35 @@ def search_policy(cfg: Config, ds: data_mod.Dataset, out: str, rt: Runtime, log:
     return policy, record
 
 
-def run_workflow(cfg: Config, out: str, *, resume: bool = False, quiet: bool = False) -> dict:
-    """Run every configured method for every seed, the search included; write the output folder.
+def run_workflow(cfg: Config, out: str, *, resume: bool = False, quiet: bool = False,
+                 line: str | None = None) -> dict:
+    """Run every configured method for every seed, the search included; write the output folder
+    (:func:`patchmix.workflow.session.session`: everything checked before anything is written, the folder
+    locked; a fresh run into an earlier run's folder replaces that run's files and only those; ``resume``
+    refuses other settings). Returns the metrics dictionary (also written to ``out/metrics.json``)."""
+    from .session import session
 
-    A fresh run into an earlier run's folder replaces that run's files (and only those); a folder holding
-    anything else is refused. Returns the metrics dictionary (also written to ``out/metrics.json``).
-    """
     t_start = time.perf_counter()
-    rt = setup_runtime(cfg)
-    rundir.check_output(out, "run")  # every rank checks before any rank writes
-    if resume:
-        rundir.check_resume_config(cfg, out)
-    rt.barrier()
-    if rt.is_main:
-        if not resume:
-            rundir.clean_output(out)
-        os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
-        cfg.save(os.path.join(out, "config.json"))
-    rt.barrier()
-    with Log(os.path.join(out, "log.jsonl"), quiet=quiet, enabled=rt.is_main) as log:
-        return Workflow(cfg, out, rt, log, resume).run(t_start)
+    with session(cfg, out, command="run", mode="resume" if resume else "fresh", quiet=quiet, line=line,
+                 search="guided" in cfg.run.methods) as s:
+        return Workflow(cfg, out, s.rt, s.log, resume, s.ds).run(t_start)
 
 
 class Workflow:
     """One ``patchmix run``: the jobs of every seed in order, their results, and the report."""
 
-    def __init__(self, cfg: Config, out: str, rt: Runtime, log: Log, resume: bool):
+    def __init__(self, cfg: Config, out: str, rt: Runtime, log: Log, resume: bool,
+                 ds: data_mod.Dataset | None = None):
         self.cfg, self.out, self.rt, self.log, self.resume = cfg, out, rt, log, resume
-        self.ds = data_mod.from_config(cfg)
+        self.ds = ds if ds is not None else data_mod.from_config(cfg)
         previous = read_json(os.path.join(out, "metrics.json"), {}) if resume else {}
         self.results: list[dict] = list(previous.get("results", []))
         self.searches: dict = dict(previous.get("search", {}))
         self.done = {(r["method"], r["seed"]) for r in self.results}
         self.methods = [m for m in METHODS if m in cfg.run.methods]
         self.jobs = list(self.methods)
-        if "guided" in self.jobs:
-            cfg.search.validate(self.ds.num_classes)  # e.g. search.num_pairs: refused now, not after phase one
-            if "random" not in self.jobs:  # phase four needs phase one's f_T
-                self.jobs.insert(self.jobs.index("guided"), "random")
+        if "guided" in self.jobs and "random" not in self.jobs:  # phase four needs phase one's f_T
+            self.jobs.insert(self.jobs.index("guided"), "random")
         self.policies: dict[int, object] = {}
         self.logbooks: dict[str, list] = {}
 
@@ -247,15 +237,14 @@ class Workflow:
         return net
 
     def policy(self, seed: int, f_t):
-        """Phases one to three for ``seed``: ``f_T`` (trained, or read from its finished checkpoint), the
-        search, and its policy; a finished guided job's saved policy is reused."""
-        from ..search import Policy
-
+        """Phases one to three for ``seed``: the policy of the seed's finished search
+        (:func:`rundir.finished_policy`, when ``metrics.json`` holds its record), else ``f_T`` (trained, or read
+        from its finished checkpoint) and the search (resuming its checkpoint)."""
         cfg, ds, rt, log = self.cfg, self.ds, self.rt, self.log
-        path = rundir.policy_path(self.out, seed)
-        if ("guided", seed) in self.done and os.path.exists(path):
-            policy = Policy.load(path, list(ds.classes), cfg.model.grid_size)
-        else:
+        policy = None
+        if str(seed) in self.searches:
+            policy = rundir.finished_policy(self.out, seed, list(ds.classes), cfg.model.grid_size)
+        if policy is None:
             if f_t is None:
                 f_t, _ = train_model(cfg, ds, "random", seed, rt=rt, checkpoint=rundir.checkpoint_path(
                     self.out, "random", seed), resume=True, log=log, desc=f"{'random':>6} seed {seed}")
@@ -271,8 +260,8 @@ class Workflow:
 
     def flush(self) -> None:
         """The results so far (``"partial": True``), so that an interrupted run shows what it finished."""
-        write_json(os.path.join(self.out, "metrics.json"),
-                   {"results": self.results, "search": self.searches, "partial": True})
+        rundir.write_metrics(os.path.join(self.out, "metrics.json"),
+                             {"results": self.results, "search": self.searches, "partial": True})
 
     def finish(self, t_start: float) -> dict:
         """The summary table, figures, ``metrics.json`` and ``report.md`` (rank 0)."""
@@ -300,7 +289,7 @@ class Workflow:
                    "results": results, "search": self.searches, "fidelity": report.fidelity_summary(self.searches),
                    "figures": figures, "files": files,
                    "wall_seconds": round(time.perf_counter() - t_start, 2)}
-        write_json(os.path.join(out, "metrics.json"), metrics)
+        rundir.write_metrics(os.path.join(out, "metrics.json"), metrics)
         report.write_report(out, metrics, figures)
         self.log.event("done", summary=summary, wall_seconds=metrics["wall_seconds"])
         return metrics
