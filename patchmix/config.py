@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,7 +169,8 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the configuration as strict JSON (:meth:`validate` refused NaN and inf before this)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
 
     def copy(self) -> Config:
         return copy.deepcopy(self)
@@ -182,60 +184,129 @@ class Config:
         return cfg
 
     def validate(self) -> None:
-        d, t, r = self.data, self.train, self.run
+        """Raise :class:`~patchmix.errors.ConfigError` (``key``: the setting) for a setting that cannot run:
+        every number finite, every setting in its range. What needs the dataset (the grid against the image
+        size, ``search.num_pairs`` against the classes) is :meth:`check_dataset`."""
+        d, m, t, r = self.data, self.model, self.train, self.run
         check_choice("data.format", d.format, DATA_FORMATS, ConfigError)
         check_choice("data.augment", d.augment, AUGMENTATIONS, ConfigError)
         check_choice("train.schedule", t.schedule, SCHEDULES, ConfigError)
         check_choice("run.channels_last", r.channels_last, CHANNELS_LAST, ConfigError)
         check_choice("train.mix_mode", t.mix_mode, MIX_MODES, ConfigError)
+        for key, value in _leaves(self.to_dict()):  # NaN and inf first: a comparison with NaN is always False
+            if isinstance(value, float) and not math.isfinite(value):
+                _need(False, key, "a finite number", value)
         self.search.validate()
-        if not 0.0 < d.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
-        if self.model.grid_size < 1:
-            raise ConfigError(f"model.grid_size must be >= 1, got {self.model.grid_size}")
+        _need(0.0 < d.val_fraction < 1.0, "data.val_fraction", "in (0, 1)", d.val_fraction)
+        _need(d.image_size is None or d.image_size >= max(1, m.grid_size), "data.image_size",
+              f">= model.grid_size ({m.grid_size}) or none (the dataset's own size)", d.image_size)
+        _need(d.limit_train is None or d.limit_train >= 1, "data.limit_train", ">= 1 or none (all)", d.limit_train)
+        _need(m.grid_size >= 1, "model.grid_size", ">= 1", m.grid_size)
+        _need(m.width is None or m.width >= 1, "model.width", ">= 1 or none", m.width)
         for name in ("epochs", "batch_size"):
-            if getattr(t, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-        if t.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {t.lr}")
-        if t.alpha <= 0:
-            raise ConfigError(f"train.alpha must be > 0, got {t.alpha}")
-        if not 0.0 <= t.mix_prob <= 1.0:
-            raise ConfigError(f"train.mix_prob must be in [0, 1], got {t.mix_prob}")
+            _need(getattr(t, name) >= 1, f"train.{name}", ">= 1", getattr(t, name))
+        _need(t.lr > 0, "train.lr", "> 0", t.lr)
+        _need(0.0 <= t.momentum < 1.0, "train.momentum", "in [0, 1)", t.momentum)
+        _need(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
+        _need(t.warmup_epochs >= 0, "train.warmup_epochs", ">= 0", t.warmup_epochs)
+        _need(t.alpha > 0, "train.alpha", "> 0 (the Beta(alpha, alpha) of the mixers)", t.alpha)
+        _need(0.0 <= t.mix_prob <= 1.0, "train.mix_prob", "in [0, 1]", t.mix_prob)
+        _need(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", "in [0, 1)", t.label_smoothing)
+        _need(min(t.image_weight, t.patch_weight) >= 0 and t.image_weight + t.patch_weight > 0,
+              "train.image_weight", ">= 0 and train.patch_weight >= 0, not both 0 (image_weight, patch_weight)",
+              (t.image_weight, t.patch_weight))
+        _need(t.eval_every >= 0, "train.eval_every", ">= 0 (0: only at the end)", t.eval_every)
         self._validate_mixing()
-        if len(t.guided_fractions) != 3 or min(t.guided_fractions) < 0 or sum(t.guided_fractions) <= 0:
-            raise ConfigError(f"train.guided_fractions must be 3 non-negative numbers (original, random, guided), "
-                              f"got {t.guided_fractions}")
+        _need(len(t.guided_fractions) == 3 and min(t.guided_fractions) >= 0 and sum(t.guided_fractions) > 0,
+              "train.guided_fractions", "3 non-negative numbers (original, random, guided), not all 0",
+              t.guided_fractions)
         bad = [m for m in r.methods if m not in METHODS]
-        if bad or not r.methods:
-            raise ConfigError(f"run.methods: unknown {bad}; choose from {', '.join(METHODS)}")
-        if not r.seeds:
-            raise ConfigError("run.seeds must name at least one seed")
-        if (r.fidelity_individuals != 0 and r.fidelity_individuals < 3) or r.fidelity_draws < 2:
-            raise ConfigError(f"run.fidelity_individuals must be 0 (no check) or >= 3 and run.fidelity_draws >= 2, "
-                              f"got {r.fidelity_individuals} and {r.fidelity_draws}")
-
+        _need(not bad and bool(r.methods), "run.methods", f"names from {', '.join(METHODS)}", r.methods)
+        _need(bool(r.seeds), "run.seeds", "at least one seed", r.seeds)
+        _need(r.device == "auto" or _device_ok(r.device), "run.device", "auto, cpu, cuda or cuda:N", r.device)
+        _need(r.threads is None or r.threads >= 1, "run.threads", ">= 1 or none (torch's default)", r.threads)
+        _need(all(e >= 0 for e in r.fgsm_epsilons), "run.fgsm_epsilons", "numbers >= 0", r.fgsm_epsilons)
+        _need(r.show_samples >= 0, "run.show_samples", ">= 0", r.show_samples)
+        _need(r.fidelity_individuals == 0 or r.fidelity_individuals >= 3, "run.fidelity_individuals",
+              "0 (no search check) or >= 3 random policies", r.fidelity_individuals)
+        _need(r.fidelity_draws >= 2, "run.fidelity_draws", ">= 2 (the ceiling compares two halves)", r.fidelity_draws)
 
     def _validate_mixing(self) -> None:
         d, t = self.data, self.train
         for name in ("mixup_alpha", "cutmix_alpha", "patchmix_alpha"):
             v = getattr(t, name)
-            if v is not None and v < 0:
-                raise ConfigError(f"train.{name} must be >= 0 (0: that method off), got {v}")
-        if t.cutmix_minmax is not None and (len(t.cutmix_minmax) != 2 or not 0 <= t.cutmix_minmax[0] < t.cutmix_minmax[1] <= 1):
-            raise ConfigError(f"train.cutmix_minmax must be lo,hi with 0 <= lo < hi <= 1, got {t.cutmix_minmax}")
-        if len(t.mix_weights) != 3 or min(t.mix_weights) < 0 or sum(t.mix_weights) <= 0:
-            raise ConfigError(f"train.mix_weights must be 3 non-negative numbers (mixup, cutmix, patchmix), not all 0, "
-                              f"got {t.mix_weights}")
-        if t.mix_off_epoch < 0:
-            raise ConfigError(f"train.mix_off_epoch must be >= 0 (0: never), got {t.mix_off_epoch}")
-        if not 0.0 <= t.ema_decay < 1.0:
-            raise ConfigError(f"train.ema_decay must be in [0, 1) (0: no EMA), got {t.ema_decay}")
-        if d.prefetch_factor < 1 or d.workers < 0 or d.decode_max_mb < 0:
-            raise ConfigError(f"data.prefetch_factor must be >= 1, data.workers and data.decode_max_mb >= 0, got "
-                              f"{d.prefetch_factor}, {d.workers}, {d.decode_max_mb}")
-        if not self.run.compile:
-            raise ConfigError("run.compile must be 'off' or a torch.compile backend name (inductor, aot_eager, ...)")
+            _need(v is None or v >= 0, f"train.{name}", ">= 0 (0: that method off) or none (train.alpha)", v)
+        mm = t.cutmix_minmax
+        _need(mm is None or (len(mm) == 2 and 0 <= mm[0] < mm[1] <= 1), "train.cutmix_minmax",
+              "lo,hi with 0 <= lo < hi <= 1", mm)
+        _need(len(t.mix_weights) == 3 and min(t.mix_weights) >= 0 and sum(t.mix_weights) > 0, "train.mix_weights",
+              "3 non-negative numbers (mixup, cutmix, patchmix), not all 0", t.mix_weights)
+        _need(t.mix_off_epoch >= 0, "train.mix_off_epoch", ">= 0 (0: never)", t.mix_off_epoch)
+        _need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "in [0, 1) (0: no EMA)", t.ema_decay)
+        _need(d.prefetch_factor >= 1, "data.prefetch_factor", ">= 1", d.prefetch_factor)
+        _need(d.workers >= 0, "data.workers", ">= 0", d.workers)
+        _need(d.decode_max_mb >= 0, "data.decode_max_mb", ">= 0", d.decode_max_mb)
+        _need(bool(self.run.compile), "run.compile", "'off' or a torch.compile backend name (inductor, aot_eager, ...)",
+              self.run.compile)
+
+    def check_dataset(self, ds, *, search: bool = False) -> None:
+        """The settings that need the dataset ``ds`` (a :class:`patchmix.data.Dataset`): the grid fits the
+        images (``P <= `` the image side), the model is one patchmix knows, and with ``search`` the search's
+        ``num_pairs`` fits the classes. Raises :class:`~patchmix.errors.ConfigError`."""
+        P, side = self.model.grid_size, ds.image_size
+        _need(P <= side, "model.grid_size", f"<= the image side ({ds.describe()})", P)
+        if self.model.name != "auto":
+            from .models import MODEL_NAMES
+
+            canonical = {n.replace("_", "") for n in MODEL_NAMES}
+            _need(self.model.name.lower().replace("-", "").replace("_", "") in canonical, "model.name",
+                  f"auto or one of {', '.join(MODEL_NAMES)}", self.model.name)
+        if search:
+            self.search.validate(ds.num_classes)
+            self.search.check_dataset(len(ds.val), ds.channels * side * side, P)
+
+    def check_device(self) -> None:
+        """``run.device`` names a device this machine has (:meth:`validate` checks only its spelling: a config
+        written on a GPU machine still loads on a CPU one). Raises :class:`~patchmix.errors.ConfigError`."""
+        import torch
+
+        want = self.run.device
+        if want == "auto" or not want.startswith("cuda"):
+            return
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = torch.device(want).index
+        _need(have > (index or 0), "run.device", f"auto or cpu: this machine has {have} CUDA device(s)", want)
+
+
+def _need(ok: bool, key: str, expected: str, value: Any) -> None:
+    """Raise ``ConfigError("<key> must be <expected>, got <value>", key=key)`` unless ``ok``."""
+    if not ok:
+        if isinstance(value, tuple):
+            value = ",".join(map(str, value))
+        raise ConfigError(f"{key} must be {expected}, got {value}", key=key)
+
+
+def _device_ok(spec: str) -> bool:
+    """Whether torch reads ``spec`` as a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...)."""
+    import torch
+
+    try:
+        torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _leaves(d: dict, prefix: str = ""):
+    """``(dotted key, value)`` of every setting (the items of tuples and lists too)."""
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                yield f"{prefix}{k}", item
+        else:
+            yield f"{prefix}{k}", v
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -343,7 +414,7 @@ def _coerce(key: str, fld: dataclasses.Field, current: Any, value: Any) -> Any:
     try:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "None" in typ):
             if "None" not in typ:
-                raise ConfigError(f"{key} cannot be None")
+                raise ConfigError(f"{key} cannot be None", key=key)
             return None
         if typ.startswith("tuple"):
             items = value.split(",") if isinstance(value, str) else list(value)
@@ -369,4 +440,4 @@ def _coerce(key: str, fld: dataclasses.Field, current: Any, value: Any) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"bad value for {key}: {value!r} (expected {typ})") from None
+        raise ConfigError(f"bad value for {key}: {value!r} (expected {typ})", key=key) from None

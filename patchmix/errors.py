@@ -6,9 +6,12 @@ The command line maps an error to its exit code by type (``exc.exit_code``), nev
 * :class:`DatasetError`: a dataset that is missing or malformed (the message names the expected layout).
 * :class:`PolicyError`: a policy file or object that does not fit (corrupt, wrong grid, unknown classes).
 * :class:`CheckpointError`: a checkpoint that is missing, unreadable, of another kind, or of other settings.
-* :class:`OutputError`: an output folder patchmix must not write into.
+* :class:`OutputError`: an output folder or file patchmix must not or cannot write into (foreign files, in
+  use by another command, a file in the way, a read-only disk).
 
-All of them exit with 2. The value-like ones also subclass :class:`ValueError`, so library callers that catch
+All of them exit with 2, and their message is one line naming the argument or file and what was expected
+(a dataset's also lists the layouts it knows). Anything else that escapes a command is a bug in patchmix and
+exits with 1 with a traceback. The value-like ones also subclass :class:`ValueError`, so library callers that catch
 ``ValueError`` keep working. An interrupted training (``patchmix.training.Interrupted``) exits with 130.
 """
 
@@ -22,7 +25,12 @@ class PatchmixError(Exception):
 
 
 class ConfigError(PatchmixError, ValueError):
-    """A configuration that cannot run (unknown key, bad value); the CLI prints it and exits with 2."""
+    """A configuration that cannot run (unknown key, bad value); the CLI prints it and exits with 2.
+    ``key``: the setting at fault (``"train.lr"``), so that the CLI can name the flag that set it."""
+
+    def __init__(self, message: str = "", key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class DatasetError(PatchmixError, RuntimeError):
@@ -39,7 +47,14 @@ class CheckpointError(PatchmixError, ValueError):
 
 
 class OutputError(PatchmixError):
-    """An output folder that patchmix refuses to write into (it holds files that are not a patchmix run)."""
+    """An output folder or file that patchmix refuses to write into: it holds files that are not a patchmix
+    run, another command holds it (its lock), or it cannot be written (a file in the way, a read-only disk)."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "DatasetError", "OutputError", "PatchmixError", "PolicyError"]
+#: The error types by name: how a DDP rank raises the error that rank 0 found (the name crosses the wire).
+BY_NAME = {cls.__name__: cls for cls in (PatchmixError, ConfigError, DatasetError, PolicyError, CheckpointError,
+                                         OutputError)}
+
+
+__all__ = ["BY_NAME", "CheckpointError", "ConfigError", "DatasetError", "OutputError", "PatchmixError",
+           "PolicyError"]

@@ -420,3 +420,197 @@ def test_mixing_compile_ema_and_pipeline_flags_reach_the_config():
     assert _config(build_parser().parse_args(["train", "--method", "mix", "--compile", "aot_eager"])).run.compile == \
         "aot_eager"
     assert _config(build_parser().parse_args(["run"])).run.methods == ("base", "mixup", "cutmix", "random", "guided")
+
+
+# --------------------------------------------------------------------------------------------------
+# bad input: exit 2 with one line naming the argument, and nothing written before everything is checked
+# --------------------------------------------------------------------------------------------------
+
+
+def _snapshot(folder):
+    """Every file under ``folder`` with its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("args,needle", [
+    # case 1: a Beta of inf or NaN (it hung a sampler, or trained on NaN images)
+    (["--method", "mixup", "--mix-mode", "batch", "--alpha", "inf"], "--alpha (train.alpha) must be a finite number"),
+    (["--method", "mixup", "--mixup-alpha", "nan"], "--mixup-alpha (train.mixup_alpha) must be a finite number"),
+    (["--method", "cutmix", "--cutmix-alpha", "-1"], "--cutmix-alpha (train.cutmix_alpha) must be >= 0"),
+    (["--method", "mix", "--set", "train.patchmix_alpha=inf"], "train.patchmix_alpha must be a finite number"),
+    # case 2: optimiser settings that train to NaN
+    (["--method", "base", "--lr", "nan"], "--lr (train.lr) must be a finite number"),
+    (["--method", "base", "--lr", "0"], "--lr (train.lr) must be > 0"),
+    (["--method", "base", "--set", "train.weight_decay=inf"], "train.weight_decay must be a finite number"),
+    (["--method", "base", "--set", "train.weight_decay=-1"], "train.weight_decay must be >= 0"),
+    (["--method", "base", "--set", "train.momentum=inf"], "train.momentum must be a finite number"),
+    (["--method", "base", "--set", "train.momentum=1"], "train.momentum must be in [0, 1)"),
+    (["--method", "base", "--mix-prob", "nan"], "--mix-prob (train.mix_prob) must be a finite number"),
+    (["--method", "base", "--set", "search.cxpb=nan"], "search.cxpb must be a finite number"),
+    (["--method", "base", "--set", "run.fgsm_epsilons=0.1,-1"], "run.fgsm_epsilons must be numbers >= 0"),
+    # case 5: the grid against the images, the device, the model
+    (["--method", "base", "--grid-size", "9"], "--grid-size (model.grid_size) must be <= the image side"),
+    (["--method", "base", "--device", "foo"], "--device (run.device) must be auto, cpu, cuda or cuda:N"),
+    (["--method", "base", "--model", "nope"], "--model (model.name) must be auto or one of"),
+    (["--method", "base", "--compile", "nope"], "run.compile: unknown torch.compile backend 'nope'"),
+    (["--method", "base", "--seeds", "a,b"], "bad value for --seeds (run.seeds): 'a,b'"),
+    # case 8: an image size of 0 meant 32
+    (["--method", "base", "--image-size", "0"], "--image-size (data.image_size) must be >= model.grid_size"),
+    (["--method", "base", "--set", "data.limit_train=0"], "data.limit_train must be >= 1"),
+])
+def test_bad_settings_exit_2_naming_the_flag_before_anything_is_written(tmp_path, capsys, args, needle):
+    out = tmp_path / "t"
+    rc, _, err = _run(["train", *args, "--epochs", "1", "--quiet", "--out", str(out)], capsys)
+    assert rc == 2 and needle in err, err
+    assert len(err.strip().splitlines()) == 1  # one line
+    assert not out.exists()
+
+
+def test_config_json_is_strict_json_and_nan_never_reaches_it(tmp_path, capsys):
+    from patchmix import config
+    from patchmix.workflow.rundir import write_metrics
+
+    out = tmp_path / "t"
+    assert main(["train", "--method", "base", *QUICK, "--out", str(out)]) == 0
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in a JSON file"))
+
+    assert strict((out / "config.json").read_text())["train"]["lr"] == 0.1
+    assert strict((out / "metrics.json").read_text())["results"]
+    cfg = config.resolve()
+    cfg.train.lr = float("nan")  # past validation: the writer refuses it rather than write a bare NaN
+    with pytest.raises(ValueError):
+        cfg.save(tmp_path / "c.json")
+    with pytest.raises(config.ConfigError, match="train.lr must be a finite number"):
+        cfg.validate()
+    # a measurement that diverged (a loss of NaN) is written as null, never as a bare NaN
+    write_metrics(str(tmp_path / "m.json"), {"history": [{"train_loss": float("nan"), "acc": 0.5}]})
+    assert strict((tmp_path / "m.json").read_text()) == {"history": [{"train_loss": None, "acc": 0.5}]}
+
+
+def test_resume_with_changed_settings_is_refused_by_every_command(tmp_path, capsys):
+    """Case 3: train, then --lr 0.5 --resume printed the old result and rewrote config.json."""
+    out = tmp_path / "t"
+    assert main(["train", "--method", "random", *QUICK, "--seeds", "0", "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    for args, diff in [(["train", "--method", "random", "--lr", "0.5"], "train.lr: 0.1 -> 0.5"),
+                       (["train", "--method", "base"], "run.methods: ['random'] -> ['base']"),
+                       (["train", "--method", "random", "--data", "mnist5k"], "data.source: 'digits' -> 'mnist5k'"),
+                       (["train", "--method", "random", "--seeds", "0,1"], "run.seeds: [0] -> [0, 1]")]:
+        rc, text, err = _run([*args, *QUICK, "--out", str(out), "--resume"], capsys)
+        assert rc == 2 and f"--resume: the settings differ from the run in {out} ({diff})" in err, err
+        assert "Random PatchMix" not in text  # no result printed as finished
+    assert _snapshot(out) == before  # config.json, checkpoint, metrics untouched
+    # search --resume compares too (its seed is in config.json now)
+    s = tmp_path / "s"
+    search = ["search", "--model-checkpoint", str(out / "checkpoints" / "random-seed0.pt"), "--population", "8",
+              "--generations", "2", "--quiet", "--out", str(s)]
+    assert main(search) == 0
+    rc, _, err = _run([*search, "--seed", "5", "--resume"], capsys)
+    assert rc == 2 and "run.seeds: [0] -> [5]" in err
+
+
+def test_a_command_that_fails_leaves_an_earlier_run_as_it_was(tmp_path, capsys):
+    """Case 4: a failing command replaced config.json (then --resume refused), or the run's files."""
+    out = tmp_path / "r"
+    run = ["run", *QUICK, "--seeds", "0", "--methods", "base", "--out", str(out)]
+    assert main(run) == 0
+    before = _snapshot(out)
+    for args, needle in [(["train", "--method", "base", "--data", "/nonexistent/x"], "dataset not found"),
+                         (["run", "--lr", "inf"], "--lr (train.lr) must be a finite number"),
+                         (["run", "--methods", "base", "--grid-size", "9"], "--grid-size"),
+                         (["train", "--method", "guided", "--policy", str(tmp_path / "none.json")],
+                          "policy file not found")]:
+        rc, _, err = _run([*args, "--quiet", "--out", str(out)], capsys)
+        assert rc == 2 and needle in err, err
+        assert _snapshot(out) == before, args
+    assert main([*run, "--resume"]) == 0
+
+
+def test_output_paths_that_cannot_be_written_exit_2(tmp_path, capsys, monkeypatch):
+    """Case 5: --out under a file, on a read-only disk; --format folder on a file; show -o a folder."""
+    f = tmp_path / "file"
+    f.write_text("x")
+    for args, needle in [(["train", "--method", "base", "--out", str(f / "sub")], f"{f} is a file, not a folder"),
+                         (["train", "--method", "base", "--out", str(f)], f"--out {f} is a file, not a folder"),
+                         (["train", "--method", "base", "--format", "folder", "--data", str(f)],
+                          f"--data {f} (format folder): cannot read it (Not a directory"),
+                         (["show", "-n", "2", "-o", str(tmp_path)], f"--output {tmp_path} is a folder"),
+                         (["show", "-n", "2", "-o", str(f / "a.png")], "is a file, not a folder"),
+                         (["eval", "x.pt", "--epsilons=-1,nan"], "--epsilons must be comma-separated numbers >= 0"),
+                         (["eval", "x.pt", "--device", "foo"], "--device (run.device) must be")]:
+        rc, _, err = _run([*args, *([] if args[0] != "train" else ["--quiet", "--epochs", "1"])], capsys)
+        assert rc == 2 and needle in err, err
+        assert len(err.strip().splitlines()) == 1
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).startswith(str(ro)) else real_access(p, mode))
+    rc, _, err = _run(["train", "--method", "base", *QUICK, "--out", str(ro / "run")], capsys)
+    assert rc == 2 and f"cannot write in {ro} (a read-only disk, or no permission)" in err
+    # a disk that says so only when written (access() passes, e.g. for root): refused at the commit, exit 2
+    monkeypatch.setattr(os, "access", real_access)
+    real_makedirs = os.makedirs
+
+    def read_only(path, *a, **k):
+        if str(path).startswith(str(ro)):
+            raise OSError(30, "Read-only file system", str(path))
+        return real_makedirs(path, *a, **k)
+
+    monkeypatch.setattr(os, "makedirs", read_only)
+    rc, _, err = _run(["train", "--method", "base", *QUICK, "--out", str(ro / "run")], capsys)
+    assert rc == 2 and "cannot write there (Read-only file system)" in err, err
+    assert os.listdir(ro) == []
+
+
+def test_checkpoints_that_do_not_fit_the_data_exit_2_naming_the_file(tmp_path, capsys):
+    """Case 5: eval --data of another dataset, train --resume --data of another one, search with another grid;
+    case 8: search on a model whose patch head was not trained warns."""
+    from tests.test_data import write_folder, write_mnist_csv
+
+    out = tmp_path / "t"
+    assert main(["train", "--method", "base", *QUICK, "--out", str(out)]) == 0
+    ck = str(out / "checkpoints" / "base-seed0.pt")
+    colour = write_folder(str(tmp_path / "colour"), classes=("a", "b", "c"), per_class=4)
+    rc, _, err = _run(["eval", ck, "--data", colour], capsys)
+    assert rc == 2 and f"checkpoint {ck} does not fit" in err and "trained on 1-channel images" in err, err
+    csv = write_mnist_csv(tmp_path / "d.csv.gz", per_class=6)
+    rc, _, err = _run(["eval", ck, "--data", csv], capsys)
+    assert rc == 2 and f"checkpoint {ck} holds another model" in err, err
+    rc, _, err = _run(["train", "--method", "base", *QUICK, "--data", csv, "--out", str(out), "--resume"], capsys)
+    assert rc == 2 and "data.source: 'digits' ->" in err
+    s = tmp_path / "s"
+    rc, _, err = _run(["search", "--model-checkpoint", ck, "-P", "2", "--quiet", "--out", str(s)], capsys)
+    assert rc == 2 and f"checkpoint {ck} does not fit" in err and "grid size 4, the command's is 2" in err, err
+    assert not s.exists()
+    rc, _, err = _run(["search", "--model-checkpoint", ck, "--population", "8", "--generations", "1", "--quiet",
+                       "--out", str(s)], capsys)
+    assert rc == 0 and "warning" in err and "--method base" in err and "patch head was not trained" in err
+    # a fresh command never removes the file it reads (here: a checkpoint inside its --out)
+    rc, _, err = _run(["search", "--model-checkpoint", ck, "--population", "8", "--generations", "1", "--quiet",
+                       "--out", str(out)], capsys)
+    assert rc == 2 and "lies in --out" in err and os.path.isfile(ck)
+
+
+def test_a_finished_search_is_reused_on_resume(tmp_path, capsys):
+    """The reuse rule (rundir.finished_policy): a run killed after its search finished resumes without searching
+    again (it used to run the search again) and without reading f_T."""
+    out = tmp_path / "r"
+    args = ["run", *QUICK, "--seeds", "0", "--methods", "random,guided", "--population", "8", "--generations", "2",
+            "--out", str(out)]
+    assert main(args) == 0
+    m = json.load(open(out / "metrics.json"))  # as if killed while phase four trained
+    m = {"results": [r for r in m["results"] if r["method"] != "guided"], "search": m["search"], "partial": True}
+    (out / "metrics.json").write_text(json.dumps(m))
+    (out / "checkpoints" / "guided-seed0.pt").unlink()
+    policy = (out / "policies" / "seed0.json").read_bytes()
+    n = len((out / "log.jsonl").read_text().splitlines())
+    assert main([*args, "--resume"]) == 0
+    capsys.readouterr()
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()[n:]]
+    assert [e["event"] for e in events if e["event"] in ("search", "trained", "resume")] == ["trained"]
+    assert (out / "policies" / "seed0.json").read_bytes() == policy
+    assert {r["method"] for r in json.load(open(out / "metrics.json"))["results"]} == {"random", "guided"}

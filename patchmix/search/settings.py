@@ -37,6 +37,10 @@ from ..choices import (
 from ..errors import ConfigError
 from .pairs import check_num_pairs, default_num_pairs
 
+#: The interaction fit and the search check compose the validation split held in memory as uint8; a larger split
+#: is refused for ``table = interaction`` (``table = linear`` needs only f_T's logits) and skips the check.
+VALIDATION_MAX_BYTES = 1 << 30
+
 #: The mutation operators, in the order of ``mutation_weights``.
 MUTATIONS = ("flip_tails", "transpose", "flip_heads", "random_tails")
 
@@ -157,6 +161,19 @@ class SearchConfig:
             except ValueError as exc:
                 raise ConfigError(f"search.{exc}") from None
 
+    def check_dataset(self, num_images: int, image_bytes: int, grid_size: int) -> None:
+        """The settings that need the validation split (``num_images`` of ``image_bytes`` each as uint8) and the
+        grid: the interaction table composes the split in memory; the exhaustive solver enumerates ``2^(P*P)``
+        masks per pair of an interaction table. Raises :class:`~patchmix.errors.ConfigError`."""
+        size = num_images * image_bytes
+        if self.table == "interaction" and size > VALIDATION_MAX_BYTES:
+            raise ConfigError(f"search.table = interaction composes the validation split in memory "
+                              f"({size / 2**30:.1f} GiB as uint8, over {VALIDATION_MAX_BYTES / 2**30:.0f} GiB); use "
+                              f"--set search.table=linear")
+        if self.solver == "exhaustive" and self.table == "interaction" and grid_size > 4:
+            raise ConfigError(f"search.solver = exhaustive enumerates 2^(P*P) masks per pair, out of reach for "
+                              f"P = {grid_size} > 4; use search.solver=ga")
+
     def resolved_pairs(self, num_classes: int) -> int:
         """``num_pairs``, or the paper's default ``2 K`` capped by the pairs that exist (3 for 2 classes)."""
         if self.num_pairs is not None:
@@ -172,4 +189,4 @@ class SearchConfig:
         return max(1, int(round(self.offspring_ratio * self.population)))
 
 
-__all__ = ["MUTATIONS", "PAPER_OPERATORS", "SearchConfig"]
+__all__ = ["MUTATIONS", "PAPER_OPERATORS", "VALIDATION_MAX_BYTES", "SearchConfig"]

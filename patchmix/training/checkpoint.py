@@ -55,16 +55,71 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def model_from_checkpoint(checkpoint: str | dict, ds: data_mod.Dataset | None = None
+def checkpoint_config(ckpt: dict, name: str = "the checkpoint") -> Config:
+    """The resolved configuration a checkpoint was trained with; :class:`~patchmix.errors.CheckpointError`
+    when it holds none patchmix can read."""
+    try:
+        return Config().override(ckpt["config"])
+    except (KeyError, TypeError, ValueError) as exc:  # ConfigError is a ValueError
+        raise CheckpointError(f"checkpoint {name}: its settings cannot be read ({exc})") from None
+
+
+def check_fits(ckpt: dict, name: str, ds: data_mod.Dataset, grid_size: int | None = None) -> None:
+    """Refuse (:class:`~patchmix.errors.CheckpointError`, naming ``name`` and the mismatch) a checkpoint whose
+    model does not fit the dataset ``ds`` (its image channels, its number of classes) or, when given, the grid
+    size ``grid_size`` of the command that uses it."""
+    state = ckpt.get("model") or {}
+    problem = None
+    trained_p = checkpoint_config(ckpt, name).model.grid_size
+    mean, fc = state.get("mean"), state.get("model.head.fc.weight")
+    if grid_size is not None and trained_p != grid_size:
+        problem = f"it was trained with grid size {trained_p}, the command's is {grid_size} (--grid-size)"
+    elif mean is not None and mean.numel() != ds.channels:
+        problem = f"it was trained on {mean.numel()}-channel images, the data has {ds.channels} channel(s)"
+    elif fc is not None and fc.shape[0] != ds.num_classes:
+        problem = f"it was trained on {fc.shape[0]} classes, the data has {ds.num_classes}"
+    if problem:
+        raise CheckpointError(f"checkpoint {name} does not fit {ds.describe()}: {problem}")
+
+
+def load_model_state(net: NormalizedModel, state: dict, name: str) -> None:
+    """``net.load_state_dict(state)``, a mismatch as a :class:`~patchmix.errors.CheckpointError` naming the file
+    and the first tensor that differs."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise CheckpointError(f"checkpoint {name} holds another model than its settings build for this data "
+                              f"({len(missing)} tensors missing, {len(unexpected)} unexpected, e.g. {first}); "
+                              f"model.name=auto picks the model by the dataset: evaluate it on the data it was "
+                              f"trained on")
+    if shapes:
+        k = shapes[0]
+        raise CheckpointError(f"checkpoint {name} does not fit this data: {k} has shape {tuple(state[k].shape)} "
+                              f"in the checkpoint, {tuple(expected[k].shape)} here")
+    net.load_state_dict(state)
+
+
+def model_from_checkpoint(checkpoint: str | dict, ds: data_mod.Dataset | None = None, *,
+                          grid_size: int | None = None, name: str | None = None
                           ) -> tuple[NormalizedModel, Config, dict]:
-    """Rebuild the trained model of a checkpoint (a path, or a dict from :func:`load_checkpoint`) with its
-    config; loads the dataset from that config when ``ds`` is not given. Returns ``(model, config, ckpt)``."""
-    ckpt = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
-    cfg = Config().override(ckpt["config"])
+    """Rebuild the trained model of a checkpoint (a path, or a dict from :func:`load_checkpoint`, then ``name``
+    is its path for messages) with its config; loads the dataset from that config when ``ds`` is not given.
+    The checkpoint is checked against ``ds`` and ``grid_size`` first (:func:`check_fits`). Returns
+    ``(model, config, ckpt)``."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        name = name or os.fspath(checkpoint)
+        ckpt = load_checkpoint(checkpoint)
+    else:
+        ckpt, name = checkpoint, name or "(in memory)"
+    cfg = checkpoint_config(ckpt, name)
     if ds is None:
         ds = data_mod.from_config(cfg)
+    check_fits(ckpt, name, ds, grid_size)
     net = build_model(cfg, ds)
-    net.load_state_dict(ckpt["model"])
+    load_model_state(net, ckpt["model"], name)
     return net, cfg, ckpt
 
 
@@ -111,7 +166,7 @@ class CheckpointSaver:
         if ckpt["method"] != self.method or ckpt["seed"] != self.seed:
             raise CheckpointError(f"{self.path} holds method {ckpt['method']} seed {ckpt['seed']}, "
                                   f"not {self.method} seed {self.seed}")
-        net.load_state_dict(ckpt["model"])
+        load_model_state(net, ckpt["model"], self.path)
         state = TrainState(ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt.get("mid"), bool(ckpt.get("complete")),
                            ckpt.get("result"))
         if not state.complete:
@@ -133,4 +188,5 @@ class CheckpointSaver:
         return ranks[self.rt.rank]
 
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointSaver", "TrainState", "load_checkpoint", "model_from_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointSaver", "TrainState", "check_fits", "checkpoint_config", "load_checkpoint",
+           "load_model_state", "model_from_checkpoint"]

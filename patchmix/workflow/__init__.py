@@ -2,8 +2,9 @@
 
 Modules: :mod:`.run` (the four-phase workflow and the comparison runs behind ``patchmix run``, and the jobs
 ``train`` and ``search`` share with it), :mod:`.ablation` (``patchmix ablate``), :mod:`.rundir` (the output
-folder: its files, the refusal of foreign folders, resume checks) and :mod:`.report` (figures, tables and
-``report.md``).
+folder: its files, its lock, the refusal of foreign folders, the resume and reuse rules), :mod:`.session` (what
+``run``, ``train``, ``search`` and ``ablate`` do around their work: check everything, then lock and commit the
+folder) and :mod:`.report` (figures, tables and ``report.md``).
 """
 
 from .run import (
@@ -14,9 +15,11 @@ from .run import (
     run_search,
     run_workflow,
     search_policy,
+    search_record,
     stop_if_requested,
     train_job,
 )
 
-__all__ = ["DistributedFitness", "Workflow", "build_fitness", "check_search", "run_search", "run_workflow", "search_policy",
+__all__ = ["DistributedFitness", "Workflow", "build_fitness", "check_search", "run_search", "run_workflow",
+           "search_policy", "search_record",
            "stop_if_requested", "train_job"]

@@ -18,8 +18,10 @@ A variant's jobs are written with its tag (``checkpoints/random-P8-image-seed0.p
 seed0.json``); a variant whose settings are the run's own uses the run's file names. So ``patchmix ablate
 table6 --preset mnist5k --out runs/mnist5k`` after ``patchmix run --preset mnist5k --out runs/mnist5k`` reuses
 the run's three ``f_T`` and trains only the guided models. The folder's ``config.json`` must hold the same
-settings (seeds, methods and the run-only settings of ``rundir.ABLATION_FREE`` may differ). Finished jobs are
-always reused and an interrupted one continues: ``patchmix ablate`` never removes a file.
+settings (seeds, methods and the run-only settings of ``rundir.ABLATION_FREE`` may differ). Finished jobs and
+searches (``rundir.finished_policy``) are always reused and an interrupted one continues: ``patchmix ablate``
+never removes a file. The folder is checked and locked as for every command (:mod:`patchmix.workflow.session`,
+its ``reuse`` mode).
 
 Output: ``<table>.md`` (the table, markdown), ``<table>.json`` (every cell's mean, std and per-seed
 accuracies, the command, the settings) and ``figures/<table>.png``.
@@ -32,12 +34,11 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from .. import data as data_mod
 from ..choices import ABLATIONS
 from ..config import Config
 from ..errors import ConfigError
-from ..files import atomic_write_text, write_json
-from ..training import Interrupted, Log, setup_runtime, train_model
+from ..files import atomic_write_text
+from ..training import Interrupted, train_model
 from . import report, rundir
 from .run import search_policy, stop_if_requested, train_job
 
@@ -88,24 +89,20 @@ def col_label(table: str, col: str) -> str:
 
 def run_ablation(table: str, cfg: Config, out: str, *, quiet: bool = False, command: str = "") -> dict:
     """Train every cell of ``table`` for every seed of ``cfg.run.seeds`` into ``out``; write and return the
-    table (``<table>.json``'s content)."""
+    table (``<table>.json``'s content). The folder is checked, locked and kept as
+    :func:`patchmix.workflow.session.session` does in its ``reuse`` mode: finished jobs are reused, nothing is
+    removed, and a folder whose ``config.json`` holds other settings (but for ``rundir.ABLATION_FREE``) is
+    refused."""
+    from .session import session
+
     cells = variants(table, cfg)
+    for cell in cells:  # every cell's settings (e.g. table7's grid sizes): refused now, not hours later
+        cfg.override(cell.updates)
     t_start = time.perf_counter()
-    rt = setup_runtime(cfg)
-    rundir.check_output(out, "ablate")
-    if os.path.exists(os.path.join(out, "config.json")):
-        rundir.check_resume_config(cfg, out, rundir.ABLATION_FREE, what="ablate")
-    rt.barrier()
-    if rt.is_main:
-        os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
-        if not os.path.exists(os.path.join(out, "config.json")):
-            cfg.save(os.path.join(out, "config.json"))
-    rt.barrier()
-    with Log(os.path.join(out, "log.jsonl"), quiet=quiet, enabled=rt.is_main) as log:
-        ds = data_mod.from_config(cfg)
-        if table == "table6":  # every cell's search settings (e.g. search.num_pairs): refused now, not hours later
-            for cell in cells:
-                cfg.override(cell.updates).search.validate(ds.num_classes)
+    with session(cfg, out, command="ablate", mode="reuse", quiet=quiet, line=command or None,
+                 prepare=lambda ds, rt: [cfg.override(c.updates).check_dataset(ds, search=table == "table6")
+                                         for c in cells]) as s:
+        rt, ds, log = s.rt, s.ds, s.log
         log.info(f"ablation {table}: {len(cells)} variants x seeds {', '.join(map(str, cfg.run.seeds))}; "
                  f"data {ds.describe()}; {cfg.train.epochs} epochs")
         log.event("ablate", table=table, config=cfg.to_dict(), variants=[c.tag for c in cells])
@@ -125,7 +122,7 @@ def run_ablation(table: str, cfg: Config, out: str, *, quiet: bool = False, comm
         doc.update(command=command, config=cfg.to_dict(), dataset=ds.describe(),
                    wall_seconds=round(time.perf_counter() - t_start, 2))
         doc["figure"] = os.path.relpath(report.ablation_figure(doc, os.path.join(out, "figures", f"{table}.png")), out)
-        write_json(os.path.join(out, f"{table}.json"), doc)
+        rundir.write_metrics(os.path.join(out, f"{table}.json"), doc)
         atomic_write_text(os.path.join(out, f"{table}.md"), format_ablation(doc) + "\n")
         log.event("ablated", table=table, cells=doc["cells"], wall_seconds=doc["wall_seconds"])
         return doc
@@ -142,20 +139,20 @@ def _record(cell: Variant, seed: int, res: dict, ck: str) -> dict:
 
 
 def _table6_seed(cfg, ds, out, rt, log, cells, seed) -> list[dict]:
-    """One ``f_T`` (the run's Random PatchMix job), then per cell a search and the guided model it guides."""
-    from ..search import Policy
-
-    f_t, _ = train_model(cfg, ds, "random", seed, rt=rt, checkpoint=rundir.checkpoint_path(out, "random", seed),
-                         resume=True, log=log, desc=f"{'random':>6} seed {seed} (f_T)")
-    stop_if_requested(rundir.checkpoint_path(out, "random", seed))
+    """One ``f_T`` (the run's Random PatchMix job, trained or read when a cell's search needs it), then per
+    cell its search (or its finished one's policy: :func:`rundir.finished_policy`) and the guided model."""
+    f_t = None
     rows = []
     for cell in cells:
         cell_cfg = cfg.override(cell.updates)
         tag = _job_tag(cfg, cell_cfg, cell)
-        path = rundir.policy_path(out, seed, tag)
-        if os.path.exists(path):  # this cell's search finished earlier (same settings: config.json checked)
-            policy = Policy.load(path, list(ds.classes), cfg.model.grid_size)
-        else:
+        policy = rundir.finished_policy(out, seed, list(ds.classes), cfg.model.grid_size, tag)
+        if policy is None:
+            if f_t is None:
+                ck = rundir.checkpoint_path(out, "random", seed)
+                f_t, _ = train_model(cfg, ds, "random", seed, rt=rt, checkpoint=ck, resume=True, log=log,
+                                     desc=f"{'random':>6} seed {seed} (f_T)")
+                stop_if_requested(ck)
             policy, _ = search_policy(cell_cfg, ds, out, rt, log, f_t, seed, tag=tag, resume=True)
         _, res, ck = train_job(cell_cfg, ds, out, rt, log, "guided", seed, policy=policy, tag=tag, resume=True,
                                fgsm=False)

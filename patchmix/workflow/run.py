@@ -30,7 +30,6 @@ from ..training import (
     derive_seed,
     fgsm_evaluate,
     model_name,
-    setup_runtime,
     stop_requested,
     train_model,
 )
@@ -66,49 +65,62 @@ class DistributedFitness:
         return torch.cat([o.cpu()[: b - a] for o, a, b in zip(out, bounds, bounds[1:], strict=False)])
 
 
-#: The interaction fit and the search check compose the validation split held in memory as uint8; above this
-#: the check is skipped and the interaction fitness refused (search.table=linear needs only f_T's logits).
-VALIDATION_MAX_BYTES = 1 << 30
-
-
 def validation_images(ds: data_mod.Dataset):
     """The validation images as uint8 ``(V, C, H, W)`` on the CPU, or None when they would take more than
-    :data:`VALIDATION_MAX_BYTES`."""
+    :data:`patchmix.search.settings.VALIDATION_MAX_BYTES`."""
+    from ..search.settings import VALIDATION_MAX_BYTES
+
     if len(ds.val) * ds.channels * ds.image_size ** 2 > VALIDATION_MAX_BYTES:
         return None
     return ds.val.get(torch.arange(len(ds.val)))[0]
 
 
+#: The last interaction table built, for the next search on the same f_T with the same fit settings (the four
+#: searches of ``ablate table6`` share one f_T and its draws: one fit instead of four).
+_LAST_TABLE: dict = {}
+
+
+def _table_key(net, cfg: Config, draw_seed: int, rt: Runtime) -> tuple:
+    s = cfg.search
+    checksum = float(sum(p.detach().double().sum() for p in net.parameters()))  # the same weights, not just object
+    return (id(net), checksum, draw_seed, s.num_draws, s.objective, s.masks_per_draw, s.ridge, s.mask_distribution,
+            cfg.model.grid_size, rt.rank, rt.world)
+
+
 def build_fitness(cfg: Config, ds: data_mod.Dataset, net, cache, seed: int, rt: Runtime, log: Log, images):
     """The search's fitness on ``net`` (``f_T``) with the run's ``search`` settings: the interaction table
-    (:func:`patchmix.search.build_interaction_table`, each DDP rank fitting a share of the pairs) or the linear
-    one. Its ``build`` holds what the fit cost."""
-    from ..errors import ConfigError
+    (:func:`patchmix.search.build_interaction_table`, each DDP rank fitting a share of the pairs; reused from the
+    previous search when ``f_T``, the draws and the fit's settings are the same) or the linear one. Its ``build``
+    holds what the fit cost."""
     from ..search import CachedFitness, build_interaction_table, draw_pairs, pair_classes
 
     s = cfg.search
     draw_seed = derive_seed(seed, "draws") % 2**32
     table = None
-    if s.table == "interaction":
-        if images is None:
-            raise ConfigError("search.table = interaction composes the validation images in memory, and this "
-                              "validation split is too large; use --set search.table=linear")
-        K = ds.num_classes
-        draws = draw_pairs(cache.labels, K, s.num_draws, draw_seed)
-        Q = draws.shape[0]
-        lo, hi = Q * rt.rank // rt.world, Q * (rt.rank + 1) // rt.world
-        # composed where f_T runs: grid_mix on the device (the uint8 split is small next to the forward passes)
-        part, stats = build_interaction_table(
-            net, images.to(rt.device), draws, pair_classes(K), cfg.model.grid_size, objective=s.objective,
-            masks_per_draw=s.masks_per_draw, ridge=s.ridge, distribution=s.mask_distribution, seed=draw_seed,
-            device=rt.device, pair_range=(lo, hi), progress=not log.quiet and rt.is_main)
-        table = torch.cat(rt.gather_objects(part)) if rt.distributed else part
-        stats["forward_passes"] = Q * s.num_draws * s.masks_per_draw
+    if s.table == "interaction":  # images is not None: Config.check_dataset refused a split too large to hold
+        key = _table_key(net, cfg, draw_seed, rt)
+        if _LAST_TABLE.get("key") == key:
+            table, stats = _LAST_TABLE["table"], dict(_LAST_TABLE["stats"], reused=True)
+        else:
+            K = ds.num_classes
+            draws = draw_pairs(cache.labels, K, s.num_draws, draw_seed)
+            Q = draws.shape[0]
+            lo, hi = Q * rt.rank // rt.world, Q * (rt.rank + 1) // rt.world
+            # composed where f_T runs: grid_mix on the device (the uint8 split is small next to the forward passes)
+            part, stats = build_interaction_table(
+                net, images.to(rt.device), draws, pair_classes(K), cfg.model.grid_size, objective=s.objective,
+                masks_per_draw=s.masks_per_draw, ridge=s.ridge, distribution=s.mask_distribution, seed=draw_seed,
+                device=rt.device, pair_range=(lo, hi), progress=not log.quiet and rt.is_main)
+            table = torch.cat(rt.gather_objects(part)) if rt.distributed else part
+            stats["forward_passes"] = Q * s.num_draws * s.masks_per_draw
+            _LAST_TABLE.clear()
+            _LAST_TABLE.update(key=key, table=table, stats=stats)
     fitness = CachedFitness(cache, num_draws=s.num_draws, objective=s.objective, seed=draw_seed, table=table)
     if table is not None:
         fitness.build = dict(stats, masks_per_draw=s.masks_per_draw, ridge=s.ridge, distribution=s.mask_distribution)
-        log.info(f"interaction fitness: {fitness.build['forward_passes']} composed images scored by f_T, fitted in "
-                 f"{stats['seconds']:.1f} s (in-sample R^2 {stats['r2']:.2f})")
+        how = "reused from the previous search" if stats.get("reused") else f"fitted in {stats['seconds']:.1f} s"
+        log.info(f"interaction fitness: {fitness.build['forward_passes']} composed images scored by f_T, {how} "
+                 f"(in-sample R^2 {stats['r2']:.2f})")
     return fitness
 
 
@@ -184,6 +196,18 @@ def stop_if_requested(checkpoint: str) -> None:
         raise Interrupted(checkpoint)
 
 
+def search_record(result) -> dict:
+    """What ``metrics.json`` keeps of a search (``search.<seed>``): its fitness and cost, the fit's statistics
+    (``fitness_build``), the chosen pairs and the search check (``fidelity``)."""
+    return {"fitness": result.best_fitness, "generations": result.generations,
+            "solver": result.policy.search.get("solver", "ga"), "stopped_early": result.stopped_early,
+            "evaluations": result.evaluations,
+            "seconds": round(result.time_total, 3), "fitness_seconds": round(result.time_fitness, 3),
+            "cache_seconds": round(result.extra.get("cache_seconds", 0.0), 3),
+            "fitness_build": result.extra.get("fitness"),
+            "pairs": [list(p) for p in result.policy.named_pairs()], "fidelity": result.extra.get("fidelity")}
+
+
 def search_policy(cfg: Config, ds: data_mod.Dataset, out: str, rt: Runtime, log: Log, f_t, seed: int, *,
                   tag: str = "", resume: bool = False):
     """Phases two and three of an output folder: the search on ``f_t`` (checkpoint
@@ -201,55 +225,41 @@ def search_policy(cfg: Config, ds: data_mod.Dataset, out: str, rt: Runtime, log:
     if rt.is_main:
         policy.save(rundir.policy_path(out, seed, tag))
         write_json(rundir.logbook_path(out, seed, tag), result.logbook)
-        record = {"fitness": result.best_fitness, "generations": result.generations,
-                  "stopped_early": result.stopped_early, "evaluations": result.evaluations,
-                  "seconds": round(result.time_total, 3), "fitness_seconds": round(result.time_fitness, 3),
-                  "cache_seconds": round(result.extra.get("cache_seconds", 0.0), 3),
-                  "fitness_build": result.extra.get("fitness"),
-                  "pairs": [list(p) for p in policy.named_pairs()], "fidelity": result.extra.get("fidelity")}
+        record = search_record(result)
     log.info(f"{label}: fitness {result.best_fitness:.4f} after {result.generations} generations "
              f"({result.time_total:.1f} s), {len(policy)} pairs")
     return policy, record
 
 
-def run_workflow(cfg: Config, out: str, *, resume: bool = False, quiet: bool = False) -> dict:
-    """Run every configured method for every seed, the search included; write the output folder.
+def run_workflow(cfg: Config, out: str, *, resume: bool = False, quiet: bool = False,
+                 line: str | None = None) -> dict:
+    """Run every configured method for every seed, the search included; write the output folder
+    (:func:`patchmix.workflow.session.session`: everything checked before anything is written, the folder
+    locked; a fresh run into an earlier run's folder replaces that run's files and only those; ``resume``
+    refuses other settings). Returns the metrics dictionary (also written to ``out/metrics.json``)."""
+    from .session import session
 
-    A fresh run into an earlier run's folder replaces that run's files (and only those); a folder holding
-    anything else is refused. Returns the metrics dictionary (also written to ``out/metrics.json``).
-    """
     t_start = time.perf_counter()
-    rt = setup_runtime(cfg)
-    rundir.check_output(out, "run")  # every rank checks before any rank writes
-    if resume:
-        rundir.check_resume_config(cfg, out)
-    rt.barrier()
-    if rt.is_main:
-        if not resume:
-            rundir.clean_output(out)
-        os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
-        cfg.save(os.path.join(out, "config.json"))
-    rt.barrier()
-    with Log(os.path.join(out, "log.jsonl"), quiet=quiet, enabled=rt.is_main) as log:
-        return Workflow(cfg, out, rt, log, resume).run(t_start)
+    with session(cfg, out, command="run", mode="resume" if resume else "fresh", quiet=quiet, line=line,
+                 search="guided" in cfg.run.methods) as s:
+        return Workflow(cfg, out, s.rt, s.log, resume, s.ds).run(t_start)
 
 
 class Workflow:
     """One ``patchmix run``: the jobs of every seed in order, their results, and the report."""
 
-    def __init__(self, cfg: Config, out: str, rt: Runtime, log: Log, resume: bool):
+    def __init__(self, cfg: Config, out: str, rt: Runtime, log: Log, resume: bool,
+                 ds: data_mod.Dataset | None = None):
         self.cfg, self.out, self.rt, self.log, self.resume = cfg, out, rt, log, resume
-        self.ds = data_mod.from_config(cfg)
+        self.ds = ds if ds is not None else data_mod.from_config(cfg)
         previous = read_json(os.path.join(out, "metrics.json"), {}) if resume else {}
         self.results: list[dict] = list(previous.get("results", []))
         self.searches: dict = dict(previous.get("search", {}))
         self.done = {(r["method"], r["seed"]) for r in self.results}
         self.methods = [m for m in METHODS if m in cfg.run.methods]
         self.jobs = list(self.methods)
-        if "guided" in self.jobs:
-            cfg.search.validate(self.ds.num_classes)  # e.g. search.num_pairs: refused now, not after phase one
-            if "random" not in self.jobs:  # phase four needs phase one's f_T
-                self.jobs.insert(self.jobs.index("guided"), "random")
+        if "guided" in self.jobs and "random" not in self.jobs:  # phase four needs phase one's f_T
+            self.jobs.insert(self.jobs.index("guided"), "random")
         self.policies: dict[int, object] = {}
         self.logbooks: dict[str, list] = {}
 
@@ -287,15 +297,14 @@ class Workflow:
         return net
 
     def policy(self, seed: int, f_t):
-        """Phases one to three for ``seed``: ``f_T`` (trained, or read from its finished checkpoint), the
-        search, and its policy; a finished guided job's saved policy is reused."""
-        from ..search import Policy
-
+        """Phases one to three for ``seed``: the policy of the seed's finished search
+        (:func:`rundir.finished_policy`, when ``metrics.json`` holds its record), else ``f_T`` (trained, or read
+        from its finished checkpoint) and the search (resuming its checkpoint)."""
         cfg, ds, rt, log = self.cfg, self.ds, self.rt, self.log
-        path = rundir.policy_path(self.out, seed)
-        if ("guided", seed) in self.done and os.path.exists(path):
-            policy = Policy.load(path, list(ds.classes), cfg.model.grid_size)
-        else:
+        policy = None
+        if str(seed) in self.searches:
+            policy = rundir.finished_policy(self.out, seed, list(ds.classes), cfg.model.grid_size)
+        if policy is None:
             if f_t is None:
                 f_t, _ = train_model(cfg, ds, "random", seed, rt=rt, checkpoint=rundir.checkpoint_path(
                     self.out, "random", seed), resume=True, log=log, desc=f"{'random':>6} seed {seed}")
@@ -311,8 +320,8 @@ class Workflow:
 
     def flush(self) -> None:
         """The results so far (``"partial": True``), so that an interrupted run shows what it finished."""
-        write_json(os.path.join(self.out, "metrics.json"),
-                   {"results": self.results, "search": self.searches, "partial": True})
+        rundir.write_metrics(os.path.join(self.out, "metrics.json"),
+                             {"results": self.results, "search": self.searches, "partial": True})
 
     def finish(self, t_start: float) -> dict:
         """The summary table, figures, ``metrics.json`` and ``report.md`` (rank 0)."""
@@ -342,11 +351,12 @@ class Workflow:
                    "fidelity": report.fidelity_summary(self.searches),
                    "figures": figures, "files": files,
                    "wall_seconds": round(time.perf_counter() - t_start, 2)}
-        write_json(os.path.join(out, "metrics.json"), metrics)
+        rundir.write_metrics(os.path.join(out, "metrics.json"), metrics)
         report.write_report(out, metrics, figures)
         self.log.event("done", summary=summary, wall_seconds=metrics["wall_seconds"])
         return metrics
 
 
-__all__ = ["DistributedFitness", "Workflow", "build_fitness", "check_search", "run_search", "run_workflow", "search_policy",
+__all__ = ["DistributedFitness", "Workflow", "build_fitness", "check_search", "run_search", "run_workflow",
+           "search_policy", "search_record",
            "stop_if_requested", "train_job"]
