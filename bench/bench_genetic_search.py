@@ -47,41 +47,67 @@ import time
 import pytest
 import torch
 
-from patchmix.search import PAPER_OPERATORS, CachedFitness, search, synthetic_cache
+from patchmix.search import (
+    PAPER_OPERATORS,
+    CachedFitness,
+    CachedLogits,
+    InteractingCells,
+    interaction_fitness,
+    search,
+    synthetic_cache,
+    synthetic_validation,
+)
 
 #: (classes K, active pairs N, validation images per class) of each scale
-SCALES = {"cifar100": (100, 200, 100), "imagenet": (1000, 2000, 50), "toy": (10, 20, 10)}
+SCALES = {"cifar10": (10, 20, 100), "cifar100": (100, 200, 100), "imagenet": (1000, 2000, 50), "toy": (10, 20, 10)}
 POPULATION, GENERATIONS, DRAWS, GRID = 500, 250, 32, 4
 OPERATORS = {"default": {}, "paper": PAPER_OPERATORS}
-_fitness: dict[str, tuple[CachedFitness, float]] = {}
+#: the interaction tables' fit (draws, masks per draw): CIFAR-100's 5,050 pairs at 8 x 16 compositions each
+INTERACTION_FIT = {"cifar10": (32, 64), "cifar100": (8, 16), "toy": (4, 4)}
+_fitness: dict[tuple[str, str], tuple[CachedFitness, float]] = {}
 
 
-def fitness_for(scale: str) -> tuple[CachedFitness, float]:
-    """The scale's cached fitness and the seconds it took to build (cache + draws + table), built once."""
-    if scale not in _fitness:
+def fitness_for(scale: str, table: str = "linear") -> tuple[CachedFitness, float]:
+    """The scale's cached fitness and the seconds it took to build, built once: ``linear``, a synthetic cache's
+    table; ``interaction``, the interaction table fitted on the synthetic ``f_T`` whose cells interact
+    (:class:`patchmix.search.InteractingCells`, :data:`INTERACTION_FIT` draws and masks)."""
+    if (scale, table) not in _fitness:
         K, _, per_class = SCALES[scale]
         t0 = time.perf_counter()
-        cache = synthetic_cache(K, per_class=per_class, grid_size=GRID, seed=0)
-        _fitness[scale] = (CachedFitness(cache, num_draws=DRAWS, seed=0), time.perf_counter() - t0)
-    return _fitness[scale]
+        if table == "linear":
+            cache = synthetic_cache(K, per_class=per_class, grid_size=GRID, seed=0)
+            f = CachedFitness(cache, num_draws=DRAWS, seed=0)
+        else:
+            model = InteractingCells(K, grid_size=GRID).eval()
+            images, labels = synthetic_validation(model, per_class)
+            cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32, batch_size=1024)
+            S, M = INTERACTION_FIT[scale]
+            f = interaction_fitness(cache, model, images, num_draws=S, masks_per_draw=M, seed=0, batch_size=4096)
+        _fitness[scale, table] = (f, time.perf_counter() - t0)
+    return _fitness[scale, table]
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(scale: str, operators: str, generations: int = GENERATIONS, population: int = POPULATION) -> dict:
-    """One search at ``scale`` with the named ``operators``: its gap to the closed-form optimum, time, memory."""
-    f, build_s = fitness_for(scale)
+def measure(scale: str, operators: str, generations: int = GENERATIONS, population: int = POPULATION,
+            table: str = "linear") -> dict:
+    """One search at ``scale`` with the named ``operators`` on the ``table``: its gap to the optimum (closed form
+    for the linear table, the exhaustive solver for the interaction one), time, memory."""
+    f, build_s = fitness_for(scale, table)
     K, N, _ = SCALES[scale]
     t0 = time.perf_counter()
     r = search(f, population=population, generations=generations, num_pairs=N, seed=0, patience=None,
                progress=False, **OPERATORS[operators])
     seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
     opt = f.optimum(N)
+    optimum_s = time.perf_counter() - t0
     offspring = r.logbook[-1]["nevals"] if generations else 0
     slot_bytes = 8 + GRID * GRID  # an int64 pair id and a bool mask
-    return {"scale": scale, "operators": operators, "classes": K, "num_pairs": N, "population": population,
+    return {"scale": scale, "operators": operators, "table": table, "optimum_s": optimum_s, "classes": K,
+            "num_pairs": N, "population": population,
             "generations": r.generations, "gap_to_optimum": (r.best_fitness - opt.fitness) / abs(opt.fitness),
             "seconds": seconds, "ms_per_generation": 1e3 * seconds / max(1, r.generations), "build_s": build_s,
             "cache_mb": f.cache.nbytes / 2**20,
@@ -90,13 +116,13 @@ def measure(scale: str, operators: str, generations: int = GENERATIONS, populati
             "population_mb": (population + offspring) * N * slot_bytes / 2**20, "peak_rss_mb": peak_rss_mb()}
 
 
-def _bench(benchmark, scale: str, operators: str):
+def _bench(benchmark, scale: str, operators: str, table: str = "linear"):
     if benchmark.disabled:  # CI: the same code at a toy scale
         scale, generations, population = "toy", 2, 20
     else:
         generations, population = GENERATIONS, POPULATION
     rows = []
-    benchmark.pedantic(lambda: rows.append(measure(scale, operators, generations, population)), rounds=1,
+    benchmark.pedantic(lambda: rows.append(measure(scale, operators, generations, population, table)), rounds=1,
                        iterations=1, warmup_rounds=0)
     benchmark.extra_info.update(rows[0])
     return rows[0]
@@ -106,6 +132,13 @@ def _bench(benchmark, scale: str, operators: str):
 def test_gap_to_optimum_cifar100(benchmark, operators):
     """CIFAR-100 scale, the full 250 generations: the default operators reach <= 1% of the optimum in <= 60 s."""
     _bench(benchmark, "cifar100", operators)
+
+
+@pytest.mark.parametrize("scale", ["cifar10", "cifar100"])
+def test_gap_to_optimum_interaction(benchmark, scale):
+    """The interaction table (fitted on a synthetic f_T whose cells interact): the default operators' gap to the
+    exhaustive optimum (every one of the 65,536 masks of every pair scored on the op)."""
+    _bench(benchmark, scale, "default", "interaction")
 
 
 def test_imagenet_scale(benchmark):
@@ -118,13 +151,16 @@ def test_imagenet_scale(benchmark):
 def main() -> None:
     """Every row at full scale, printed as a table (ImageNet scale last: it needs several GB)."""
     torch.set_num_threads(2)
-    head = f"{'scale':<9} {'operators':<9} {'gap':>7} {'search s':>9} {'ms/gen':>7} {'build s':>8} {'cache MB':>9} " \
-           f"{'table MB':>9} {'draws MB':>9} {'pop MB':>7} {'peak RSS MB':>12}"
+    head = f"{'scale':<9} {'table':<11} {'operators':<9} {'gap':>7} {'search s':>9} {'ms/gen':>7} {'build s':>8} " \
+           f"{'optimum s':>9} {'cache MB':>9} {'table MB':>9} {'draws MB':>9} {'pop MB':>7} {'peak RSS MB':>12}"
     print(head, flush=True)
-    for scale, operators in (("cifar100", "paper"), ("cifar100", "default"), ("imagenet", "default")):
-        r = measure(scale, operators)
-        print(f"{scale:<9} {operators:<9} {100 * r['gap_to_optimum']:>6.2f}% {r['seconds']:>9.1f} "
-              f"{r['ms_per_generation']:>7.0f} {r['build_s']:>8.1f} {r['cache_mb']:>9.1f} {r['table_mb']:>9.1f} "
+    for scale, operators, table in (("cifar100", "paper", "linear"), ("cifar100", "default", "linear"),
+                                    ("cifar10", "default", "interaction"), ("cifar100", "default", "interaction"),
+                                    ("imagenet", "default", "linear")):
+        r = measure(scale, operators, table=table)
+        print(f"{scale:<9} {table:<11} {operators:<9} {100 * r['gap_to_optimum']:>6.2f}% {r['seconds']:>9.1f} "
+              f"{r['ms_per_generation']:>7.0f} {r['build_s']:>8.1f} {r['optimum_s']:>9.1f} {r['cache_mb']:>9.1f} "
+              f"{r['table_mb']:>9.1f} "
               f"{r['draws_mb']:>9.1f} {r['population_mb']:>7.1f} {r['peak_rss_mb']:>12.0f}", flush=True)
 
 

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="torch.distributed with gloo is not available")
 
 TINY = ["--epochs", "2", "--set", "data.limit_train=128", "--set", "model.width=8", "--batch-size", "32",
-        "--threads", "1", "--quiet", "--device", "cpu", "--set", "run.fgsm_epsilons=0.1"]
+        "--threads", "1", "--quiet", "--device", "cpu", "--set", "run.fgsm_epsilons=0.1",
+        "--set", "search.num_draws=4", "--set", "search.masks_per_draw=4", "--set", "run.fidelity_individuals=8",
+        "--set", "run.fidelity_draws=4"]
 
 
 def torchrun(args, tmp_path, timeout=240):
@@ -47,6 +49,25 @@ def test_ddp_workflow_random_search_guided(tmp_path):
     assert set(m["summary"]) == {"random", "guided"} and m["device"].endswith("x2")
     assert all(r["world"] == 2 for r in m["results"])
     assert json.load(open(os.path.join(out, "policy.json")))["format"] == "patchmix-policy"
+
+
+def test_ddp_search_with_the_papers_exact_fitness_matches_one_process(tmp_path):
+    """search.table = exact: f_T runs on every composed sample of every individual, each rank a share of the
+    population; the search is the one a single process runs (same f_T, seed and draws)."""
+    from patchmix.cli import main
+
+    ft = str(tmp_path / "ft")
+    assert main(["train", "--method", "random", *TINY, "--seed", "0", "--out", ft]) == 0
+    ck = os.path.join(ft, "checkpoints", "random-seed0.pt")
+    args = ["search", *TINY, "--model-checkpoint", ck, "--fitness", "exact", "--population", "6",
+            "--generations", "2", "--set", "search.num_draws=2"]
+    torchrun([*args, "--out", str(tmp_path / "ddp")], tmp_path)
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    ddp, one = (json.load(open(tmp_path / d / "policy.json")) for d in ("ddp", "one"))
+    assert ddp["search"]["table"] == "exact" and ddp["pairs"] == one["pairs"] and ddp["masks"] == one["masks"]
+    assert ddp["fitness"] == pytest.approx(one["fitness"], abs=1e-5)
+    m = json.load(open(tmp_path / "ddp" / "metrics.json"))
+    assert m["search"]["0"]["fitness_build"]["table"] == "exact"
 
 
 RESUME_SCRIPT = r'''

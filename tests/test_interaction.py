@@ -276,3 +276,29 @@ def test_search_check_of_a_per_patch_model_on_the_search_draws_is_exact():
     assert c2["table"] == "interaction" and c2["linear_spearman"] is not None and c2["final"] is None
     with pytest.raises(ValueError, match="num_draws must be >= 2"):
         search_check(f, model, images, chosen=(r.best_pairs, r.best_masks), num_pairs=6, num_draws=1)
+
+
+def test_the_papers_exact_fitness_drives_the_search_and_resumes(tmp_path):
+    """search.table = exact: the GA scores every individual with f_T on the composed samples."""
+    images, labels = data(K=3, per_class=4)
+    model = CellModel(num_classes=3, mix=1.0)
+    cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
+    exact = ExactFitness(model, images, CachedFitness(cache, num_draws=2, seed=4))
+    assert exact.table_kind == "exact" and exact.num_pairs == 6 and exact.cache is cache
+    r = search(exact, population=6, generations=2, num_pairs=4, seed=0, progress=False, patience=None)
+    assert r.policy.search["table"] == "exact"
+    again = float(exact(torch.from_numpy(r.best_pairs)[None], torch.from_numpy(r.best_masks)[None])[0])
+    assert again == pytest.approx(r.best_fitness)
+    # resume: the checkpoint's fingerprint holds f_T's weights; another f_T is refused
+    ck = str(tmp_path / "s.npz")
+    search(exact, population=6, generations=1, num_pairs=4, seed=0, progress=False, checkpoint=ck)
+    resumed = search(exact, population=6, generations=2, num_pairs=4, seed=0, progress=False, checkpoint=ck,
+                     resume=True, patience=None)
+    assert resumed.best_fitness == pytest.approx(r.best_fitness)
+    other = ExactFitness(CellModel(num_classes=3, mix=1.0, seed=5), images, CachedFitness(cache, num_draws=2, seed=4))
+    from patchmix.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="another fitness"):
+        search(other, population=6, generations=2, num_pairs=4, seed=0, progress=False, checkpoint=ck, resume=True)
+    with pytest.raises(ConfigError, match="exhaustive needs a table"):
+        SearchConfig(table="exact", solver="exhaustive").check_dataset(12, 48, 2)

@@ -417,7 +417,9 @@ class ExactFitness:
     through ``model`` (:func:`patchmix.search.scoring.composed_scores`); patch ``n`` is scored against its patch
     target with the fitness's objective, and the image-level term (when ``fitness.image_weight != 0``) scores
     the model's image logits against the soft label with the exact pixel ``lam``. The ground truth the cached
-    fitness approximates.
+    tables approximate, and the paper's own fitness: the search can use it directly (``search.table = exact``,
+    ``table_kind == "exact"``), at ``I * N * S`` forward passes per generation (split across the ranks under
+    ``torchrun``).
 
     ``__call__(pairs (I, N), masks (I, N, P, P)) -> (I,)`` float64; :meth:`per_draw` keeps the draws apart.
     Cost: ``I * N_active * S`` forward passes.
@@ -428,6 +430,8 @@ class ExactFitness:
         draws: int64 ``(Q, S, 2)`` draws to compose instead of ``fitness.draws``: independent draws
             (:func:`draw_pairs` with another seed) score a proxy on images it was not fitted on.
     """
+
+    table_kind = "exact"
 
     def __init__(self, model: nn.Module, images: Tensor, fitness: CachedFitness, *, draws: Tensor | None = None,
                  batch_size: int = 256, device=None):
@@ -444,9 +448,25 @@ class ExactFitness:
         self.batch_size = int(batch_size)
         self.device = model_device(model, device)
 
+    # what the search reads of a fitness: the base fitness's classes, cache and settings
+    cache = property(lambda self: self.fitness.cache)
+    classes = property(lambda self: self.fitness.classes)
+    objective = property(lambda self: self.fitness.objective)
+    image_weight = property(lambda self: self.fitness.image_weight)
+    seed = property(lambda self: self.fitness.seed)
+    num_classes = property(lambda self: self.fitness.num_classes)
+    num_pairs = property(lambda self: self.fitness.num_pairs)
+    grid_size = property(lambda self: self.fitness.grid_size)
+
     @property
     def num_draws(self) -> int:
         return self.draws.shape[1]
+
+    def fingerprint(self) -> bytes:
+        """What a search checkpoint must match on resume: the draws, the settings and ``f_T``'s weights."""
+        parts = [self.draws.numpy().tobytes(), f"{self.objective}|{self.image_weight}|{self.grid_size}".encode()]
+        parts += [t.detach().cpu().contiguous().numpy().tobytes() for t in self.model.state_dict().values()]
+        return b"".join(parts)
 
     def per_draw(self, pairs, masks) -> Tensor:
         """``(I, S)`` float64: per individual and draw, the mean over its active slots of the composed sample's

@@ -278,6 +278,9 @@ class SearchResult:
 
 def _fingerprint(fitness: CachedFitness) -> str:
     h = hashlib.sha256()
+    if hasattr(fitness, "fingerprint"):  # ExactFitness: f_T's weights and the draws
+        h.update(fitness.fingerprint())
+        return h.hexdigest()
     h.update(fitness.table.double().cpu().numpy().tobytes())
     h.update(fitness.draws.numpy().tobytes())
     h.update(f"{fitness.objective}|{fitness.image_weight}|{fitness.grid_size}".encode())

@@ -103,7 +103,8 @@ class SearchConfig:
     num_draws: int = 32
     #: fitness: the table, interaction (a per-pair model of each cell's score on composed images that depends on which
     #: other cells come from the other image, fitted on f_T) | linear (each cell scored on its unmixed source:
-    #: one pass over the validation set, but blind to what the other image does; docs/search.md).
+    #: one pass over the validation set, but blind to what the other image does; docs/search.md) | exact (no table:
+    #: the paper's fitness, f_T run on every composed sample, ``I * N * S`` forward passes per generation).
     table: str = "interaction"
     #: fitness (interaction): ``M``, random masks composed with each draw to fit the model (``Q * S * M`` forward
     #: passes of f_T).
@@ -166,10 +167,13 @@ class SearchConfig:
         grid: the interaction table composes the split in memory; the exhaustive solver enumerates ``2^(P*P)``
         masks per pair of an interaction table. Raises :class:`~patchmix.errors.ConfigError`."""
         size = num_images * image_bytes
-        if self.table == "interaction" and size > VALIDATION_MAX_BYTES:
-            raise ConfigError(f"search.table = interaction composes the validation split in memory "
+        if self.table != "linear" and size > VALIDATION_MAX_BYTES:
+            raise ConfigError(f"search.table = {self.table} composes the validation split in memory "
                               f"({size / 2**30:.1f} GiB as uint8, over {VALIDATION_MAX_BYTES / 2**30:.0f} GiB); use "
                               f"--set search.table=linear")
+        if self.solver == "exhaustive" and self.table == "exact":
+            raise ConfigError("search.solver = exhaustive needs a table (search.table = interaction or linear); the "
+                              "exact fitness is searched by the GA")
         if self.solver == "exhaustive" and self.table == "interaction" and grid_size > 4:
             raise ConfigError(f"search.solver = exhaustive enumerates 2^(P*P) masks per pair, out of reach for "
                               f"P = {grid_size} > 4; use search.solver=ga")

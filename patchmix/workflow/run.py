@@ -90,9 +90,10 @@ def _table_key(net, cfg: Config, draw_seed: int, rt: Runtime) -> tuple:
 def build_fitness(cfg: Config, ds: data_mod.Dataset, net, cache, seed: int, rt: Runtime, log: Log, images):
     """The search's fitness on ``net`` (``f_T``) with the run's ``search`` settings: the interaction table
     (:func:`patchmix.search.build_interaction_table`, each DDP rank fitting a share of the pairs; reused from the
-    previous search when ``f_T``, the draws and the fit's settings are the same) or the linear one. Its ``build``
-    holds what the fit cost."""
-    from ..search import CachedFitness, build_interaction_table, draw_pairs, pair_classes
+    previous search when ``f_T``, the draws and the fit's settings are the same), the linear one, or the paper's
+    exact fitness (:class:`patchmix.search.ExactFitness`: ``f_T`` on every composed sample; under ``torchrun``
+    each rank scores its share of every population). A table's ``build`` holds what the fit cost."""
+    from ..search import CachedFitness, ExactFitness, build_interaction_table, draw_pairs, pair_classes
 
     s = cfg.search
     draw_seed = derive_seed(seed, "draws") % 2**32
@@ -116,6 +117,9 @@ def build_fitness(cfg: Config, ds: data_mod.Dataset, net, cache, seed: int, rt: 
             _LAST_TABLE.clear()
             _LAST_TABLE.update(key=key, table=table, stats=stats)
     fitness = CachedFitness(cache, num_draws=s.num_draws, objective=s.objective, seed=draw_seed, table=table)
+    if s.table == "exact":  # the paper's fitness: f_T on every composed sample, on the same draws
+        log.info(f"exact fitness: f_T runs on {s.num_draws} composed images per slot of every individual")
+        return ExactFitness(net, images.to(rt.device), fitness)
     if table is not None:
         fitness.build = dict(stats, masks_per_draw=s.masks_per_draw, ridge=s.ridge, distribution=s.mask_distribution)
         how = "reused from the previous search" if stats.get("reused") else f"fitted in {stats['seconds']:.1f} s"
@@ -156,7 +160,7 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
     loader = ((data_mod.to_float(x, rt.device), y) for x, y in data_mod.batches(ds.val, 256, order))
     cache = CachedLogits.from_model(net, loader, device=rt.device, grid_size=cfg.model.grid_size,
                                     class_names=list(ds.classes))
-    images = validation_images(ds) if s.table == "interaction" or cfg.run.fidelity_individuals else None
+    images = validation_images(ds) if s.table != "linear" or cfg.run.fidelity_individuals else None
     fitness = build_fitness(cfg, ds, net, cache, seed, rt, log, images)
     scorer = DistributedFitness(fitness, rt) if rt.distributed else fitness
     t_cache = time.perf_counter() - t0
@@ -164,7 +168,7 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
     result = search(scorer, s, seed=seed, class_names=list(ds.classes), checkpoint=checkpoint,
                     save_checkpoint=rt.is_main, resume=resume, progress=not log.quiet and rt.is_main)
     result.extra["cache_seconds"] = t_cache
-    result.extra["fitness"] = dict(fitness.build, table=fitness.table_kind)
+    result.extra["fitness"] = dict(getattr(fitness, "build", {}), table=fitness.table_kind)
     log.event("search", seed=seed, fitness=result.best_fitness, generations=result.generations,
               evaluations=result.evaluations, seconds=round(result.time_total, 3),
               pairs=[list(p) for p in result.policy.named_pairs()])
