@@ -401,8 +401,10 @@ def test_an_infinite_alpha_is_a_configuration_error_not_a_hang(tmp_path, capsys,
             training.make_mixer(method, cfg)
     for method, key, bad in (("random", "label_smoothing", 1.0), ("base", "label_smoothing", float("nan")),
                              ("random", "patch_weight", float("inf"))):
+        bad_cfg = tiny_cfg()
+        setattr(bad_cfg.train, key, bad)  # past the configuration's checks, as above
         with pytest.raises(config.ConfigError, match=f"method '{method}': PatchMixLoss: {key} must be a finite"):
-            training.make_loss(method, tiny_cfg(**{f"train.{key}": bad}))
+            training.make_loss(method, bad_cfg)
     plan = training.Method("guided", cfg, digits, training.Runtime(torch.device("cpu")), tiny_policy(digits))
     with pytest.raises(config.ConfigError, match=r"method 'guided': RandomPatchMix: alpha must be a finite number"):
         plan.mixer()
