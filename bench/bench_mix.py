@@ -56,8 +56,8 @@ class TimmStyleBatchMix:
             ratio = np.sqrt(1 - lam)
             ch, cw = int(H * ratio), int(W * ratio)
             cy, cx = self.rng.integers(0, H), self.rng.integers(0, W)
-            yl, yh = np.clip(cy - ch // 2, 0, H), np.clip(cy + ch // 2, 0, H)
-            xl, xh = np.clip(cx - cw // 2, 0, W), np.clip(cx + cw // 2, 0, W)
+            yl, yh = np.clip(cy - ch // 2, 0, H), np.clip(cy + (ch + 1) // 2, 0, H)  # timm 1.0's rand_bbox
+            xl, xh = np.clip(cx - cw // 2, 0, W), np.clip(cx + (cw + 1) // 2, 0, W)
             x[:, :, yl:yh, xl:xh] = x.flip(0)[:, :, yl:yh, xl:xh]
             lam = 1.0 - (yh - yl) * (xh - xl) / float(H * W)
         elif x.is_floating_point():

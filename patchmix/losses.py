@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .mixing import checks
 from .mixing.batch import MixedBatch
 from .ops import patchmix_cross_entropy
 from .ops.patchmix_cross_entropy import REDUCTIONS, _patch_rows
@@ -31,12 +32,35 @@ def term_weights(has_grid: Tensor, image_weight: float, patch_weight: float) -> 
     return torch.stack([image_weight * g + (1 - g), patch_weight * g], 1)
 
 
+def check_soft_labels(image_logits: Tensor | None, patch_logits: Tensor | None, batch: MixedBatch) -> None:
+    """Soft labels ``(N, K)`` against the logits: the same ``N`` and ``K`` (and ``P*P`` patches as mask cells), else a
+    ``ValueError`` naming the argument and both numbers (broadcasting would fail later with a raw RuntimeError,
+    or worse, not fail)."""
+    N, K = batch.target_a.shape
+    if batch.target_b.shape != batch.target_a.shape:
+        raise ValueError(f"PatchMixLoss: batch.target_b has shape {tuple(batch.target_b.shape)} but batch.target_a "
+                         f"{tuple(batch.target_a.shape)}; soft labels are (N, K) rows")
+    for name, t, classes in (("image_logits", image_logits, -1), ("patch_logits", patch_logits, None)):
+        if t is None:
+            continue
+        rows = t if classes == -1 else _patch_rows(t)
+        if rows.shape[-1] != K:
+            raise ValueError(f"PatchMixLoss: {name} has K = {rows.shape[-1]} classes (shape {tuple(t.shape)}) but the "
+                             f"soft labels (batch.target_a) have K = {K}")
+        if t.shape[0] != N:
+            raise ValueError(f"PatchMixLoss: {name} holds N = {t.shape[0]} samples but the batch {N}")
+        if classes is None and batch.mask is not None and rows.shape[1] != batch.mask[0].numel():
+            raise ValueError(f"PatchMixLoss: patch_logits has {rows.shape[1]} patches (shape {tuple(t.shape)}) but "
+                             f"batch.mask has P*P = {batch.mask[0].numel()} cells")
+
+
 def soft_patchmix_cross_entropy(image_logits: Tensor | None, patch_logits: Tensor | None, batch: MixedBatch,
                                 term_weights: Tensor, label_smoothing: float, reduction: str) -> Tensor:
     """The loss for soft labels (``(N, K)`` rows, e.g. a chain of mixers or timm's dense targets), in PyTorch ops:
     ``w[n, 0] * L_O[n] + w[n, 1] * L_P[n] / P^2`` with soft-target cross-entropies (the target smoothed as
     ``(1 - eps) * t + eps / K``), then ``reduction``. Patch ``p`` takes ``target_a`` where the mask is True, else
-    ``target_b``."""
+    ``target_b``. Logits of another ``N`` or ``K`` than the labels: ``ValueError`` (:func:`check_soft_labels`)."""
+    check_soft_labels(image_logits, patch_logits, batch)
     ref = image_logits if image_logits is not None else patch_logits
     acc = torch.float64 if ref.dtype == torch.float64 else torch.float32
     K = batch.target_a.shape[1]
@@ -75,7 +99,7 @@ class PatchMixLoss(nn.Module):
 
     Args:
         image_weight, patch_weight: weights of the two terms (>= 0).
-        label_smoothing: ``eps`` in ``[0, 1]``; targets become ``(1 - eps) * target + eps / K`` in both terms.
+        label_smoothing: ``eps`` in ``[0, 1)``; targets become ``(1 - eps) * target + eps / K`` in both terms.
             None (default): the batch's own ``label_smoothing`` (0 unless a :class:`patchmix.Mix` asked for one).
         reduction: ``"mean"`` (over samples), ``"sum"`` or ``"none"`` (per-sample ``(N,)``).
     """
@@ -88,17 +112,12 @@ class PatchMixLoss(nn.Module):
         reduction: str = "mean",
     ):
         super().__init__()
-        for name, w in (("image_weight", image_weight), ("patch_weight", patch_weight)):
-            if not isinstance(w, (int, float)) or not w >= 0 or w == float("inf"):
-                raise ValueError(f"PatchMixLoss: {name} must be a finite number >= 0, got {w!r}")
-        if label_smoothing is not None and (not isinstance(label_smoothing, (int, float))
-                                            or not 0.0 <= label_smoothing <= 1.0):
-            raise ValueError(f"PatchMixLoss: label_smoothing must be in [0, 1] or None, got {label_smoothing!r}")
+        self.image_weight = checks.real("PatchMixLoss", "image_weight", image_weight, low=0.0)
+        self.patch_weight = checks.real("PatchMixLoss", "patch_weight", patch_weight, low=0.0)
         if reduction not in REDUCTIONS:
             raise ValueError(f"PatchMixLoss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        self.image_weight = float(image_weight)
-        self.patch_weight = float(patch_weight)
-        self.label_smoothing = None if label_smoothing is None else float(label_smoothing)
+        self.label_smoothing = None if label_smoothing is None else checks.label_smoothing("PatchMixLoss",
+                                                                                           label_smoothing)
         self.reduction = reduction
 
     def forward(self, outputs, batch: MixedBatch) -> Tensor:

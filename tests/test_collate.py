@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import patchmix.mixing.batch
 from patchmix import EpochBatchSampler, GuidedPatchMix, KeyedDataset, Mix, MixCollate, MixedBatch, RandomPatchMix
-from patchmix.mixing.collate import BatchKey, KeyedIndices, stack_batch, worker_output
+from patchmix.mixing.collate import BatchKey, KeyedIndices, KeyedSamples, stack_batch, worker_output
 from patchmix.mixing.guided import mixed_loader
 from patchmix.search import Policy
 
@@ -102,15 +102,77 @@ def test_collate_mixes_uint8_with_the_grid_mix_kernel_and_applies_the_transform(
     assert g_t.initial_seed() != g_m.initial_seed(), "crops and mixing draw from separate generators"
 
 
-def test_mix_off_epoch_serves_unmixed_batches():
+@pytest.mark.parametrize("workers", [0, 2])
+def test_mix_off_epoch_serves_unmixed_batches(workers):
     ds = KeyedDataset(uint8_dataset())
     collate = MixCollate(Mix(mixup_alpha=0.0, patchmix_alpha=1.0, mode="elem"), mix_off_epoch=2)
-    for epoch, mixed in ((1, True), (2, False), (5, False)):
-        loader = DataLoader(ds, batch_sampler=EpochBatchSampler([torch.arange(16)], epoch), collate_fn=collate)
+    sampler = EpochBatchSampler()
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                        persistent_workers=workers > 0)
+    for epoch, mixed in ((1, True), (2, False), (5, False)):  # the epoch reaches persistent workers in the key
+        sampler.set_epoch(epoch, [torch.arange(16)])
         batch = next(iter(loader))
         assert bool((batch.lam < 1).any()) == mixed
         if not mixed:  # the mixer's own unmixed batch: an all-True grid for PatchMix
             assert batch.mask.all() and torch.equal(batch.images, ds.dataset.tensors[0][:16])
+    del loader
+
+
+def test_the_collate_asks_a_switch_it_may_share():
+    """``mix_off_epoch`` is timm's (0: never off) and builds the collate's MixSwitch; ``switch=`` shares one (the
+    trainer's Method does), so whoever holds it switches mixing off for both."""
+    from patchmix.mixing.switch import MixSwitch
+
+    samples = KeyedSamples([uint8_dataset()[i] for i in range(8)], BatchKey(7, 0))
+    mix = Mix(mixup_alpha=0.0, patchmix_alpha=1.0, mode="elem")
+    assert MixCollate(mix, mix_off_epoch=0).mixing(10**6), "0 never switches off (timm's --mixup-off-epoch 0)"
+    assert MixCollate(mix).mix_off_epoch is None and MixCollate(mix, mix_off_epoch=3).mix_off_epoch == 3
+    shared = MixSwitch(off_epoch=8)
+    collate = MixCollate(mix, switch=shared)
+    assert bool((collate(samples).lam < 1).any())
+    shared.off_epoch = 7
+    assert collate.switch is shared and bool((collate(samples).lam == 1).all())
+    shared.off_epoch, shared.enabled = None, False
+    assert not collate.mixing(0) and bool((collate(samples).lam == 1).all())
+    with pytest.raises(ValueError, match="mix_off_epoch or switch"):
+        MixCollate(mix, mix_off_epoch=2, switch=shared)
+    with pytest.raises(ValueError, match="off_epoch must be an integer >= 0"):
+        MixCollate(mix, mix_off_epoch=-1)
+    with pytest.raises(ValueError, match="rank must be an integer >= 0"):
+        MixCollate(mix, rank=-1)
+
+
+def test_dict_and_tuple_samples_with_configurable_keys():
+    """Dict samples (``"image"``, ``"label"`` by default: Hugging Face's names) and tuples (positions 0 and 1) collate
+    to the same batch; ``keys=`` names other keys or positions; a sample without them says what it has."""
+    ds = uint8_dataset(n=6)
+    pairs = [ds[i] for i in range(6)]
+    mix = Mix(mixup_alpha=0.0, patchmix_alpha=1.0, mode="elem")
+
+    def collated(samples, **kw):
+        return MixCollate(mix, seed=1, **kw)(KeyedSamples(samples, BatchKey(0, 0)))
+
+    want = collated(pairs)
+    for samples, keys in (([{"image": x, "label": y} for x, y in pairs], None),
+                          ([{"img": x, "label": y, "id": 3} for x, y in pairs], ("img", "label")),
+                          ([(x, "meta", y) for x, y in pairs], (0, 2)),
+                          ([[x, y] for x, y in pairs], None),
+                          ([(x, int(y)) for x, y in pairs], None)):
+        got = collated(samples, keys=keys)
+        assert torch.equal(got.images, want.images) and torch.equal(got.target_a, want.target_a)
+        assert torch.equal(got.lam, want.lam)
+    with pytest.raises(ValueError, match=r"a dict sample has no key 'image' \(its keys: \['img', 'label'\]\); pass keys="):
+        collated([{"img": x, "label": y} for x, y in pairs])
+    with pytest.raises(ValueError, match="a tuple sample of 1 items has no items at keys=\\(0, 1\\)"):
+        collated([(x,) for x, _ in pairs])
+    with pytest.raises(ValueError, match="a sample must be an \\(image, label\\) tuple or a dict"):
+        collated([x for x, _ in pairs])
+    with pytest.raises(ValueError, match="the samples of a batch differ in form"):
+        collated([{"image": pairs[0][0], "label": pairs[0][1]}, pairs[1]])
+    with pytest.raises(ValueError, match=r"keys must be \(image_key, label_key\)"):
+        MixCollate(mix, keys="image")
+    loader = DataLoader([{"image": x, "label": y} for x, y in pairs], batch_size=3, collate_fn=MixCollate(mix))
+    assert [len(b) for b in loader] == [3, 3]
 
 
 def test_stack_batch_and_keys():

@@ -92,6 +92,9 @@ def test_bad_inputs():
         GuidedPatchMix({"pairs": []}, labels)
     with pytest.raises(ValueError, match="pair_weights must be"):
         GuidedPatchMix(policy, labels, pair_weights=torch.ones(3))
+    for bad in ([1.0, float("inf"), 1.0, 1.0], [1.0, float("nan"), 1.0, 1.0], [0.0] * 4, [1.0, -1.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match=r"pair_weights must be \(4,\) finite, non-negative and not all zero"):
+            GuidedPatchMix(policy, labels, pair_weights=torch.tensor(bad))
     gp = GuidedPatchMix(policy, labels)
     with pytest.raises(ValueError, match="images must be the pool"):
         gp(images[:5], 3)
@@ -171,6 +174,19 @@ def test_phase_four_counts():
     assert phase_four_counts(4, (1, 1, 1)) == (1, 1, 2)  # a random part of one sample: kept as is
     assert phase_four_counts(2, (0, 0, 1)) == (1, 0, 1)  # at least one sample from the dataset
     assert phase_four_counts(2, (0, 1, 5)) == (0, 1, 1)
+    for bad in ((0, 0, 0), (1, float("inf"), 1), (1, float("nan"), 1), (1, -1, 1), (1, 1)):
+        with pytest.raises(ValueError, match=r"fractions \(original, random, guided\) must be"):
+            phase_four_counts(8, bad)
+    with pytest.raises(ValueError, match="batch must be an integer >= 1"):
+        phase_four_counts(0, (1, 1, 1))
+
+
+def test_phase_four_labels_on_another_device_are_refused():
+    policy = make_policy()
+    images, labels = pool()
+    collate = MixedCollate(GuidedPatchMix(policy, labels), (2, 2, 1))
+    with pytest.raises(ValueError, match=r"y \(the labels\) is on meta but x \(the images\) is on cpu"):
+        collate.mix(images[:6], labels[:6].to("meta"))
 
 
 def test_the_sampler_walks_a_given_order():

@@ -95,7 +95,11 @@ def test_errors():
     image, patch = logits()
     with pytest.raises(ValueError, match="image_weight must be a finite number >= 0"):
         PatchMixLoss(image_weight=-0.5)
-    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
+    for name, bad in (("image_weight", float("inf")), ("patch_weight", float("nan")), ("label_smoothing", 2.0),
+                      ("label_smoothing", 1.0), ("label_smoothing", float("nan"))):
+        with pytest.raises(ValueError, match=f"PatchMixLoss: {name} must be a finite number"):
+            PatchMixLoss(**{name: bad})
+    with pytest.raises(ValueError, match=r"label_smoothing must be a finite number in \[0, 1\)"):
         PatchMixLoss(label_smoothing=2.0)
     with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none'"):
         PatchMixLoss(reduction="batchmean")
@@ -242,3 +246,27 @@ def test_label_smoothing_defaults_to_the_batch_and_an_explicit_value_wins():
     default = PatchMixLoss()((image, patch), batch)
     torch.testing.assert_close(default, PatchMixLoss(label_smoothing=0.2)((image, patch), batch))
     assert not torch.allclose(default, PatchMixLoss(label_smoothing=0.0)((image, patch), batch))
+
+
+def test_soft_labels_of_another_class_count_name_both_counts():
+    """Soft labels ``(N, K)`` against logits of another ``K`` (or ``N``, or ``P*P``): a ValueError naming the argument
+    and both numbers, not a broadcasting RuntimeError."""
+    from patchmix import Mix
+
+    x, y = images_and_labels()
+    soft = Mix(mixup_alpha=0.0, patchmix_alpha=1.0, mode="elem", label_smoothing=0.0,
+               generator=torch.Generator().manual_seed(0))(x, F.one_hot(y, K).float())
+    image, patch = logits()
+    loss_fn = PatchMixLoss()
+    loss_fn((image, patch), soft)  # K = 10 on both sides
+    with pytest.raises(ValueError, match=r"image_logits has K = 7 classes \(shape \(8, 7\)\) but the soft labels "
+                                         r"\(batch.target_a\) have K = 10"):
+        loss_fn((image[:, :7], patch), soft)
+    with pytest.raises(ValueError, match="patch_logits has K = 9 classes .* soft labels .* have K = 10"):
+        loss_fn((image, patch[:, :9]), soft)
+    with pytest.raises(ValueError, match="image_logits has K = 12 classes"):
+        loss_fn(torch.randn(N, 12), soft)
+    with pytest.raises(ValueError, match="image_logits holds N = 5 samples but the batch 8"):
+        loss_fn((image[:5], None), soft)
+    with pytest.raises(ValueError, match=r"patch_logits has 4 patches .* batch.mask has P\*P = 16 cells"):
+        loss_fn((image, patch[..., :2, :2]), soft)

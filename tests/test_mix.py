@@ -52,10 +52,10 @@ def source_map(batch: MixedBatch, B, H, W):
     return batch.apply(rows, discrete=True)
 
 
-def assert_images(got, want):
+def assert_images(got, want, ulps=2):
     """Exact, except floating blends: one addcmul there (the rounding of a * w + b * (1 - w) within an ulp)."""
     if got.is_floating_point():
-        torch.testing.assert_close(got, want, rtol=2 * torch.finfo(got.dtype).eps, atol=0)
+        torch.testing.assert_close(got, want, rtol=ulps * torch.finfo(got.dtype).eps, atol=0)
     else:
         assert torch.equal(got, want)
 
@@ -165,57 +165,37 @@ def test_flip_pairing_is_timms_reversed_batch():
 
 
 # ------------------------------------------------------------------------------------------------
-# timm's algorithm, written here in eager torch (timm is not installed beside this torch)
+# CutMix boxes (timm's own code checks them draw for draw: tests/test_timm_parity.py)
 # ------------------------------------------------------------------------------------------------
 
 
-def timm_mixup_target(target, num_classes, lam, smoothing):
-    """timm.data.mixup.mixup_target: one-hot rows with on/off values, mixed with the flipped batch."""
-    off = smoothing / num_classes
-    on = 1.0 - smoothing + off
-    y1 = torch.full((target.shape[0], num_classes), off).scatter_(1, target[:, None], on)
-    y2 = torch.full((target.shape[0], num_classes), off).scatter_(1, target.flip(0)[:, None], on)
-    lam = lam if isinstance(lam, float) else lam[:, None]
-    return y1 * lam + y2 * (1.0 - lam)
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_cutmix_boxes_have_timms_side_int_h_sqrt_one_minus_lam(mode):
+    """An unclipped box has exactly ``int(H * sqrt(1 - lam))`` rows and ``int(W * ...)`` columns, odd sides included
+    (``cut // 2`` before the centre, ``(cut + 1) // 2`` from it on: timm 1.0's ``rand_bbox``)."""
+    H, W = 32, 29
+    x, y = make_batch(B=64, C=1, H=H, W=W)
+    odd = 0
+    for seed in range(40 if mode == "batch" else 4):
+        batch = Mix(mixup_alpha=0.0, cutmix_alpha=1.0, correct_lam=False, mode=mode,
+                    generator=torch.Generator().manual_seed(seed))(x, y)
+        ratio = torch.sqrt(1 - batch.lam.double() if mode == "batch" else 1 - batch.lam)  # float32 in elem, pair
+        top, bottom, left, right = batch.box.unbind(1)
+        inside = (top > 0) & (bottom < H) & (left > 0) & (right < W)
+        assert torch.equal((bottom - top)[inside], (H * ratio).long()[inside])
+        assert torch.equal((right - left)[inside], (W * ratio).long()[inside])
+        odd += int(((bottom - top)[inside] % 2 == 1).sum())
+    assert odd > 5, "odd sides were drawn"
 
 
-def test_batch_mode_with_flip_pairing_is_timms_mix_batch():
-    x, y = make_batch(B=8, H=16, W=16)
-    for seed in range(8):
-        mix = Mix(mixup_alpha=0.8, cutmix_alpha=1.0, mode="batch", pairing="flip", label_smoothing=0.1,
-                  generator=torch.Generator().manual_seed(seed))
-        batch = mix(x, y)
-        lam = float(batch.lam[0])
-        xt = x.clone()
-        if batch.box is not None:  # timm: x[:, :, yl:yh, xl:xh] = x.flip(0)[:, :, yl:yh, xl:xh]
-            yl, yh, xl, xh = batch.box[0].tolist()
-            xt[:, :, yl:yh, xl:xh] = x.flip(0)[:, :, yl:yh, xl:xh]
-            assert lam == pytest.approx(1 - (yh - yl) * (xh - xl) / (16 * 16))  # correct_lam
-        elif batch.blend is not None:  # timm: x.flip(0).mul_(1 - lam); x.mul_(lam).add_(x_flipped)
-            xt = xt.mul_(lam).add_(x.flip(0).mul_(1.0 - lam))
-        assert_images(batch.images, xt)
-        torch.testing.assert_close(batch.to_dense(K), timm_mixup_target(y, K, lam, 0.1))
-        images, dense = Mix(mixup_alpha=0.8, cutmix_alpha=1.0, mode="batch", pairing="flip", num_classes=K,
-                            generator=torch.Generator().manual_seed(seed)).dense(x, y)
-        assert torch.equal(images, batch.images) and torch.allclose(dense, batch.to_dense(K))
-
-
-def test_uint8_mixup_rounds_like_timms_fast_collate():
-    x, y = make_batch(B=6, dtype=torch.uint8)
-    batch = Mix(mixup_alpha=1.0, mode="elem", pairing="flip", generator=torch.Generator().manual_seed(2))(x, y)
-    for i in range(6):  # timm: mixed = x[i].float() * lam + x[j].float() * (1 - lam); torch.round(mixed)
-        lam = float(batch.lam[i])
-        want = torch.round(x[i].float() * lam + x[5 - i].float() * (1 - lam)).byte()
-        assert torch.equal(batch.images[i], want)
-
-
-def test_cutmix_minmax_boxes_are_timms_rand_bbox_minmax():
+def test_cutmix_minmax_boxes_lie_inside_the_image():
     x, y = make_batch(B=2000, C=1, H=20, W=30)
     batch = Mix(mixup_alpha=0.0, cutmix_minmax=(0.2, 0.8), mode="elem", generator=torch.Generator().manual_seed(0))(x, y)
     top, bottom, left, right = batch.box.unbind(1)
     h, w = bottom - top, right - left
     assert h.min() == 4 and h.max() == 15 and w.min() == 6 and w.max() == 23  # [int(S * .2), int(S * .8))
-    assert bool((top >= 0).all() and (bottom < 20).all() and (left >= 0).all() and (right < 30).all())
+    assert bool((top >= 0).all() and (bottom <= 20).all() and (left >= 0).all() and (right <= 30).all())
+    assert int(top.min()) == 0 and int(bottom.max()) == 20, "the corner ranges over [0, S - side], both edges"
     torch.testing.assert_close(batch.lam, 1 - (h * w).float() / 600)
     check_batch(x[:50], y[:50], Mix(mixup_alpha=0.0, cutmix_minmax=(0.2, 0.8), mode="elem",
                                     generator=torch.Generator().manual_seed(0))(x[:50], y[:50]))
@@ -251,15 +231,6 @@ def test_soft_labels_chain_two_mixers():
     assert patch.shape == (7, 16, K)
     with pytest.raises(ValueError, match="soft labels have 5 classes, not 6"):
         second.to_dense(6)
-
-
-def test_from_dense_takes_timms_targets():
-    x, y = make_batch(B=4)
-    dense = timm_mixup_target(y, K, 0.3, 0.1)
-    batch = MixedBatch.from_dense(x, dense)
-    torch.testing.assert_close(batch.to_dense(K, 0.0), dense)
-    with pytest.raises(ValueError, match="targets must be floating"):
-        MixedBatch.from_dense(x, y)
 
 
 def test_kornia_label_rows_round_trip():
@@ -373,24 +344,140 @@ def test_disabled_and_unmixed():
     assert torch.equal(batch.images, x) and (batch.lam == 1).all() and batch.mask.all()
     assert batch.label_smoothing == 0.1 and "enabled=False" in repr(mix)
     assert Mix(mixup_alpha=1.0, enabled=False)(x, y).mask is None  # no grid without PatchMix
+    out = torch.empty_like(x)
+    assert mix(x, y, out=out).images is out and torch.equal(out, x)
+    # Mix.enabled is its switch's (timm's mixup_enabled, set by a training loop)
+    mix.enabled = True
+    assert mix.switch.enabled and bool((mix(x, y).lam < 1).any())
+    mix.switch.enabled = False
+    assert not mix.enabled and bool((mix(x, y).lam == 1).all())
+
+
+def test_one_switch_decides_whether_a_batch_mixes():
+    """MixSwitch is the rule behind Mix.enabled, MixCollate(mix_off_epoch=) and train.mix_off_epoch: off from
+    ``off_epoch`` on (timm's --mixup-off-epoch, 0 or None: never), never while disabled."""
+    from patchmix.mixing.switch import MixSwitch
+
+    assert all(MixSwitch().mixes(e) and MixSwitch(0).mixes(e) for e in (None, 0, 5, 10**6))
+    three = MixSwitch(3)
+    assert [three.mixes(e) for e in range(5)] == [True, True, True, False, False]
+    assert three.mixes(None), "an unknown epoch: only enabled decides"
+    assert not any(MixSwitch(3, enabled=False).mixes(e) for e in (None, 0, 2))
+    for bad in (-1, 1.5, float("inf"), "2", True):
+        with pytest.raises(ValueError, match="off_epoch must be an integer >= 0"):
+            MixSwitch(bad)
+
+
+INF, NAN = float("inf"), float("nan")
 
 
 @pytest.mark.parametrize("kwargs,word", [
     (dict(mixup_alpha=0.0), "no method is on"),
-    (dict(mixup_alpha=-1.0), "mixup_alpha"),
-    (dict(cutmix_minmax=(0.8, 0.2)), "cutmix_minmax"),
-    (dict(prob=1.5), "prob"),
+    (dict(mixup_alpha=-1.0), "mixup_alpha must be a finite number >= 0"),
+    (dict(mixup_alpha=INF), "mixup_alpha must be a finite number >= 0, got inf"),
+    (dict(cutmix_alpha=NAN), "cutmix_alpha must be a finite number >= 0, got nan"),
+    (dict(patchmix_alpha=INF), "patchmix_alpha"),
+    (dict(mixup_alpha=True), "mixup_alpha"),
+    (dict(cutmix_minmax=(0.8, 0.2)), r"cutmix_minmax must be \(lo, hi\) with 0 < lo < hi <= 1"),
+    (dict(cutmix_minmax=(0.0, 0.5)), "cutmix_minmax"),
+    (dict(cutmix_minmax=(0.2, 1.5)), "cutmix_minmax"),
+    (dict(cutmix_minmax=(0.2, NAN)), "cutmix_minmax"),
+    (dict(cutmix_minmax=(0.2,)), "cutmix_minmax"),
+    (dict(prob=1.5), r"prob must be a finite number in \[0, 1\], got 1.5"),
+    (dict(prob=NAN), "prob"),
+    (dict(mixup_alpha=1.0, cutmix_alpha=1.0, switch_prob=-0.1), r"switch_prob must be a finite number in \[0, 1\]"),
+    (dict(switch_prob=INF), "switch_prob"),  # checked even where it would be ignored
     (dict(mode="half"), "mode"),
     (dict(pairing="roll"), "pairing"),
-    (dict(label_smoothing=2.0), "label_smoothing"),
-    (dict(grid_size=0, patchmix_alpha=1.0), "grid_size"),
+    (dict(label_smoothing=2.0), r"label_smoothing must be a finite number in \[0, 1\)"),
+    (dict(label_smoothing=1.0), "label_smoothing"),
+    (dict(label_smoothing=-0.1), "label_smoothing"),
+    (dict(grid_size=0, patchmix_alpha=1.0), "grid_size must be an integer >= 1"),
+    (dict(grid_size=INF, patchmix_alpha=1.0), "grid_size must be an integer >= 1, got inf"),
+    (dict(grid_size=2.5, patchmix_alpha=1.0), "grid_size"),
+    (dict(num_classes=0), "num_classes must be an integer >= 1"),
     (dict(weights={"mixup": 1, "cutmax": 1}), "unknown methods"),
     (dict(weights=(1, 1, 0)), "cutmix is off"),
     (dict(weights=(0, 0, 0)), "not all 0"),
+    (dict(weights=(INF, 0, 0)), "weights .* must be finite, non-negative and not all 0"),
+    (dict(weights={"mixup": NAN}), "weights must be finite"),
+    (dict(weights=(1, 0)), "must be 3 numbers"),
+    (dict(generator=0), "generator must be a torch.Generator"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, word):
     with pytest.raises(ValueError, match=word):
         Mix(**kwargs)
+
+
+@pytest.mark.parametrize("make", ["RandomPatchMix", "Mixup", "CutMix"])
+@pytest.mark.parametrize("alpha", [0.0, -1.0, INF, NAN])
+def test_the_paper_mixers_check_their_alpha(make, alpha):
+    import patchmix
+
+    with pytest.raises(ValueError, match=f"{make}: alpha must be a finite number > 0"):
+        getattr(patchmix, make)(alpha=alpha)
+
+
+def test_samplers_refuse_arguments_they_cannot_draw_with():
+    """Each sampler checks at its entry: an infinite alpha made Python's betavariate loop forever (batch mode) and
+    torch's Gamma return NaN (the other modes)."""
+    import random
+
+    from patchmix.mixing import sampling
+
+    g = torch.Generator().manual_seed(0)
+    for bad in (INF, NAN, 0.0, -1.0):
+        with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
+            sampling.sample_beta(bad, 4, g)
+        with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
+            sampling.host_beta(random.Random(0), bad)
+        with pytest.raises(ValueError, match="concentration must be a finite number > 0"):
+            sampling.sample_gamma(bad, 4, g)
+        with pytest.raises(ValueError, match="concentration must be a finite number > 0"):
+            sampling.sample_gamma_rounds(bad, 4, g)
+    for bad in ((1.0, INF), (0.0, 0.0), (1.0, -1.0), (NAN, 1.0)):
+        with pytest.raises(ValueError, match="weights must be finite, non-negative and not all 0"):
+            sampling.choose(4, bad, g)
+        with pytest.raises(ValueError, match="weights must be finite, non-negative and not all 0"):
+            sampling.host_choice(random.Random(0), bad)
+    with pytest.raises(ValueError, match=r"lam0 must be a finite number in \[0, 1\]"):
+        sampling.host_cutmix_box(random.Random(0), 1.5, 8, 8)
+    with pytest.raises(ValueError, match="grid_size must be an integer >= 1"):
+        sampling.grid_masks(torch.ones(2), 0)
+    with pytest.raises(ValueError, match="cutmix_minmax"):
+        sampling.minmax_boxes(2, 8, 8, (0.5, INF))
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_every_accepted_alpha_draws_finite_mixes_in_bounded_time(mode):
+    """From the smallest to the largest finite alpha: no endless rejection loop, no NaN (alphas above
+    ``BETA_ALPHA_MAX`` draw with it: Beta(1e15, 1e15) is 0.5 to within float32's resolution)."""
+    import signal
+
+    from patchmix.mixing.sampling import BETA_ALPHA_MAX, sample_beta, sample_gamma_rounds
+
+    def hung(*_):
+        raise TimeoutError("a sampler did not return")
+
+    x, y = make_batch(B=16)
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        for alpha in (5e-324, 1e-300, 1e-5, 0.2, 1.0, 1e6, BETA_ALPHA_MAX, 1e300, 1.7976931348623157e308):
+            for seed in range(3):
+                mix = Mix(mixup_alpha=alpha, cutmix_alpha=alpha, patchmix_alpha=alpha, mode=mode,
+                          generator=torch.Generator().manual_seed(seed))
+                batch = mix(x, y)
+                assert bool(torch.isfinite(batch.images).all()) and bool(((batch.lam >= 0) & (batch.lam <= 1)).all())
+            draws = sample_beta(alpha, 64, torch.Generator().manual_seed(0))
+            assert bool(((draws >= 0) & (draws <= 1)).all()), alpha
+            # the fixed-round Gamma of non-CPU devices, run here on the CPU
+            assert not bool(sample_gamma_rounds(min(alpha, BETA_ALPHA_MAX), 64).isnan().any())
+        big = sample_beta(1.7976931348623157e308, 1000, torch.Generator().manual_seed(0))
+        assert float((big - 0.5).abs().max()) <= 6e-8, "a huge alpha draws 0.5 (to float32's step), not 0 / 0"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_bad_input_names_the_argument():
@@ -406,6 +493,17 @@ def test_bad_input_names_the_argument():
         mix(x, y.int())
     with pytest.raises(ValueError, match="CPU generator"):
         mix(x, y, generator=SimpleNamespace(device=torch.device("cuda", 0)))  # a CUDA generator, without CUDA
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_labels_on_another_device_than_the_images_are_refused(mode):
+    """The labels are gathered with pairs drawn on the images' device; ``meta`` stands in for a GPU here."""
+    x, y = make_batch()
+    mix = Mix(**ALL, mode=mode)
+    for images, labels in ((x, y.to("meta")), (x.to("meta"), y), (x, y.float().to("meta")[:, None].expand(-1, 3))):
+        want = rf"y \(the labels\) is on {labels.device} but x \(the images\) is on {images.device}"
+        with pytest.raises(ValueError, match=want):
+            mix(images, labels)
 
 
 @pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
@@ -510,7 +608,7 @@ def test_batch_mode_minmax_and_uncorrected_lam():
                     generator=torch.Generator().manual_seed(seed))(x, y)
         check_batch(x, y, batch)
         t, b, le, r = batch.box[0].tolist()
-        assert 4 <= b - t < 16 and 6 <= r - le < 24 and b < 20 and r < 30
+        assert 4 <= b - t < 16 and 6 <= r - le < 24 and b <= 20 and r <= 30
     drawn = [Mix(mixup_alpha=0.0, cutmix_alpha=1.0, mode="batch", correct_lam=False,
                  generator=torch.Generator().manual_seed(s))(x, y) for s in range(8)]
     area = [1 - (d.box[0, 1] - d.box[0, 0]) * (d.box[0, 3] - d.box[0, 2]) / 600 for d in drawn]

@@ -402,6 +402,100 @@ def test_retained_graph_backward_twice_accumulates():
     torch.testing.assert_close(g1, first[0])
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("parts", ["both", "image", "patch"])
+@pytest.mark.parametrize("layout", ["nkpp", "npk"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradient_penalty_matches_eager(reduction, layout, parts, device):
+    """Double backward: the gradient taken with ``create_graph=True``, a penalty on it, and that penalty's gradient
+    (second-order terms included), against the eager ``F.cross_entropy`` formulation, in float64."""
+    img, pat, ta, tb, lam, mask = make(5, 7, 3, layout=layout, dtype=torch.float64, device=device)
+    img, pat = (img if parts != "patch" else None), (pat if parts != "image" else None)
+    kw = dict(term_weights=torch.rand(5, 2, dtype=torch.float64, device=device), image_weight=0.3, patch_weight=0.7,
+              label_smoothing=0.1, reduction=reduction)
+    results = []
+    for fn in (patchmix_cross_entropy, patchmix_cross_entropy_eager):
+        leaves = [t.clone().requires_grad_() for t in (img, pat) if t is not None]
+        logits = iter(leaves)
+        loss = fn(next(logits) if img is not None else None, next(logits) if pat is not None else None,
+                  ta, tb, lam, mask, **kw)
+        scale = torch.linspace(0.5, 2.0, loss.numel(), dtype=torch.float64, device=device).view(loss.shape)
+        scale.requires_grad_()
+        grads = torch.autograd.grad(loss, leaves, scale, create_graph=True)
+        penalty = sum((g * g).sum() for g in grads) * 1e3 + (loss * scale).sum()
+        results.append([loss, *grads, *torch.autograd.grad(penalty, [*leaves, scale])])
+    assert len(results[0]) == 2 + 2 * len(leaves)  # loss, first-order grads, second-order grads and d/d scale
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_gradient_penalty_through_a_model_that_drops_its_logits():
+    """The usual gradient penalty: parameters' gradients with ``create_graph=True``, their squared norm added to the
+    loss; the logits are temporaries the caller never holds (the op keeps them for its backward)."""
+    N, K, P = 6, 5, 2
+    x = torch.randn(N, 4, dtype=torch.float64)
+    _, _, ta, tb, lam, mask = make(N, K, P)
+    grads = []
+    for fn in (patchmix_cross_entropy, patchmix_cross_entropy_eager):
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, K * (1 + P * P)).double()
+        out = net(x)
+        loss = fn(out[:, :K], out[:, K:].view(N, K, P, P), ta, tb, lam, mask, label_smoothing=0.1)
+        del out
+        g = torch.autograd.grad(loss, list(net.parameters()), create_graph=True)
+        (loss + sum(t.pow(2).sum() for t in g)).backward()
+        grads.append([p.grad for p in net.parameters()])
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("layout", ["nkpp", "npk"])
+def test_gradgradcheck_float64(reduction, layout):
+    img, pat, ta, tb, lam, mask = make(3, 5, 2, layout=layout, dtype=torch.float64)
+    w = torch.rand(3, 2, dtype=torch.float64)
+
+    def fn(i, p):
+        return patchmix_cross_entropy(i, p, ta, tb, lam, mask, term_weights=w, image_weight=0.3, patch_weight=0.7,
+                                      label_smoothing=0.1, reduction=reduction)
+
+    assert torch.autograd.gradgradcheck(fn, (img.requires_grad_(), pat.requires_grad_()))
+
+
+def test_retained_graph_backward_after_the_grad_changed_in_place():
+    """The first backward hands its computed gradient out as the leaf's ``.grad``; zeroing that in place (an
+    optimizer's ``zero_grad(set_to_none=False)``) must not break a later backward through the retained graph."""
+    img, pat, ta, tb, lam, mask = make(4, 6, 2, dtype=torch.float64)
+    img.requires_grad_()
+    pat.requires_grad_()
+    loss = patchmix_cross_entropy(img, pat, ta, tb, lam, mask)
+    want = f64_loss_and_grads(img, pat, ta, tb, lam, mask)[1]
+    for _ in range(3):
+        loss.backward(retain_graph=True)
+        torch.testing.assert_close([img.grad, pat.grad], want)
+        img.grad.zero_()
+        pat.grad.zero_()
+
+
+def test_the_logits_are_released_by_a_plain_backward():
+    """The op saves the logits for a double backward or a retained graph's later backward; a plain backward frees
+    them with the other saved tensors, so holding the loss does not hold the logits."""
+    import gc
+    import weakref
+
+    img, pat, ta, tb, lam, mask = make(4, 6, 2)
+    leaves = [img.requires_grad_(), pat.requires_grad_()]
+    logits = [t * 2 for t in leaves]  # non-leaf logits, like a model's
+    refs = [weakref.ref(t) for t in logits]
+    loss = patchmix_cross_entropy(*logits, ta, tb, lam, mask)
+    del logits
+    gc.collect()
+    assert all(r() is not None for r in refs), "kept for the backward"
+    loss.backward()
+    gc.collect()
+    assert all(r() is None for r in refs) and loss.grad_fn is not None
+
+
 # --------------------------------------------------------------------------------------------------
 # Triton launcher (CUDA, or the interpreter on CPU tensors: keep it tiny)
 # --------------------------------------------------------------------------------------------------

@@ -299,6 +299,7 @@ def test_mix_off_epoch_trains_on_unmixed_batches_from_that_epoch(digits, method)
     plan = training.Method(method, cfg, digits, training.Runtime(torch.device("cpu")),
                            tiny_policy(digits) if method == "guided" else None)
     with training.TrainLoader(plan, seed=0) as loader:
+        assert loader.collate.switch is plan.switch, "one switch decides for the index batches and the collate"
         for epoch, mixing in ((0, True), (1, False)):
             index_batches = plan.index_batches(training.EpochStreams(0, epoch), epoch)
             loaded = plan.load_size + (2 * plan.counts[2] if method == "guided" else 0)  # + the guided pairs
@@ -370,6 +371,43 @@ def test_compile_compiles_the_model(digits, monkeypatch):
         torch.testing.assert_close(_weights(compiled)[k], v, rtol=1e-4, atol=1e-5)
     with pytest.raises(config.ConfigError, match="unknown torch.compile backend"):
         training.train_model(tiny_cfg(**{"run.compile": "nope"}), digits, "base", 0)
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_an_infinite_alpha_is_a_configuration_error_not_a_hang(tmp_path, capsys, digits, mode):
+    """``patchmix train --method mixup --mix-mode batch --alpha inf`` hung in Python's betavariate (batch mode) or
+    trained on NaN images and exited 0 (elem mode); now it exits 2 naming the alpha, at once."""
+    import signal
+
+    from patchmix.cli import main
+
+    def hung(*_):
+        raise TimeoutError("patchmix train did not return")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        rc = main(["train", "--method", "mixup", "--mix-mode", mode, "--alpha", "inf", "--epochs", "1", "--seeds",
+                   "0", "--set", "data.limit_train=64", "--set", "model.width=8", "--quiet", "--out",
+                   str(tmp_path / "out")])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert rc == 2 and "alpha" in capsys.readouterr().err
+    cfg = tiny_cfg()
+    cfg.train.alpha = float("inf")  # past the configuration's own checks: the mixers refuse it too
+    for method in ("mixup", "cutmix", "random", "mix"):
+        with pytest.raises(config.ConfigError, match=rf"method '{method}': Mix: \w+_alpha must be a finite number"):
+            training.make_mixer(method, cfg)
+    for method, key, bad in (("random", "label_smoothing", 1.0), ("base", "label_smoothing", float("nan")),
+                             ("random", "patch_weight", float("inf"))):
+        bad_cfg = tiny_cfg()
+        setattr(bad_cfg.train, key, bad)  # past the configuration's checks, as above
+        with pytest.raises(config.ConfigError, match=f"method '{method}': PatchMixLoss: {key} must be a finite"):
+            training.make_loss(method, bad_cfg)
+    plan = training.Method("guided", cfg, digits, training.Runtime(torch.device("cpu")), tiny_policy(digits))
+    with pytest.raises(config.ConfigError, match=r"method 'guided': RandomPatchMix: alpha must be a finite number"):
+        plan.mixer()
 
 
 def test_mixing_knobs_reach_the_methods():

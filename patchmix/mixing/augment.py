@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import torch
 
+from . import checks
 from .batch import MixedBatch
 from .mix import Mix
 from .sampling import GAMMA_ROUNDS, sample_beta, sample_gamma
 
 
-def _check_alpha(alpha: float) -> float:
-    if not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha!r}")
-    return float(alpha)
+def _check_alpha(owner: str, alpha: float) -> float:
+    """The method's Beta alpha: finite and > 0 (the method is on)."""
+    return checks.real(owner, "alpha", alpha, low=0.0, low_open=True)
 
 
 class RandomPatchMix(Mix):
@@ -37,9 +37,9 @@ class RandomPatchMix(Mix):
     """
 
     def __init__(self, grid_size: int = 4, alpha: float = 1.0, prob: float = 1.0, generator: torch.Generator | None = None):
-        super().__init__(mixup_alpha=0.0, patchmix_alpha=_check_alpha(alpha), grid_size=grid_size, prob=prob,
+        super().__init__(mixup_alpha=0.0, patchmix_alpha=_check_alpha("RandomPatchMix", alpha), grid_size=grid_size, prob=prob,
                          mode="elem", label_smoothing=0.0, generator=generator)
-        self.alpha = float(alpha)
+        self.alpha = self.alphas[self.methods[0]]
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, alpha={self.alpha}, prob={self.prob}"
@@ -53,8 +53,8 @@ class Mixup(Mix):
     """
 
     def __init__(self, alpha: float = 1.0, generator: torch.Generator | None = None):
-        super().__init__(mixup_alpha=_check_alpha(alpha), mode="elem", label_smoothing=0.0, generator=generator)
-        self.alpha = float(alpha)
+        super().__init__(mixup_alpha=_check_alpha("Mixup", alpha), mode="elem", label_smoothing=0.0, generator=generator)
+        self.alpha = self.alphas[self.methods[0]]
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
@@ -68,9 +68,9 @@ class CutMix(Mix):
     """
 
     def __init__(self, alpha: float = 1.0, generator: torch.Generator | None = None):
-        super().__init__(mixup_alpha=0.0, cutmix_alpha=_check_alpha(alpha), mode="elem", label_smoothing=0.0,
+        super().__init__(mixup_alpha=0.0, cutmix_alpha=_check_alpha("CutMix", alpha), mode="elem", label_smoothing=0.0,
                          generator=generator)
-        self.alpha = float(alpha)
+        self.alpha = self.alphas[self.methods[0]]
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"

@@ -18,11 +18,16 @@ generator; it hands the mixer one per batch:
 * otherwise, a stream per worker seeded by ``(seed, rank, epoch, worker id)`` on its first batch (``set_epoch``
   reaches workers that are started per epoch; persistent workers continue their stream): reproducible for a
   fixed number of workers, different across workers.
+
+Samples: ``(image, label, ...)`` tuples or lists (positions 0 and 1) or dicts (keys ``"image"`` and ``"label"``,
+the names of Hugging Face's image datasets); ``keys=(image_key, label_key)`` names others, e.g. ``("img",
+"label")`` or ``(0, 2)``.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -30,7 +35,13 @@ import torch
 from torch import Tensor
 
 from ..seeding import seeded_generator
+from . import checks
 from .batch import MixedBatch
+from .switch import MixSwitch
+
+#: Where a sample holds its image and its label: positions in a tuple or list sample, keys in a dict sample.
+SEQUENCE_KEYS = (0, 1)
+MAPPING_KEYS = ("image", "label")
 
 
 class BatchKey(NamedTuple):
@@ -104,15 +115,53 @@ class KeyedDataset(torch.utils.data.Dataset):
         return KeyedSamples(samples, getattr(indices, "key", None))
 
 
-def stack_batch(data) -> LoadedBatch:
-    """``(images (b, C, H, W), labels, key)`` from a :class:`LoadedBatch` or a list of ``(image, label)``
-    samples (tensors or arrays ``(C, H, W)``; labels ints, giving int64 ``(b,)``, or soft rows, giving ``(b, K)``)."""
+def check_keys(keys) -> tuple | None:
+    """``keys``: None (the defaults) or ``(image_key, label_key)``: two ints (positions) or two hashable names."""
+    if keys is None:
+        return None
+    try:
+        image_key, label_key = keys
+        hash(image_key), hash(label_key)
+    except (TypeError, ValueError):
+        raise ValueError(f"MixCollate: keys must be (image_key, label_key), e.g. ('img', 'label') or (0, 2), "
+                         f"got {keys!r}") from None
+    return image_key, label_key
+
+
+def _sample_keys(sample, keys) -> tuple:
+    """The ``(image_key, label_key)`` to read ``sample`` with, checked on it (the batch's first sample)."""
+    if isinstance(sample, Mapping):
+        keys = keys if keys is not None else MAPPING_KEYS
+        missing = [k for k in keys if k not in sample]
+        if missing:
+            raise ValueError(f"MixCollate: a dict sample has no key {missing[0]!r} (its keys: {list(sample)}); pass "
+                             f"keys=(image_key, label_key) naming two of them")
+    elif isinstance(sample, (tuple, list)):
+        keys = keys if keys is not None else SEQUENCE_KEYS
+        if not all(isinstance(k, int) and -len(sample) <= k < len(sample) for k in keys):
+            raise ValueError(f"MixCollate: a {type(sample).__name__} sample of {len(sample)} items has no items at "
+                             f"keys={keys!r}; samples must be (image, label, ...) or dicts (keys=: where they are)")
+    else:
+        raise ValueError(f"MixCollate: a sample must be an (image, label) tuple or a dict with the keys "
+                         f"{MAPPING_KEYS}, got {type(sample).__name__}")
+    return keys
+
+
+def stack_batch(data, keys=None) -> LoadedBatch:
+    """``(images (b, C, H, W), labels, key)`` from a :class:`LoadedBatch` or a list of samples: ``(image, label,
+    ...)`` tuples or dicts (module docstring; ``keys=(image_key, label_key)``), images tensors or arrays
+    ``(C, H, W)``, labels ints (giving int64 ``(b,)``) or soft rows (giving ``(b, K)``)."""
     if isinstance(data, LoadedBatch):
         return data
     samples = list(data)
     if not samples:
         raise ValueError("MixCollate: the batch is empty")
-    images, labels = [s[0] for s in samples], [s[1] for s in samples]
+    image_key, label_key = _sample_keys(samples[0], keys)  # checked once: a check per sample costs ~0.2 us each
+    try:
+        images, labels = [s[image_key] for s in samples], [s[label_key] for s in samples]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"MixCollate: the samples of a batch differ in form: the first is read at keys "
+                         f"{(image_key, label_key)!r}, another one has no such items") from None
     # one call per batch, not one per sample (256 torch.as_tensor calls cost ~0.8 ms)
     x = torch.stack(images) if isinstance(images[0], Tensor) else torch.from_numpy(np.stack(images))
     y = torch.stack(labels) if isinstance(labels[0], Tensor) else torch.tensor(np.asarray(labels))
@@ -153,15 +202,28 @@ class MixCollate:
         seed, rank: the base of every draw (module docstring); ``rank``: the process's rank under DDP.
         transform: ``transform(x, generator) -> x`` applied to the stacked batch before mixing (e.g. crop and
             flip), drawing from its own generator.
-        mix_off_epoch: from this epoch on (timm's ``--mixup-off-epoch``) batches come unmixed (the mixer's
-            ``unmixed(x, y)`` when it has one); the epoch is the batch's key's, else :meth:`set_epoch`'s.
+        mix_off_epoch: from this epoch on (timm's ``--mixup-off-epoch``; 0 or None: never) batches come unmixed
+            (the mixer's ``unmixed(x, y)`` when it has one); the epoch is the batch's key's, else :meth:`set_epoch`'s.
+        switch: a :class:`~patchmix.mixing.switch.MixSwitch` to ask instead (shared with whoever else decides by
+            it, e.g. the trainer's ``Method``); not together with ``mix_off_epoch``.
+        keys: ``(image_key, label_key)``: where a sample holds its image and label (default: positions 0 and 1 of
+            a tuple, ``"image"`` and ``"label"`` of a dict).
     """
 
-    def __init__(self, mixer, *, seed: int = 0, rank: int = 0, transform=None, mix_off_epoch: int | None = None):
+    def __init__(self, mixer, *, seed: int = 0, rank: int = 0, transform=None, mix_off_epoch: int | None = None,
+                 switch: MixSwitch | None = None, keys=None):
         if not callable(mixer):
             raise TypeError(f"MixCollate: mixer must be callable (x, y) -> MixedBatch, got {type(mixer).__name__}")
-        self.mixer, self.seed, self.rank = mixer, int(seed), int(rank)
-        self.transform, self.mix_off_epoch = transform, mix_off_epoch
+        if switch is not None and mix_off_epoch is not None:
+            raise ValueError("MixCollate: give mix_off_epoch or switch (a MixSwitch that has one), not both")
+        if switch is not None and not isinstance(switch, MixSwitch):
+            raise ValueError(f"MixCollate: switch must be a patchmix.mixing.switch.MixSwitch, got {type(switch).__name__}")
+        self.mixer = mixer
+        self.seed = checks.integer("MixCollate", "seed", seed)
+        self.rank = checks.integer("MixCollate", "rank", rank, low=0)
+        self.transform = transform
+        self.switch = switch if switch is not None else MixSwitch(mix_off_epoch)
+        self.keys = check_keys(keys)
         self.epoch = 0
         self._stream: torch.Generator | None = None
         self._kwargs = {name for name in ("generator", "out") if _accepts(mixer, name)}
@@ -180,11 +242,17 @@ class MixCollate:
             self._stream = seeded_generator(self.seed, self.rank, self.epoch, "worker", -1 if info is None else info.id)
         return self._stream, self._stream
 
+    @property
+    def mix_off_epoch(self) -> int | None:
+        """The switch's off epoch (None: never)."""
+        return self.switch.off_epoch
+
     def mixing(self, epoch: int) -> bool:
-        return self.mix_off_epoch is None or epoch < self.mix_off_epoch
+        """Whether batches of ``epoch`` are mixed: the switch decides."""
+        return self.switch.mixes(epoch)
 
     def __call__(self, data) -> MixedBatch:
-        x, y, key = stack_batch(data)
+        x, y, key = stack_batch(data, self.keys)
         g_transform, g_mix = self.generators(key)
         if self.transform is not None:
             x = self.transform(x, g_transform)
@@ -200,5 +268,5 @@ class MixCollate:
         return self.mixer(x, y, **kwargs)
 
 
-__all__ = ["BatchKey", "EpochBatchSampler", "KeyedDataset", "KeyedIndices", "KeyedSamples", "LoadedBatch",
-           "MixCollate", "stack_batch", "worker_output"]
+__all__ = ["MAPPING_KEYS", "SEQUENCE_KEYS", "BatchKey", "EpochBatchSampler", "KeyedDataset", "KeyedIndices",
+           "KeyedSamples", "LoadedBatch", "MixCollate", "check_keys", "stack_batch", "worker_output"]

@@ -28,15 +28,19 @@ from torch import Tensor, nn
 from ..errors import PolicyError
 from ..ops import grid_mix
 from ..search.policy import Policy
+from . import checks
 from .augment import MixedBatch, RandomPatchMix
 from .collate import MixCollate
+from .mix import check_batch
 
 
 def phase_four_counts(batch: int, fractions: Sequence[float]) -> tuple[int, int, int]:
     """``(n_original, n_random, n_guided)`` of a phase-four batch of ``batch`` samples split by ``fractions``
     (``train.guided_fractions``, any non-negative scale), each part rounded, with at least one sample loaded
-    from the dataset (an original or a random one) so that an epoch still walks the training set."""
-    f = [float(v) for v in fractions]
+    from the dataset (an original or a random one) so that an epoch still walks the training set. ``batch >= 1``;
+    ``fractions``: 3 finite numbers >= 0, not all 0."""
+    batch = checks.integer("phase_four_counts", "batch", batch, low=1)
+    f = checks.weights("phase_four_counts", "fractions (original, random, guided)", fractions, count=3)
     total = sum(f)
     n_orig = min(int(round(batch * f[0] / total)), batch)
     n_rand = min(int(round(batch * f[1] / total)), batch - n_orig)
@@ -117,8 +121,9 @@ class GuidedPatchMix(nn.Module):
         self.register_buffer("slot_of", slot_of, persistent=False)
         if pair_weights is not None:
             w = torch.as_tensor(pair_weights, dtype=torch.float64).cpu()
-            if w.shape != (len(policy),) or (w < 0).any() or not w.sum() > 0:
-                raise ValueError(f"GuidedPatchMix: pair_weights must be ({len(policy)},) non-negative, not all zero")
+            if w.shape != (len(policy),) or not bool(torch.isfinite(w).all()) or (w < 0).any() or not w.sum() > 0:
+                raise ValueError(f"GuidedPatchMix: pair_weights must be ({len(policy)},) finite, non-negative and not "
+                                 f"all zero, got {tuple(w.shape)} {w.tolist() if w.numel() <= 8 else ''}".rstrip())
             pair_weights = w
         self.pair_weights = pair_weights
 
@@ -252,6 +257,7 @@ class MixedCollate:
         if x.shape[0] != n_o + n_r + 2 * n_g or y.shape[0] != x.shape[0]:
             raise ValueError(f"MixedCollate: expected {n_o + n_r + 2 * n_g} samples (counts {self.counts}), "
                              f"got {x.shape[0]} images and {y.shape[0]} labels")
+        check_batch(x, y)
         parts, offsets = [], []
         if n_o:
             parts.append(MixedBatch.unmixed(x[:n_o], y[:n_o], self.guided.grid_size))

@@ -16,6 +16,9 @@ Pairing: output sample ``i`` takes source *a* ``x[i]`` (label ``y[i]``, weight `
 ``x[partner[i]]``; ``pairing="random"`` draws a permutation (patchmix's convention, any batch size, a sample
 may meet itself), ``"flip"`` uses timm's ``partner[i] = B - 1 - i``.
 
+CutMix boxes are timm 1.0's in every mode (:mod:`patchmix.mixing.sampling`; ``tests/test_timm_parity.py``
+checks them, and every mode, against timm's own ``mixup.py``).
+
 Differences from timm, by design: ``lam`` of PatchMix and CutMix is the realised pixel fraction (timm's
 ``correct_lam=True``; ``correct_lam=False`` keeps timm's uncorrected CutMix ``lam``); odd, single-sample and
 empty batches are valid (timm asserts an even batch); the input is never modified in place; uint8 images are
@@ -32,14 +35,17 @@ import torch
 from torch import Tensor, nn
 
 from ..choices import MIX_METHODS, MIX_MODES
+from . import checks
 from .batch import MixedBatch, compose, rows, to_dtype
 from .sampling import (
     PAIRINGS,
     box_area,
+    check_minmax,
     choose,
     cutmix_boxes,
     device_generator,
     grid_masks,
+    host_beta,
     host_choice,
     host_cutmix_box,
     host_minmax_box,
@@ -49,6 +55,7 @@ from .sampling import (
     partners,
     sample_beta,
 )
+from .switch import MixSwitch
 
 
 class MixPlan(NamedTuple):
@@ -63,7 +70,8 @@ class MixPlan(NamedTuple):
 
 
 def check_batch(x: Tensor, y: Tensor) -> None:
-    """``x`` floating or uint8 images ``(B, C, H, W)``; ``y`` int64 ``(B,)`` or floating soft labels ``(B, K)``."""
+    """``x`` floating or uint8 images ``(B, C, H, W)``; ``y`` int64 ``(B,)`` or floating soft labels ``(B, K)`` on
+    ``x``'s device."""
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"x must be images of shape (B, C, H, W), got {getattr(x, 'shape', type(x))}")
     if not (x.is_floating_point() or x.dtype == torch.uint8):
@@ -75,6 +83,11 @@ def check_batch(x: Tensor, y: Tensor) -> None:
     if (y.dim() == 1 and y.dtype != torch.int64) or (y.dim() == 2 and not y.is_floating_point()):
         raise ValueError(f"y must be int64 class indices (B,) or floating soft labels (B, K), got dtype {y.dtype} "
                          f"shape {tuple(y.shape)}")
+    if y.device != x.device:
+        # the labels are gathered with indices drawn on the images' device: on another device that fails deep
+        # inside an index op, or (CUDA labels, CPU images) moves them back and forth
+        raise ValueError(f"y (the labels) is on {y.device} but x (the images) is on {x.device}; move the labels to "
+                         f"the images' device")
 
 
 def _method_weights(alphas: dict[str, float], switch_prob, weights) -> tuple[float, ...]:
@@ -88,13 +101,9 @@ def _method_weights(alphas: dict[str, float], switch_prob, weights) -> tuple[flo
             unknown = set(weights) - set(MIX_METHODS)
             if unknown:
                 raise ValueError(f"Mix: weights name unknown methods {sorted(unknown)}; choose from {MIX_METHODS}")
-            w = [float(weights.get(m, 0.0)) for m in MIX_METHODS]
+            w = checks.weights("Mix", "weights", [weights.get(m, 0.0) for m in MIX_METHODS])
         else:
-            w = [float(v) for v in weights]
-            if len(w) != 3:
-                raise ValueError(f"Mix: weights must be 3 numbers (mixup, cutmix, patchmix), got {weights!r}")
-        if any(not v >= 0 for v in w) or sum(w) <= 0:
-            raise ValueError(f"Mix: weights must be non-negative and not all 0, got {weights!r}")
+            w = checks.weights("Mix", "weights (mixup, cutmix, patchmix)", weights, count=3)
         for m, v in zip(MIX_METHODS, w, strict=True):
             if v > 0 and m not in active:
                 what = "cutmix_alpha > 0 or cutmix_minmax" if m == "cutmix" else f"{m}_alpha > 0"
@@ -104,9 +113,7 @@ def _method_weights(alphas: dict[str, float], switch_prob, weights) -> tuple[flo
     elif switch_prob is not None and "patchmix" in active and len(active) > 1:
         raise ValueError("Mix: switch_prob switches between Mixup and CutMix only; with PatchMix too, give weights")
     elif active == ["mixup", "cutmix"]:
-        sp = 0.5 if switch_prob is None else float(switch_prob)
-        if not 0.0 <= sp <= 1.0:
-            raise ValueError(f"Mix: switch_prob must be in [0, 1], got {switch_prob}")
+        sp = 0.5 if switch_prob is None else switch_prob
         w = [1.0 - sp, sp, 0.0]
     else:
         w = [1.0 if m in active else 0.0 for m in MIX_METHODS]
@@ -133,9 +140,14 @@ class Mix(nn.Module):
         weights: ``{"mixup": w, "cutmix": w, "patchmix": w}`` or a 3-sequence: how often each method is chosen
             (instead of ``switch_prob``); default uniform over the methods that are on.
         pairing: ``"random"`` (a permutation) or ``"flip"`` (timm's reversed batch).
-        enabled: False returns unmixed batches (timm's ``mixup_enabled``; ``--mixup-off-epoch`` sets it).
+        enabled: False returns unmixed batches (timm's ``mixup_enabled``): the ``enabled`` of the mixer's
+            :class:`~patchmix.mixing.switch.MixSwitch` (``Mix.switch``); ``Mix.enabled`` reads and sets it.
         generator: a ``torch.Generator`` to draw from (default: torch's default ones); ``forward`` may pass
             another per call (the collate passes one per batch).
+
+    Every argument is checked here (``ValueError`` naming it): alphas finite and ``>= 0``, ``prob`` and
+    ``switch_prob`` in ``[0, 1]``, ``label_smoothing`` in ``[0, 1)``, ``cutmix_minmax`` with ``0 < lo < hi <= 1``,
+    ``weights`` finite, ``>= 0`` and not all 0, ``grid_size`` and ``num_classes`` integers ``>= 1``.
     """
 
     def __init__(self, mixup_alpha: float = 1.0, cutmix_alpha: float = 0.0,
@@ -145,35 +157,47 @@ class Mix(nn.Module):
                  weights: Mapping[str, float] | Sequence[float] | None = None, pairing: str = "random",
                  enabled: bool = True, generator: torch.Generator | None = None):
         super().__init__()
-        for name, v in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha), ("patchmix_alpha", patchmix_alpha)):
-            if not isinstance(v, (int, float)) or not v >= 0:
-                raise ValueError(f"Mix: {name} must be a number >= 0, got {v!r}")
+        # every hyperparameter checked here, where it is defined: an infinite alpha used to hang batch mode (Python's
+        # betavariate) and give NaN images in the others; the samplers check again at their entry
+        alphas = {m: checks.real("Mix", f"{m}_alpha", a, low=0.0)
+                  for m, a in zip(MIX_METHODS, (mixup_alpha, cutmix_alpha, patchmix_alpha), strict=True)}
         if cutmix_minmax is not None:
-            cutmix_minmax = tuple(float(v) for v in cutmix_minmax)
-            if len(cutmix_minmax) != 2 or not 0.0 <= cutmix_minmax[0] < cutmix_minmax[1] <= 1.0:
-                raise ValueError(f"Mix: cutmix_minmax must be (lo, hi) with 0 <= lo < hi <= 1, got {cutmix_minmax!r}")
-            cutmix_alpha = cutmix_alpha or 1.0  # timm: the box comes from minmax; CutMix is on
-        if int(grid_size) != grid_size or grid_size < 1:
-            raise ValueError(f"Mix: grid_size must be a positive integer, got {grid_size}")
-        if not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
-            raise ValueError(f"Mix: prob must be in [0, 1], got {prob!r}")
+            cutmix_minmax = check_minmax(cutmix_minmax, "Mix")
+            alphas["cutmix"] = alphas["cutmix"] or 1.0  # timm: the box comes from minmax; CutMix is on
+        grid_size = checks.integer("Mix", "grid_size", grid_size, low=1)
+        prob = checks.probability("Mix", "prob", prob)
+        if switch_prob is not None:
+            switch_prob = checks.probability("Mix", "switch_prob", switch_prob)
         if mode not in MIX_MODES:
             raise ValueError(f"Mix: mode must be one of {MIX_MODES}, got {mode!r}")
         if pairing not in PAIRINGS:
             raise ValueError(f"Mix: pairing must be one of {PAIRINGS}, got {pairing!r}")
-        if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"Mix: label_smoothing must be in [0, 1], got {label_smoothing!r}")
-        self.alphas = {"mixup": float(mixup_alpha), "cutmix": float(cutmix_alpha), "patchmix": float(patchmix_alpha)}
+        label_smoothing = checks.label_smoothing("Mix", label_smoothing)
+        if num_classes is not None:
+            num_classes = checks.integer("Mix", "num_classes", num_classes, low=1)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"Mix: generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.alphas = alphas
         self.weights = _method_weights(self.alphas, switch_prob, weights)
         self.methods = tuple(m for m, w in zip(MIX_METHODS, self.weights, strict=True) if w > 0)
         self._active_weights = tuple(w for w in self.weights if w > 0)
         self.cutmix_minmax = cutmix_minmax
-        self.prob, self.mode, self.correct_lam = float(prob), mode, bool(correct_lam)
-        self.label_smoothing, self.num_classes = float(label_smoothing), num_classes
-        self.grid_size, self.pairing, self.enabled = int(grid_size), pairing, bool(enabled)
+        self.prob, self.mode, self.correct_lam = prob, mode, bool(correct_lam)
+        self.label_smoothing, self.num_classes = label_smoothing, num_classes
+        self.grid_size, self.pairing = grid_size, pairing
+        self.switch = MixSwitch(enabled=enabled)  # the one on/off rule (patchmix.mixing.switch)
         self.generator = generator
         self._device_generators: dict[torch.device, torch.Generator] = {}
         self._rng = random.Random()  # batch mode's host draws, reseeded from the generator every call
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the mixer mixes (timm's ``mixup_enabled``): its switch's ``enabled``."""
+        return self.switch.enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self.switch.enabled = bool(value)
 
     # ----------------------------------------------------------------------------------------------
     def draw_generator(self, device, generator: torch.Generator | None = None) -> torch.Generator | None:
@@ -192,9 +216,8 @@ class Mix(nn.Module):
         ``(B, K)``). ``generator``: this call's draws (default: the mixer's); ``out``: a ``(B, C, H, W)`` buffer of
         ``x``'s dtype for the images (shared or pinned memory)."""
         check_batch(x, y)
-        if not self.enabled:
-            batch = self.unmixed(x, y)
-            return batch if out is None else batch.map(lambda t: out.copy_(t) if t is x else t)
+        if not self.switch.mixes():
+            return _into(self.unmixed(x, y), x, out)
         if self.mode == "batch":
             return self._mix_batch(x, y, generator if generator is not None else self.generator, out)
         B, _, H, W = x.shape
@@ -298,19 +321,19 @@ class Mix(nn.Module):
         rng = host_rng(g, self._rng)
         method = self.methods[host_choice(rng, self._active_weights)]
         if not rng.random() < self.prob:
-            batch = MixedBatch.unmixed(x, y, self.grid_size if method == "patchmix" else None, self.label_smoothing)
-            return batch if out is None else batch.map(lambda t: out.copy_(t) if t is x else t)
+            return _into(MixedBatch.unmixed(x, y, self.grid_size if method == "patchmix" else None,
+                                            self.label_smoothing), x, out)
         index_b = partners(B, self.pairing, self.draw_generator(dev, g), dev)
         mask = box = blend = None
         if method == "mixup":
-            lam0 = to_dtype(rng.betavariate(self.alphas["mixup"], self.alphas["mixup"]), torch.float32)
+            lam0 = to_dtype(host_beta(rng, self.alphas["mixup"]), torch.float32)
             images, _ = compose(x, None, index_b, blend=lam0, out=out)  # scalar weights: the same bits, faster
             blend = lam = _filled(lam0, B, torch.float32, dev)
         elif method == "cutmix":
             if self.cutmix_minmax is not None:
                 lam0, corners = None, host_minmax_box(rng, H, W, self.cutmix_minmax)
             else:
-                lam0 = rng.betavariate(self.alphas["cutmix"], self.alphas["cutmix"])
+                lam0 = host_beta(rng, self.alphas["cutmix"])
                 corners = host_cutmix_box(rng, lam0, H, W)
             top, bottom, left, right = corners
             images = x.clone() if out is None else out.copy_(x)
@@ -321,7 +344,7 @@ class Mix(nn.Module):
             area_lam = 1.0 - (bottom - top) * (right - left) / (H * W)
             lam = _filled(lam0 if lam0 is not None and not self.correct_lam else area_lam, B, torch.float32, dev)
         else:
-            lam0 = rng.betavariate(self.alphas["patchmix"], self.alphas["patchmix"])
+            lam0 = host_beta(rng, self.alphas["patchmix"])
             cells = torch.rand(self.grid_size, self.grid_size, generator=self.draw_generator(dev, g), device=dev) < lam0
             mask = cells.expand(B, -1, -1)
             images, lam = compose(x, None, index_b, mask=mask, out=out)
@@ -333,6 +356,11 @@ class Mix(nn.Module):
         alphas = ", ".join(f"{m}_alpha={self.alphas[m]:g}" for m in self.methods)
         return (f"{on}; {alphas}, mode={self.mode!r}, prob={self.prob}, grid_size={self.grid_size}, "
                 f"label_smoothing={self.label_smoothing}, pairing={self.pairing!r}, enabled={self.enabled}")
+
+
+def _into(batch: MixedBatch, x: Tensor, out: Tensor | None) -> MixedBatch:
+    """``batch`` (whose images are ``x`` itself) with its images copied into ``out`` when given."""
+    return batch if out is None else batch.map(lambda t: out.copy_(t) if t is x else t)
 
 
 def _filled(value, n: int, dtype: torch.dtype, device) -> Tensor:

@@ -5,6 +5,14 @@ one), vectorised over samples with a fixed number of kernels and no host read: o
 waits for the GPU here, and everything runs on ``meta`` tensors and traces with ``torch.compile(fullgraph=True)``.
 Per-sample choices among a few options compare one uniform draw with Python thresholds, so no small tensor
 is copied to the device either (a blocking host-to-device copy would synchronise).
+
+Every sampler checks its arguments at its entry (``ValueError``), so none can loop forever or return NaN for an
+argument it accepts: Python's ``random.betavariate`` loops forever for an infinite alpha (and for 1e308), torch's
+Gamma sampler returns NaN there, and the Beta draws of 1.7e308 are 0/0.
+
+CutMix boxes are timm 1.0's (``timm/data/mixup.py``): ``rand_bbox`` spans ``cut_h // 2`` rows above the centre and
+``(cut_h + 1) // 2`` below it, so an unclipped box has exactly ``int(H * sqrt(1 - lam))`` rows (and columns);
+``rand_bbox_minmax`` puts the corner anywhere from 0 to ``S - side`` inclusive.
 """
 
 from __future__ import annotations
@@ -15,13 +23,27 @@ import random
 import torch
 from torch import Tensor
 
+from . import checks
+
 GAMMA_ROUNDS = 12
+#: Beta(alpha, alpha) draws use ``min(alpha, BETA_ALPHA_MAX)``: at 1e15 the law's standard deviation
+#: ``1 / (2 sqrt(2 alpha + 1))`` is 1.1e-8, under half a float32 step at 0.5 (3e-8), so a larger alpha draws the same
+#: float32 ``lam``; far above it the samplers break down (Python's betavariate never returns at 1e308, and
+#: ``g0 / (g0 + g1)`` is inf / inf at 1.7e308).
+BETA_ALPHA_MAX = 1e15
+
+
+def check_alpha(alpha: float, name: str = "alpha", owner: str = "sample_beta") -> float:
+    """A Beta concentration: a finite number > 0 (``ValueError`` naming ``name`` otherwise)."""
+    return checks.real(owner, name, alpha, low=0.0, low_open=True)
 
 
 def sample_gamma(concentration: float, n: int, generator=None, device=None) -> Tensor:
     """``n`` draws of Gamma(concentration, 1), float64, on ``device``: on the CPU by torch's own sampler (exact
     rejection in C++, where waiting costs nothing: 25 us for 512 draws against 310 us for the fixed rounds),
-    elsewhere by :func:`sample_gamma_rounds` (no host read on CUDA, runs on ``meta``)."""
+    elsewhere by :func:`sample_gamma_rounds` (no host read on CUDA, runs on ``meta``). ``concentration``: finite,
+    > 0."""
+    concentration = check_alpha(concentration, "concentration", "sample_gamma")
     if torch.device(device if device is not None else "cpu").type == "cpu":
         return torch._standard_gamma(torch.full((n,), float(concentration), dtype=torch.float64), generator=generator)
     return sample_gamma_rounds(concentration, n, generator, device)
@@ -37,6 +59,7 @@ def sample_gamma_rounds(concentration: float, n: int, generator=None, device=Non
     then the last proposal is taken: the output's law differs from Gamma by at most that much in total
     variation.
     """
+    concentration = check_alpha(concentration, "concentration", "sample_gamma_rounds")
     boost = concentration < 1.0  # Gamma(a) = Gamma(a + 1) * U ** (1 / a)
     a = concentration + 1.0 if boost else concentration
     d = a - 1.0 / 3.0
@@ -55,9 +78,9 @@ def sample_gamma_rounds(concentration: float, n: int, generator=None, device=Non
 
 
 def sample_beta(alpha: float, n: int, generator=None, device=None) -> Tensor:
-    """``n`` draws of Beta(alpha, alpha) as float32 ``(n,)`` (two Gamma draws in one batch)."""
-    if alpha <= 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+    """``n`` draws of Beta(alpha, alpha) as float32 ``(n,)`` in ``[0, 1]`` (two Gamma draws in one batch).
+    ``alpha``: finite, > 0 (drawn with at most ``BETA_ALPHA_MAX``)."""
+    alpha = min(check_alpha(alpha), BETA_ALPHA_MAX)
     g = sample_gamma(alpha, 2 * n, generator, device).view(2, n)
     return (g[0] / (g[0] + g[1]).clamp_min(1e-300)).to(torch.float32)
 
@@ -111,7 +134,9 @@ def involution(n: int, pairing: str, generator=None, device=None) -> Tensor:
 
 def choose(n: int, weights: tuple[float, ...], generator=None, device=None) -> Tensor:
     """``n`` draws of an option index, int64 ``(n,)``, option ``k`` with probability ``weights[k] / sum`` (one
-    uniform draw compared with the cumulative thresholds, which stay Python numbers)."""
+    uniform draw compared with the cumulative thresholds, which stay Python numbers). ``weights``: finite, >= 0,
+    not all 0."""
+    weights = checks.weights("choose", "weights", weights)
     u = torch.rand(n, dtype=torch.float64, generator=generator, device=device)
     total, acc = float(sum(weights)), 0.0
     out = torch.zeros(n, dtype=torch.int64, device=device)
@@ -126,25 +151,48 @@ def choose(n: int, weights: tuple[float, ...], generator=None, device=None) -> T
 # --------------------------------------------------------------------------------------------------
 
 
+def _clipped_span(centre, cut, size: int):
+    """timm 1.0's ``rand_bbox`` along one side: ``cut // 2`` before ``centre`` and ``(cut + 1) // 2`` from it on,
+    clipped to ``[0, size]`` (ints or int64 tensors)."""
+    if isinstance(centre, Tensor):
+        return (centre - cut // 2).clamp(0, size), (centre + (cut + 1) // 2).clamp(0, size)
+    return min(max(centre - cut // 2, 0), size), min(max(centre + (cut + 1) // 2, 0), size)
+
+
 def cutmix_boxes(lam0: Tensor, height: int, width: int, generator=None) -> Tensor:
-    """CutMix's boxes (Yun et al.; timm's ``rand_bbox``), int64 ``(n, 4)`` as ``(top, bottom, left, right)``,
+    """CutMix's boxes (Yun et al.; timm 1.0's ``rand_bbox``), int64 ``(n, 4)`` as ``(top, bottom, left, right)``,
     bottom/right exclusive, on ``lam0``'s device: sides ``int(H * sqrt(1 - lam0))``, ``int(W * ...)``, centred
-    uniformly, clipped to the image (so the realised area can be smaller than ``1 - lam0``)."""
+    uniformly (``cy`` for every sample, then ``cx``), clipped to the image (so the realised area can be smaller
+    than ``1 - lam0``).
+
+    ``lam0``: float32 ``(n,)`` in ``[0, 1]``, and the sides are computed in float32 like timm's ``"elem"`` and
+    ``"pair"`` modes do (their ``lam`` is a numpy float32 there), so a side on the edge of an integer rounds the
+    same way."""
     n, device = lam0.shape[0], lam0.device
-    ratio = torch.sqrt(1.0 - lam0.double())
+    ratio = torch.sqrt((1.0 - lam0.float()).clamp(0.0, 1.0))
     cut_h = (height * ratio).long()
     cut_w = (width * ratio).long()
     cy = torch.randint(height, (n,), generator=generator, device=device)
     cx = torch.randint(width, (n,), generator=generator, device=device)
-    top = (cy - cut_h // 2).clamp(0, height)
-    bottom = (cy + cut_h // 2).clamp(0, height)
-    left = (cx - cut_w // 2).clamp(0, width)
-    right = (cx + cut_w // 2).clamp(0, width)
+    top, bottom = _clipped_span(cy, cut_h, height)
+    left, right = _clipped_span(cx, cut_w, width)
     return torch.stack([top, bottom, left, right], 1)
+
+
+def check_minmax(minmax, owner: str = "minmax_sides", name: str = "cutmix_minmax") -> tuple[float, float]:
+    """``(lo, hi)``: box side ratios with ``0 < lo < hi <= 1`` (``ValueError`` naming ``name`` otherwise)."""
+    try:
+        lo, hi = (checks.real(owner, name, v, low=0.0, high=1.0, low_open=True) for v in minmax)
+    except (TypeError, ValueError):
+        lo = hi = None
+    if lo is None or not lo < hi:
+        raise ValueError(f"{owner}: {name} must be (lo, hi) with 0 < lo < hi <= 1, got {minmax!r}")
+    return lo, hi
 
 
 def minmax_sides(size: int, minmax: tuple[float, float]) -> tuple[int, int]:
     """The side range ``[int(size * lo), int(size * hi))`` of timm's ``rand_bbox_minmax``; raises when empty."""
+    minmax = check_minmax(minmax)
     lo, hi = int(size * minmax[0]), int(size * minmax[1])
     if hi <= lo:
         raise ValueError(f"cutmix_minmax={tuple(minmax)} gives no box side for an image side of {size} "
@@ -153,14 +201,18 @@ def minmax_sides(size: int, minmax: tuple[float, float]) -> tuple[int, int]:
 
 
 def minmax_boxes(n: int, height: int, width: int, minmax: tuple[float, float], generator=None, device=None) -> Tensor:
-    """timm's ``rand_bbox_minmax`` per sample: sides uniform in ``[int(S * lo), int(S * hi))`` and a corner
-    uniform in ``[0, S - side)``, so the box lies inside the image. int64 ``(n, 4)`` like :func:`cutmix_boxes`."""
-    out = []
+    """timm 1.0's ``rand_bbox_minmax`` per sample: sides uniform in ``[int(S * lo), int(S * hi))`` and a corner
+    uniform in ``[0, S - side]``, so the box lies inside the image (and may touch any edge). int64 ``(n, 4)`` like
+    :func:`cutmix_boxes`. Drawn in timm's order (heights, widths, tops, lefts), one uniform row each."""
     u = torch.rand(4, n, dtype=torch.float64, generator=generator, device=device)
-    for k, size in enumerate((height, width)):
+    sizes = (height, width)
+    sides = []
+    for k, size in enumerate(sizes):
         lo, hi = minmax_sides(size, minmax)
-        side = lo + (u[2 * k] * (hi - lo)).long()
-        start = (u[2 * k + 1] * (size - side)).long()
+        sides.append(lo + (u[k] * (hi - lo)).long())
+    out = []
+    for k, (size, side) in enumerate(zip(sizes, sides, strict=True)):
+        start = (u[2 + k] * (size - side + 1)).long()
         out += [start, start + side]
     return torch.stack(out, 1)
 
@@ -180,7 +232,8 @@ def host_rng(generator: torch.Generator | None, rng: random.Random | None = None
 
 
 def host_choice(rng: random.Random, weights: tuple[float, ...]) -> int:
-    """Option ``k`` with probability ``weights[k] / sum(weights)``."""
+    """Option ``k`` with probability ``weights[k] / sum(weights)`` (finite, >= 0, not all 0)."""
+    weights = checks.weights("host_choice", "weights", weights)
     u, acc, total = rng.random(), 0.0, float(sum(weights))
     for k, w in enumerate(weights[:-1]):
         acc += w
@@ -189,24 +242,29 @@ def host_choice(rng: random.Random, weights: tuple[float, ...]) -> int:
     return len(weights) - 1
 
 
+def host_beta(rng: random.Random, alpha: float) -> float:
+    """One Beta(alpha, alpha) draw on the host (``random.betavariate``; ``alpha`` finite, > 0, drawn with at most
+    ``BETA_ALPHA_MAX``: betavariate's rejection loop never ends for an infinite alpha)."""
+    alpha = min(check_alpha(alpha, owner="host_beta"), BETA_ALPHA_MAX)
+    return rng.betavariate(alpha, alpha)
+
+
 def host_cutmix_box(rng: random.Random, lam0: float, height: int, width: int) -> tuple[int, int, int, int]:
-    """:func:`cutmix_boxes` for one box (timm's ``rand_bbox``): ``(top, bottom, left, right)``."""
-    ratio = math.sqrt(1.0 - lam0)
+    """:func:`cutmix_boxes` for one box (timm 1.0's ``rand_bbox``, in float64 like its ``"batch"`` mode, whose
+    ``lam`` is a Python float): ``(top, bottom, left, right)``. ``lam0`` in ``[0, 1]``."""
+    ratio = math.sqrt(1.0 - checks.real("host_cutmix_box", "lam0", lam0, low=0.0, high=1.0))
     cut_h, cut_w = int(height * ratio), int(width * ratio)
     cy, cx = rng.randrange(height), rng.randrange(width)
-    return (min(max(cy - cut_h // 2, 0), height), min(max(cy + cut_h // 2, 0), height),
-            min(max(cx - cut_w // 2, 0), width), min(max(cx + cut_w // 2, 0), width))
+    return (*_clipped_span(cy, cut_h, height), *_clipped_span(cx, cut_w, width))
 
 
 def host_minmax_box(rng: random.Random, height: int, width: int, minmax) -> tuple[int, int, int, int]:
-    """:func:`minmax_boxes` for one box (timm's ``rand_bbox_minmax``): ``(top, bottom, left, right)``."""
-    out = []
-    for size in (height, width):
-        lo, hi = minmax_sides(size, minmax)
-        side = rng.randrange(lo, hi)
-        start = rng.randrange(size - side)
-        out += [start, start + side]
-    return tuple(out)
+    """:func:`minmax_boxes` for one box (timm 1.0's ``rand_bbox_minmax``, its draws in its order: height, width,
+    top, left): ``(top, bottom, left, right)``."""
+    sizes = (height, width)
+    sides = [rng.randrange(*minmax_sides(size, minmax)) for size in sizes]
+    starts = [rng.randrange(size - side + 1) for size, side in zip(sizes, sides, strict=True)]
+    return starts[0], starts[0] + sides[0], starts[1], starts[1] + sides[1]
 
 
 def box_area(boxes: Tensor) -> Tensor:
@@ -215,11 +273,12 @@ def box_area(boxes: Tensor) -> Tensor:
 
 
 def grid_masks(lam: Tensor, grid_size: int, generator=None) -> Tensor:
-    """Random PatchMix masks, bool ``(n, P, P)``: each cell True (from source *a*) with probability ``lam[n]``."""
-    P = grid_size
+    """Random PatchMix masks, bool ``(n, P, P)``: each cell True (from source *a*) with probability ``lam[n]``
+    (``grid_size`` ``P >= 1``)."""
+    P = checks.integer("grid_masks", "grid_size", grid_size, low=1)
     return torch.rand(lam.shape[0], P, P, generator=generator, device=lam.device) < lam[:, None, None]
 
 
-__all__ = ["GAMMA_ROUNDS", "PAIRINGS", "box_area", "choose", "cutmix_boxes", "device_generator", "grid_masks",
-           "host_choice", "host_cutmix_box", "host_minmax_box", "host_rng", "involution", "minmax_boxes",
-           "minmax_sides", "partners", "sample_beta", "sample_gamma", "sample_gamma_rounds"]
+__all__ = ["BETA_ALPHA_MAX", "GAMMA_ROUNDS", "PAIRINGS", "box_area", "check_alpha", "check_minmax", "choose",
+           "cutmix_boxes", "device_generator", "grid_masks", "host_beta", "host_choice", "host_cutmix_box",
+           "host_minmax_box", "host_rng", "involution", "minmax_boxes", "minmax_sides", "partners", "sample_beta", "sample_gamma", "sample_gamma_rounds"]

@@ -12,7 +12,9 @@ only. Every method takes the same number of steps of the same batch size (the sa
 ``guided`` shows each training image as an original or random-mixed sample with probability
 ``(n_original + n_random) / B``; its guided samples are drawn from the whole training set. Mixing happens where
 the batch is loaded (:class:`patchmix.mixing.collate.MixCollate`, in the DataLoader's workers when ``data.workers > 0``),
-on uint8 images; from ``train.mix_off_epoch`` on every method trains on unmixed batches.
+on uint8 images; from ``train.mix_off_epoch`` on every method trains on unmixed batches: one
+:class:`patchmix.mixing.switch.MixSwitch` per training decides, and the epoch's index batches
+(:meth:`Method.index_batches`), its collate and :meth:`Method.epoch` ask it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..mixing.augment import RandomPatchMix
 from ..mixing.batch import MixedBatch
 from ..mixing.collate import MixCollate
 from ..mixing.mix import Mix
+from ..mixing.switch import MixSwitch
 from .optim import lr_at
 from .runtime import Runtime
 from .streams import EpochStreams, loader_seed
@@ -44,9 +47,13 @@ def make_loss(method: str, cfg: Config) -> Loss:
     """``loss(model outputs, batch)``: ``L_T`` (image + patch terms) for ``random`` and ``mix``; ``L_O`` (the image
     term at full weight) for the others, whose patch head then gets no gradient."""
     t = cfg.train
-    if method in PATCH_SUPERVISED:
-        return PatchMixLoss(image_weight=t.image_weight, patch_weight=t.patch_weight, label_smoothing=t.label_smoothing)
-    image_loss = PatchMixLoss(image_weight=1.0, patch_weight=0.0, label_smoothing=t.label_smoothing)
+    try:
+        if method in PATCH_SUPERVISED:
+            return PatchMixLoss(image_weight=t.image_weight, patch_weight=t.patch_weight,
+                                label_smoothing=t.label_smoothing)
+        image_loss = PatchMixLoss(image_weight=1.0, patch_weight=0.0, label_smoothing=t.label_smoothing)
+    except ValueError as exc:  # a bad train.* setting (exit code 2), like make_mixer's
+        raise ConfigError(f"method {method!r}: {exc}") from None
     return lambda outputs, batch: image_loss(outputs[0], batch)
 
 
@@ -96,6 +103,8 @@ class Method:
         self.steps_per_epoch = max(1, per_rank // bs)
         self.batch_size = min(bs, per_rank)
         self.load_size = self.batch_size  # dataset indices a step takes from the epoch's order
+        # whether an epoch mixes: the one switch this training's index batches, collate and epoch() ask
+        self.switch = MixSwitch(cfg.train.mix_off_epoch)
         self.guided = None
         if name == "guided":
             from ..mixing.guided import GuidedPatchMix, phase_four_counts
@@ -122,9 +131,9 @@ class Method:
         return lambda step: lr_at(self.cfg, epoch * spe + step, self.total_steps, spe)
 
     def mixing(self, epoch: int) -> bool:
-        """Whether ``epoch`` mixes (False from ``train.mix_off_epoch`` on, timm's ``--mixup-off-epoch``)."""
-        off = self.cfg.train.mix_off_epoch
-        return not off or epoch < off
+        """Whether ``epoch`` mixes (False from ``train.mix_off_epoch`` on, timm's ``--mixup-off-epoch``; 0: never
+        off): :attr:`switch` decides."""
+        return self.switch.mixes(epoch)
 
     def index_batches(self, streams: EpochStreams, epoch: int = 0) -> list[Tensor]:
         """The epoch's index batches: the training-set indices of every step, int64, a function of the epoch's
@@ -150,7 +159,10 @@ class Method:
 
         t = self.cfg.train
         alpha = t.alpha if t.patchmix_alpha is None else t.patchmix_alpha
-        random_part = RandomPatchMix(self.cfg.model.grid_size, alpha, t.mix_prob)
+        try:
+            random_part = RandomPatchMix(self.cfg.model.grid_size, alpha, t.mix_prob)
+        except ValueError as exc:  # a bad train.* setting, like make_mixer's
+            raise ConfigError(f"method {self.name!r}: {exc}") from None
         return MixedCollate(self.guided, self.counts, random_mixer=random_part).mix
 
     def collate(self, seed: int) -> MixCollate:
@@ -158,8 +170,7 @@ class Method:
         each uint8 batch, every batch drawing from generators seeded by ``(seed, rank, epoch, step)``."""
         augment = data_mod.augment_mode(self.cfg.data.augment, self.ds)
         return MixCollate(self.mixer(), seed=loader_seed(seed), rank=self.rt.rank,
-                          transform=None if augment == "none" else data_mod.Augment(augment),
-                          mix_off_epoch=self.cfg.train.mix_off_epoch or None)
+                          transform=None if augment == "none" else data_mod.Augment(augment), switch=self.switch)
 
     def epoch(self, streams: EpochStreams, epoch: int = 0) -> tuple[list[Tensor], Mixer]:
         """The epoch's index batches and, for code that mixes loaded batches itself, the mixer (unmixed from
