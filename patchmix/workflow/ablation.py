@@ -23,8 +23,9 @@ searches (``rundir.finished_policy``) are always reused and an interrupted one c
 never removes a file. The folder is checked and locked as for every command (:mod:`patchmix.workflow.session`,
 its ``reuse`` mode).
 
-Output: ``<table>.md`` (the table, markdown), ``<table>.json`` (every cell's mean, std and per-seed
-accuracies, the command, the settings) and ``figures/<table>.png``.
+Output: ``<table>.md`` (the table and, with two or more seeds, the paired differences its claims rest on),
+``<table>.json`` (every cell's mean, std and per-seed accuracies, the paired differences, the command, the
+settings) and ``figures/<table>.png``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..files import atomic_write_text
 from ..training import Interrupted, train_model
 from . import report, rundir
 from .run import search_policy, stop_if_requested, train_job
+from .stats import paired_difference
 
 #: The ablations, in the order the CLI lists them.
 TABLES = ABLATIONS
@@ -173,9 +175,38 @@ def _table7_seed(cfg, ds, out, rt, log, cells, seed) -> list[dict]:
     return rows
 
 
+def contrasts(table: str, rows: list[str], cols: list[str]) -> list[tuple[str, tuple, tuple]]:
+    """The paired comparisons an ablation's claims rest on, as ``(label, (row, col), (row, col))``: the first
+    cell minus the second. Table 6: minimised minus maximised in each column (the paper: minimising is better),
+    excluded minus allowed in each row. Table 7: each supervision minus image + patch at each grid size, each
+    grid size minus 4x4 for each supervision."""
+    out = []
+    if table == "table6":
+        out += [(f"min - max, {col_label(table, c)}", ("min", c), ("max", c)) for c in cols]
+        out += [(f"excluded - allowed, {row_label(table, r).split(' (')[0]}", (r, "excluded"), (r, "allowed"))
+                for r in rows]
+    else:
+        out += [(f"{c} - both, {row_label(table, r)}", (r, c), (r, "both")) for r in rows for c in cols if c != "both"]
+        out += [(f"{row_label(table, r)} - 4x4, {c}", (r, c), ("P4", c)) for c in cols for r in rows if r != "P4"]
+    return [x for x in out if x[1][0] in rows and x[2][0] in rows and x[1][1] in cols and x[2][1] in cols]
+
+
+def paired_contrasts(table: str, rows: list[str], cols: list[str], results: list[dict]) -> list[dict]:
+    """:func:`contrasts` over the seeds both cells finished (:func:`patchmix.workflow.stats.paired_difference`)."""
+    acc = {(r["row"], r["col"], r["seed"]): r["test_acc"] for r in results}
+    out = []
+    for label, a, b in contrasts(table, rows, cols):
+        seeds = sorted(s for (r, c, s) in acc if (r, c) == a and (*b, s) in acc)
+        if seeds:
+            d = paired_difference([acc[(*a, s)] for s in seeds], [acc[(*b, s)] for s in seeds])
+            out.append(dict(d, label=label, seeds=seeds))
+    return out
+
+
 def tabulate(table: str, cells: list[Variant], results: list[dict]) -> dict:
     """``{"table", "rows", "cols", "row_labels", "col_labels", "cells": {row: {col: {mean, std, n, values}}},
-    "results"}`` (accuracies in [0, 1]; std is the sample standard deviation, 0 for one seed)."""
+    "paired": [...], "results"}`` (accuracies in [0, 1]; std is the sample standard deviation, 0 for one seed;
+    ``paired``: :func:`paired_contrasts`)."""
     rows = list(dict.fromkeys(c.row for c in cells))
     cols = list(dict.fromkeys(c.col for c in cells))
     grid: dict = {r: {} for r in rows}
@@ -185,7 +216,8 @@ def tabulate(table: str, cells: list[Variant], results: list[dict]) -> dict:
                               "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals),
                               "values": vals}
     return {"table": table, "rows": rows, "cols": cols, "row_labels": {r: row_label(table, r) for r in rows},
-            "col_labels": {c: col_label(table, c) for c in cols}, "cells": grid, "results": results}
+            "col_labels": {c: col_label(table, c) for c in cols}, "cells": grid,
+            "paired": paired_contrasts(table, rows, cols, results), "results": results}
 
 
 TITLES = {"table6": "Table 6: the guided model's test top-1 (%) by the search's fitness and same-class pairs",
@@ -206,7 +238,14 @@ def format_ablation(doc: dict) -> str:
             cell = doc["cells"][r][c]
             vals.append("-" if cell["mean"] is None else f"{100 * cell['mean']:.2f} ± {100 * cell['std']:.2f}")
         lines.append("| " + " | ".join([doc["row_labels"][r]] + vals) + " |")
+    paired = [d for d in doc.get("paired", []) if d["n"] >= 2]
+    if paired:
+        lines += ["", "Paired differences over the seeds both cells finished (points; mean with a 95% Student-t "
+                      "interval; **≠ 0**: the interval excludes zero):", "", "| comparison | difference | n |",
+                  "|---|---|---|"]
+        lines += [f"| {d['label']} | {report.diff_cell(d)} | {d['n']} |" for d in paired]
     return "\n".join(lines)
 
 
-__all__ = ["TABLES", "Variant", "format_ablation", "run_ablation", "tabulate", "variants"]
+__all__ = ["TABLES", "Variant", "contrasts", "format_ablation", "paired_contrasts", "run_ablation", "tabulate",
+           "variants"]

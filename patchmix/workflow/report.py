@@ -251,11 +251,11 @@ def fidelity_figure(searches: dict, path: str) -> str:
     right.set_xlabel("exact fitness (lower: harder for f_T)")
     right.set_ylabel("random policies")
     right.set_title("Efficacy: the chosen policy among random ones", fontsize=9)
-    for ax in (left, right):
+    for ax, where in ((left, "best"), (right, "upper center")):  # the chosen policies' lines sit at an edge
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(plt.MaxNLocator(5))
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6, loc="best")
+            ax.legend(fontsize=6, loc=where)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -511,7 +511,8 @@ FIDELITY_BELOW_GOAL = (
     "neighbours; the interaction fitness (search.table = interaction, the default) models it.")
 
 
-def _diff_cell(d: dict | None, scale: float = 100.0) -> str:
+def diff_cell(d: dict | None, scale: float = 100.0) -> str:
+    """A paired difference as a table cell: mean [95% interval] in points, marked where it excludes zero."""
     if d is None:
         return "-"
     if d["ci"] is None:
@@ -538,7 +539,7 @@ def paired_section(paired: dict | None) -> list[str]:
              "| method | " + " | ".join(f"minus {METHOD_LABELS.get(b, b)}" for b in bases) + " |",
              "|---|" + "---|" * len(bases)]
     for m in methods:
-        lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(_diff_cell(acc[b].get(m)) for b in bases) + " |")
+        lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(diff_cell(acc[b].get(m)) for b in bases) + " |")
     lines.append("")
     fgsm = {e: t for e, t in (paired.get("fgsm") or {}).items() if t}
     if fgsm:
@@ -548,7 +549,7 @@ def paired_section(paired: dict | None) -> list[str]:
         for m in methods:
             for e, t in fgsm.items():
                 lines.append(f"| {METHOD_LABELS.get(m, m)} | {e} | "
-                             + " | ".join(_diff_cell(t.get(b, {}).get(m)) for b in bases) + " |")
+                             + " | ".join(diff_cell(t.get(b, {}).get(m)) for b in bases) + " |")
         lines.append("")
     return lines
 
