@@ -302,3 +302,18 @@ def test_the_papers_exact_fitness_drives_the_search_and_resumes(tmp_path):
         search(other, population=6, generations=2, num_pairs=4, seed=0, progress=False, checkpoint=ck, resume=True)
     with pytest.raises(ConfigError, match="exhaustive needs a table"):
         SearchConfig(table="exact", solver="exhaustive").check_dataset(12, 48, 2)
+
+
+def test_accuracy_objective_and_maximising_keep_working():
+    """objective = accuracy (0/1 cell scores, fitted the same way) and direction = max (GA and exhaustive)."""
+    images, labels = data(K=3, per_class=5)
+    model = CellModel(num_classes=3, mix=1.0)
+    cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
+    f = interaction_fitness(cache, model, images, num_draws=3, masks_per_draw=8, objective="accuracy", seed=1)
+    assert f.objective == "accuracy" and torch.isfinite(f.table).all()
+    ex = search(f, solver="exhaustive", direction="max", num_pairs=4, objective="accuracy", num_draws=3,
+                progress=False)
+    ga = search(f, direction="max", population=20, generations=20, num_pairs=4, objective="accuracy", num_draws=3,
+                progress=False, patience=None)
+    assert ex.best_fitness >= ga.best_fitness - 1e-12 and ex.policy.search["direction"] == "max"
+    assert ex.best_fitness == pytest.approx(f.optimum(4, direction="max").fitness)
