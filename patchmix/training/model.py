@@ -32,14 +32,15 @@ class NormalizedModel(nn.Module):
 
 
 def model_name(cfg: Config, ds: data_mod.Dataset) -> str:
-    """``model.name``, or for ``auto``: ``small_cnn`` for digits and images up to 16 pixels, ``small_resnet`` for
-    mnist5k (the full comparison on 2 CPU cores: about 0.8 s per epoch of 3,500 images), ``resnet32`` up to 32
-    pixels, ``resnet50`` above."""
+    """``model.name``, or for ``auto``: the dataset's own default (``Dataset.default_model``: ``small_resnet`` for
+    mnist5k and the idx datasets, whose full comparison on 2 CPU cores takes about 0.8 s per epoch of 3,500
+    images), else ``small_cnn`` for digits and images up to 16 pixels, ``resnet32`` up to 32 pixels, ``resnet50``
+    above."""
     name = cfg.model.name
     if name != "auto":
         return name
-    if ds.name == "mnist5k":
-        return "small_resnet"
+    if ds.default_model:
+        return ds.default_model
     if ds.name == "digits" or ds.image_size <= 16:
         return "small_cnn"
     return "resnet32" if ds.image_size <= 32 else "resnet50"
