@@ -13,6 +13,11 @@ Presets:
   32x32, ``P = 4`` gives 8x8-pixel cells), sized for a 2-core CPU: ``small_resnet``, a small random crop, batch
   128, SGD lr 0.1 with cosine annealing, the paper's search (population 500, 250 generations). The epoch
   budget is the one at which the mixing methods' validation accuracy stops rising (docs/results.md).
+* ``fmnist``: the same comparison on Fashion-MNIST (read from its idx files, :func:`patchmix.data.load_idx`): a
+  class-balanced 10,000 of the 60,000 training images (``data.train_subset``; val 1,000 of them, test the 10,000
+  ``t10k`` images), ``small_resnet``, the mnist5k training recipe, 5 seeds; the augmentation (whether to flip)
+  and the epoch budget were measured so that the whole comparison fits 90 minutes on a 2-core CPU
+  (docs/results.md, "Fashion-MNIST: data and budget").
 * ``paper-cifar``: the paper's CIFAR recipe (section 4.2): 400 epochs, batch 100, SGD with Nesterov
   momentum 0.9, weight decay 5e-4, learning rate 0.1 with cosine annealing, ``P = 4``, ``alpha = 1``,
   ResNet-32, and the paper's search (population 500, 250 generations, crossover 0.5, mutation 0.3).

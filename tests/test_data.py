@@ -125,6 +125,10 @@ def test_cifar10_pickles(tmp_path):
         raw = pickle.load(f, encoding="bytes")[b"data"]
     ds = data.load_dataset(d, "cifar10")
     assert np.array_equal(ds.test.images[3, 1, 2, 5].numpy(), raw[3, 1024 + 2 * 32 + 5])
+    # data.train_subset: a class-balanced subset of the training batches, taken before the validation split
+    sub = data.load_dataset(d, val_fraction=0.2, train_subset=20)
+    assert len(sub.train) + len(sub.val) == 20 and len(sub.test) == 6
+    assert "a class-balanced subset of 20 of the 30 training images" in sub.split_rule
 
 
 def test_cifar100_pickles(tmp_path):

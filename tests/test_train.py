@@ -63,6 +63,17 @@ def test_mnist5k_preset_runs_the_comparison_on_real_digits():
     assert config.resolve("mnist5k", None, {"data.source": "/data/my.csv.gz"}).data.source == "/data/my.csv.gz"
 
 
+def test_fmnist_preset_runs_the_comparison_on_fashion_mnist():
+    """The measured budget (docs/results.md, "Fashion-MNIST: data and budget"): 10,000 of the training images,
+    small_resnet, 5 seeds; the search at the paper's scale."""
+    cfg = config.preset("fmnist")
+    assert cfg.data.source == "fashion-mnist" and cfg.data.train_subset == 10000 and cfg.model.name == "small_resnet"
+    assert cfg.data.augment in ("crop", "crop-flip") and cfg.run.seeds == (0, 1, 2, 3, 4)
+    assert (cfg.search.population, cfg.search.generations) == (500, 250) and cfg.model.grid_size == 4
+    every = config.resolve("fmnist", None, {"data.train_subset": "none"})  # all 60,000 training images
+    assert every.data.train_subset is None
+
+
 def test_config_file_round_trip_and_errors(tmp_path):
     cfg = config.resolve("paper-cifar", None, {"run.seeds": "3,4", "train.guided_fractions": "0.5,0.25,0.25"})
     cfg.save(tmp_path / "c.json")
