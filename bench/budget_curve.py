@@ -3,7 +3,8 @@ train` / `patchmix run` folders), smoothed over a few epochs, drawn into one fig
 epoch budget (mean validation top-1 over windows of epochs, test top-1, seconds per epoch).
 
     .venv/bin/python -m bench.budget_curve runs/fmnist-budget/*/metrics.json -o docs/figures/fmnist-budget.png \\
-        --title "fmnist, seed 0" --windows 21-30,41-50,61-70,71-80 [--dotted runs/fmnist-short/*/metrics.json]
+        --title "fmnist, seed 0" --windows 21-30,41-50,61-70,71-80 [--dotted runs/fmnist-short/*/metrics.json] \
+        [--seed 0]
 
 Folders given with ``--dotted`` (another budget of the same methods) are drawn dotted.
 """
@@ -16,14 +17,14 @@ import json
 from patchmix.choices import METHOD_LABELS, METHODS
 
 
-def load_results(paths: list[str]) -> list[dict]:
-    """Every training record (method, seed, history, test_acc, train_seconds) of the given metrics.json files,
-    in the order of :data:`patchmix.choices.METHODS`."""
+def load_results(paths: list[str], seed: int | None = None) -> list[dict]:
+    """Every training record (method, seed, history, test_acc, train_seconds) of the given metrics.json files
+    (of ``seed`` only, when given), in the order of :data:`patchmix.choices.METHODS`."""
     out = []
     for p in paths:
         with open(p) as f:
-            out += json.load(f)["results"]
-    return sorted(out, key=lambda r: (METHODS.index(r["method"]), r["seed"]))
+            out += [r for r in json.load(f)["results"] if seed is None or r["seed"] == seed]
+    return sorted(out, key=lambda r: (METHODS.index(r["method"]), r["seed"], -r["epochs"]))
 
 
 def window_mean(history: list[dict], lo: int, hi: int) -> float:
@@ -88,8 +89,9 @@ def main() -> None:
     p.add_argument("--windows", default="", help="epoch windows of the table, e.g. 21-30,41-50")
     p.add_argument("--smooth", type=int, default=5, help="epochs of the moving mean")
     p.add_argument("--ymin", type=float, help="lower end of the accuracy axis")
+    p.add_argument("--seed", type=int, help="only this seed's trainings")
     a = p.parse_args()
-    results, dotted = load_results(a.metrics), load_results(a.dotted)
+    results, dotted = load_results(a.metrics, a.seed), load_results(a.dotted, a.seed)
     figure(results, dotted, a.output, a.title, a.smooth, a.ymin)
     windows = [tuple(int(x) for x in w.split("-")) for w in a.windows.split(",") if w]
     print(table(results + dotted, windows))

@@ -376,7 +376,8 @@ IDX_CLASSES = {
     "kmnist": ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],  # Kuzushiji-MNIST's hiragana, romanised
 }
 #: ``data.augment = auto`` of the idx datasets: a crop (4 px), never a flip. Digits and characters change meaning
-#: when flipped; for Fashion-MNIST a flip was measured (docs/results.md, "Fashion-MNIST: data and budget").
+#: when flipped; on Fashion-MNIST's clothes a flip did not help (fmnist preset, 30 epochs, 2 seeds, test top-1:
+#: base 89.96 with it, 89.98 without; Random PatchMix 85.79 and 86.68; docs/results.md).
 IDX_AUGMENT = "crop"
 
 
