@@ -52,7 +52,7 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
     g.add_argument("--preset", choices=list(PRESETS),
                    help="digits: the quick CPU demo (default); mnist5k: the paper's comparison on 5,000 real MNIST "
                         "digits at 32x32 (small_resnet, <= 30 min on 2 cores); fmnist: the same on 10,000 "
-                        "Fashion-MNIST images (5 seeds, <= 90 min on 2 cores); paper-cifar: the paper's recipe (400 "
+                        "Fashion-MNIST images (5 seeds, about 67 min on 2 quiet cores); paper-cifar: the paper's recipe (400 "
                         "epochs, batch 100, SGD Nesterov 0.9, wd 5e-4, lr 0.1 cosine, P=4, alpha=1, ResNet-32)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set train.warmup_epochs=5 --set search.num_draws=64 (repeatable)")

@@ -334,7 +334,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "search": {"population": 500, "generations": 250}},
     # Fashion-MNIST from its idx files (docs/results.md, "Fashion-MNIST: data and budget"): 80 epochs keep CutMix
     # and Random PatchMix within 0.16 / 0.31 test points of 100 (60: 0.74 short) and the 5 x 5 comparison at an
-    # estimated 65 min on the quiet 2-core machine (100: 81); the crop alone, since a flip did not help (base
+    # estimated 67 min on the quiet 2-core machine (100: 83); the crop alone, since a flip did not help (base
     # 89.96 vs 89.98, Random PatchMix 85.79 vs 86.68 at 30 epochs, 2 seeds)
     "fmnist": {"data": {"source": "fashion-mnist", "train_subset": 10000, "augment": "crop"},
                "model": {"name": "small_resnet", "grid_size": 4},
