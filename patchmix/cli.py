@@ -532,6 +532,8 @@ def _message(exc: PatchmixError) -> str:
     text, key = str(exc), getattr(exc, "key", None)
     if key in KEY_FLAGS and KEY_FLAGS[key] not in text:
         text = text.replace(key, f"{KEY_FLAGS[key]} ({key})", 1)
+    if getattr(exc, "layout", None):  # one line; the layouts are in --help and docs/architecture.md
+        text += " (the layouts patchmix reads: --help, or docs/architecture.md, 'Datasets and splits')"
     return text
 
 

@@ -118,7 +118,12 @@ LAYOUTS = {
 
 
 def _error(fmt: str, path: str, problem: str) -> DatasetError:
-    return DatasetError(f"{problem}\n\nExpected layout for {fmt}:\n  {LAYOUTS[fmt]}")
+    """A one-line :class:`DatasetError` carrying ``fmt``'s full layout (its ``layout``)."""
+    return DatasetError(problem, layout=f"Expected layout for {fmt}:\n  {LAYOUTS[fmt]}")
+
+
+def _all_layouts() -> str:
+    return "Expected one of these layouts:\n  " + "\n  ".join(LAYOUTS.values())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -740,8 +745,7 @@ def detect_format(path: str) -> str:
     if path == "fashion-mnist":
         return "idx"
     if not os.path.exists(path) and _idx_location(path) is None:  # EMNIST's <folder>/<prefix> names no file
-        raise DatasetError(f"dataset not found: {path}\n\nExpected one of these layouts:\n  "
-                           + "\n  ".join(LAYOUTS.values()))
+        raise DatasetError(f"dataset not found: {path}", layout=_all_layouts())
     checks = [("cifar10", ("batches.meta", "cifar-10-batches-py/batches.meta")),
               ("cifar100", ("meta", "cifar-100-python/meta")),
               ("tinyimagenet", ("wnids.txt", "tiny-imagenet-200/wnids.txt"))]
@@ -754,8 +758,8 @@ def detect_format(path: str) -> str:
         return "mnist5k"
     if os.path.isdir(path) and any(os.path.isdir(os.path.join(path, d)) for d in os.listdir(path)):
         return "folder"
-    raise DatasetError(f"cannot tell the format of {path}\n\nExpected one of these layouts:\n  "
-                       + "\n  ".join(LAYOUTS.values()))
+    raise DatasetError(f"cannot tell the format of {path}: no dataset layout patchmix reads (name one with --format)",
+                       layout=_all_layouts())
 
 
 #: the ``--data`` names that need no path: shipped with a package (digits, mnist5k) or found where a package or

@@ -34,7 +34,12 @@ class ConfigError(PatchmixError, ValueError):
 
 
 class DatasetError(PatchmixError, RuntimeError):
-    """A dataset that is missing or malformed; the message says what layout was expected."""
+    """A dataset that is missing or malformed. The message is one line naming the file and what was expected;
+    ``layout`` holds the expected on-disk layout in full (several lines), where there is one."""
+
+    def __init__(self, message: str, layout: str | None = None):
+        super().__init__(message)
+        self.layout = layout
 
 
 class PolicyError(PatchmixError, ValueError):
