@@ -3,14 +3,15 @@
 The command line maps an error to its exit code by type (``exc.exit_code``), never by its message:
 
 * :class:`ConfigError`: a setting that cannot run (unknown key, bad value, conflicting flags).
-* :class:`DatasetError`: a dataset that is missing or malformed (the message names the expected layout).
+* :class:`DatasetError`: a dataset that is missing or malformed (the message names the file; ``layout`` holds
+  the expected layout in full).
 * :class:`PolicyError`: a policy file or object that does not fit (corrupt, wrong grid, unknown classes).
 * :class:`CheckpointError`: a checkpoint that is missing, unreadable, of another kind, or of other settings.
 * :class:`OutputError`: an output folder or file patchmix must not or cannot write into (foreign files, in
   use by another command, a file in the way, a read-only disk).
 
 All of them exit with 2, and their message is one line naming the argument or file and what was expected
-(a dataset's also lists the layouts it knows). Anything else that escapes a command is a bug in patchmix and
+(the CLI points a dataset error at ``--help``, which lists the layouts). Anything else that escapes a command is a bug in patchmix and
 exits with 1 with a traceback. The value-like ones also subclass :class:`ValueError`, so library callers that catch
 ``ValueError`` keep working. An interrupted training (``patchmix.training.Interrupted``) exits with 130.
 """
