@@ -298,6 +298,65 @@ def bench_train_step(results: Results):
                     target=STEP_TARGET if provider == "patchmix" else None, kernels=kernels)
 
 
+def search_rows(device: str, build=(100, 100, 200, 16, 16), generation=(10, 50, 750, 20, 4)) -> list[dict]:
+    """The guided search's forward passes on ``device``, with random weights (throughput does not depend on them):
+
+    * the interaction table's build (``build = (K, images per class, pairs, S, M)``): ResNet-32 ``f_T`` on
+      3x32x32 images, the first ``pairs`` of the ``K (K + 1) / 2`` pairs, ``S`` draws x ``M`` masks each;
+      composed images scored per second, and the whole table's build projected from it;
+    * one exact-fitness generation (``generation = (K, images per class, individuals, N, S)``): ``small_resnet``
+      on 1x32x32 images, mnist5k's 750 offspring of 20 slots at 4 draws (60,000 forward passes).
+
+    Wall time (the build syncs: its results come back to the host). ``kind="search"`` rows."""
+    import torch
+
+    from patchmix.models import create_model
+    from patchmix.search import (CachedFitness, CachedLogits, ExactFitness, build_interaction_table, draw_pairs,
+                                 pair_classes, random_population)
+
+    def problem(name, K, per_class, channels, seed):
+        torch.manual_seed(seed)
+        model = create_model(name, K, grid_size=4, in_channels=channels).to(device).eval()
+        labels = torch.arange(K).repeat_interleave(per_class)
+        images = torch.randint(0, 256, (K * per_class, channels, 32, 32), dtype=torch.uint8)
+        return model, images, labels
+
+    rows = []
+    K, per_class, pairs, S, M = build
+    model, images, labels = problem("resnet32", K, per_class, 3, 0)
+    draws = draw_pairs(labels, K, S, 0)
+    classes = pair_classes(K)
+    run = lambda n: build_interaction_table(model, images, draws, classes, 4, masks_per_draw=M, device=device,
+                                            pair_range=(0, n))
+    run(min(pairs, 8))  # warm-up: cuDNN's choices
+    t = time.perf_counter()
+    run(pairs)
+    sec = time.perf_counter() - t
+    rate = pairs * S * M / sec
+    rows.append(dict(kind="search", shape=f"interaction build resnet32 K={K} S={S} M={M}", provider="patchmix",
+                     device_ms=float("nan"), wall_ms=sec * 1e3, images_per_s=rate,
+                     projected_full_build_s=classes.shape[0] * S * M / rate))
+    K, per_class, individuals, N, S = generation
+    model, images, labels = problem("small_resnet", K, per_class, 1, 1)
+    cache = CachedLogits.from_model(model, images.float() / 255, labels, device=device, grid_size=4)
+    probe = CachedFitness(cache, num_draws=S, seed=0)
+    exact = ExactFitness(model, images, probe, batch_size=512, device=device)
+    pop = random_population(individuals, N, probe, "forced", seed=1)
+    exact(*random_population(8, N, probe, "forced", seed=2))  # warm-up
+    t = time.perf_counter()
+    exact(*pop)
+    sec = time.perf_counter() - t
+    rows.append(dict(kind="search", shape=f"exact generation small_resnet K={K} I={individuals} N={N} S={S}",
+                     provider="patchmix", device_ms=float("nan"), wall_ms=sec * 1e3,
+                     images_per_s=individuals * N * S / sec))
+    return rows
+
+
+def bench_search(results: Results):
+    for row in search_rows("cuda"):
+        results.add(**row)
+
+
 def summary(out: Path) -> str:
     """The targets table from ``gpu_results.jsonl`` (the last measurement of each case wins)."""
     rows = {}
@@ -319,6 +378,8 @@ def summary(out: Path) -> str:
             measure = f"{ratio:.2f}x clone"
             if r.get("target"):
                 goal, ok = f"<= {r['target']:.2f}x", "yes" if ratio <= r["target"] else "NO"
+        elif kind == "search":
+            measure = f"{r['images_per_s']:,.0f} img/s"
         elif kind == "train_step":
             plain = rows.get((kind, shape, "plain"))
             measure = f"{r['syncs_per_step']} syncs"
@@ -353,6 +414,7 @@ def main(argv=None) -> int:
         parts = [("sweep", lambda: bench_sweep(results))]
     elif not a.extras:
         parts.append(("train_step", lambda: bench_train_step(results)))
+        parts.append(("search", lambda: bench_search(results)))
     for name, part in parts:
         try:
             part()

@@ -10,6 +10,7 @@
 #      unless `import deap.tools` works; install patchmix without compiling C++ (CUDA runs the Triton kernels)
 #   2. benchmarks first (bench/gpu_bench.py): grid_mix, clone and a preallocated copy at the key shapes, the
 #      loss against its clone floor, a ResNet-32 training step under torch.cuda.set_sync_debug_mode
+#      and the guided search's forward passes (the interaction build at K = 100, one exact-fitness generation)
 #   3. the tests that exercise CUDA, Triton, graph capture and compile (-k), with pytest-xdist
 #   4. the CLI on CUDA: `patchmix run` (digits, one seed, 2 epochs) and `patchmix train --method mix --amp`
 #   5. eager / compiled / Kornia providers, only if time remains (GPU_CHECK_EXTRAS=0: never)

@@ -317,3 +317,14 @@ def test_accuracy_objective_and_maximising_keep_working():
                 progress=False, patience=None)
     assert ex.best_fitness >= ga.best_fitness - 1e-12 and ex.policy.search["direction"] == "max"
     assert ex.best_fitness == pytest.approx(f.optimum(4, direction="max").fitness)
+
+
+def test_the_gpu_checks_search_rows_run_at_toy_sizes():
+    """bench/gpu_bench.py's search part (the build's composed-forward throughput, one exact-fitness generation)
+    is run for the first time on a lent GPU: it must not fail there for a reason the CPU can show."""
+    from bench.gpu_bench import search_rows
+
+    rows = search_rows("cpu", build=(6, 4, 5, 2, 2), generation=(4, 4, 6, 5, 2))
+    assert [r["kind"] for r in rows] == ["search", "search"]
+    assert all(r["images_per_s"] > 0 and r["wall_ms"] > 0 for r in rows)
+    assert rows[0]["projected_full_build_s"] > 0
