@@ -311,8 +311,15 @@ def search_rows(device: str, build=(100, 100, 200, 16, 16), generation=(10, 50, 
     import torch
 
     from patchmix.models import create_model
-    from patchmix.search import (CachedFitness, CachedLogits, ExactFitness, build_interaction_table, draw_pairs,
-                                 pair_classes, random_population)
+    from patchmix.search import (
+        CachedFitness,
+        CachedLogits,
+        ExactFitness,
+        build_interaction_table,
+        draw_pairs,
+        pair_classes,
+        random_population,
+    )
 
     def problem(name, K, per_class, channels, seed):
         torch.manual_seed(seed)
@@ -326,8 +333,10 @@ def search_rows(device: str, build=(100, 100, 200, 16, 16), generation=(10, 50, 
     model, images, labels = problem("resnet32", K, per_class, 3, 0)
     draws = draw_pairs(labels, K, S, 0)
     classes = pair_classes(K)
-    run = lambda n: build_interaction_table(model, images, draws, classes, 4, masks_per_draw=M, device=device,
-                                            pair_range=(0, n))
+    def run(n):
+        return build_interaction_table(model, images, draws, classes, 4, masks_per_draw=M, device=device,
+                                       pair_range=(0, n))
+
     run(min(pairs, 8))  # warm-up: cuDNN's choices
     t = time.perf_counter()
     run(pairs)
