@@ -11,8 +11,8 @@ The command line maps an error to its exit code by type (``exc.exit_code``), nev
   use by another command, a file in the way, a read-only disk).
 
 All of them exit with 2, and their message is one line naming the argument or file and what was expected
-(the CLI points a dataset error at ``--help``, which lists the layouts). Anything else that escapes a command is a bug in patchmix and
-exits with 1 with a traceback. The value-like ones also subclass :class:`ValueError`, so library callers that catch
+(the CLI points a dataset error at ``--help``, which lists the layouts). Anything else that escapes a command
+is a bug in patchmix and exits with 1 with a traceback. The value-like ones also subclass :class:`ValueError`, so library callers that catch
 ``ValueError`` keep working. An interrupted training (``patchmix.training.Interrupted``) exits with 130.
 """
 
