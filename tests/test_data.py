@@ -334,7 +334,8 @@ def test_image_files_are_decoded_once_when_they_fit(tmp_path):
     assert data.decode_in_memory(files, need / 2**20 * 0.99) is False and files.train.images is None
     assert data.decode_in_memory(files, need / 2**20) is True and files.train.images is not None
     # the training split as a DataLoader dataset: one gather per batch, keyed when the sampler gives a key
-    from patchmix.mixing.collate import BatchKey, KeyedIndices
+    from patchmix.data import BatchKey
+    from patchmix.mixing.collate import KeyedIndices
 
     batch = data.SplitDataset(mem.train).__getitems__(KeyedIndices([2, 0], BatchKey(3, 4)))
     assert torch.equal(batch.images, mem.train.images[[2, 0]]) and batch.key == (3, 4)

@@ -10,7 +10,7 @@ import torch
 
 from patchmix import data
 from patchmix.cli import main
-from patchmix.idx import read_idx, write_idx
+from patchmix.data.idx import read_idx, write_idx
 
 FILES = data.IDX_FILES
 
@@ -120,7 +120,9 @@ def test_train_subset_is_taken_before_the_validation_split(tmp_path):
 
 
 def test_fashion_mnist_by_name_looks_in_the_torchvision_root_then_the_debian_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"), str(tmp_path / "deb")))
+    from patchmix.data import idx
+
+    monkeypatch.setattr(idx, "FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"), str(tmp_path / "deb")))
     with pytest.raises(data.DatasetError, match="apt-get install dataset-fashion-mnist"):
         data.load_dataset("fashion-mnist")
     write_idx_dataset(tmp_path / "deb", per_class=3, test_per_class=1)

@@ -98,6 +98,47 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+#: The layer map of docs/architecture.md, bottom to top: a module may import from its own layer and the layers
+#: below. A module belongs to the layer of the longest prefix that names it.
+LAYERS = (
+    ("leaves", ("patchmix._version", "patchmix.errors", "patchmix.choices", "patchmix.seeding", "patchmix.files")),
+    ("ops", ("patchmix._kernels", "patchmix.ops")),
+    ("data", ("patchmix.data",)),
+    ("mixing, loss", tuple(f"patchmix.mixing.{m}" for m in ("batch", "sampling", "mix", "augment", "collate",
+                                                             "checks", "switch")) + ("patchmix.losses",)),
+    ("models", ("patchmix.models",)),
+    ("search", ("patchmix.search",)),
+    ("guided", ("patchmix.mixing.guided", "patchmix.mixing")),  # the package re-exports the guided mixer
+    ("config", ("patchmix.config",)),
+    ("training", ("patchmix.training", "patchmix.train")),
+    ("application", ("patchmix", "patchmix.workflow", "patchmix.cli", "patchmix.__main__")),
+)
+
+
+def layer_of(module: str) -> int:
+    """The index in :data:`LAYERS` of ``module``'s layer (the longest matching prefix decides)."""
+    best, depth = None, -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and p.count(".") > depth:
+                best, depth = i, p.count(".")
+    assert best is not None, f"{module} is in no layer of LAYERS"
+    return best
+
+
+def test_every_module_imports_only_its_layer_or_below():
+    g = import_graph()
+    bad = [f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
+           for a in sorted(g) for b in sorted(g[a]) if layer_of(b) > layer_of(a)]
+    assert not bad, "imports from a higher layer: " + "; ".join(bad)
+
+
+def test_data_does_not_import_mixing():
+    g = import_graph()
+    bad = sorted((a, b) for a in g if a.startswith("patchmix.data") for b in g[a] if b.startswith("patchmix.mixing"))
+    assert not bad, bad
+
+
 def test_the_graph_sees_the_package():
     g = import_graph()
     assert "patchmix.training.loop" in g and "patchmix._kernels.grid_mix" in g

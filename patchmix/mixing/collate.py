@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.batch import BatchKey, LoadedBatch
 from ..seeding import seeded_generator
 from . import checks
 from .batch import MixedBatch
@@ -44,13 +44,6 @@ SEQUENCE_KEYS = (0, 1)
 MAPPING_KEYS = ("image", "label")
 
 
-class BatchKey(NamedTuple):
-    """Which batch of a training: the epoch and the step within it."""
-
-    epoch: int
-    step: int
-
-
 class KeyedIndices(list):
     """A batch's dataset indices (a ``list`` of ints) carrying its :class:`BatchKey` as ``key``; it crosses to
     the workers pickled with the indices."""
@@ -58,14 +51,6 @@ class KeyedIndices(list):
     def __init__(self, indices, key: BatchKey):
         super().__init__(int(i) for i in indices)
         self.key = BatchKey(int(key[0]), int(key[1]))
-
-
-class LoadedBatch(NamedTuple):
-    """A batch already stacked by the dataset: ``images (b, C, H, W)``, ``labels (b,)`` and its key (or None)."""
-
-    images: Tensor
-    labels: Tensor
-    key: BatchKey | None
 
 
 class KeyedSamples(list):
