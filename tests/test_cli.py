@@ -191,10 +191,52 @@ def test_help_for_every_command(capsys):
     (["eval"], "name at least one checkpoint"),
     (["eval", "/nonexistent.pt"], "checkpoint not found"),
     (["show", "--policy", "/nonexistent.json"], "policy file not found"),
+    (["run", "--preset", "paper-cifar", "--epochs", "1"], "--preset paper-cifar needs a CIFAR folder (--data"),
+    (["search", "--set", "search.table=linear"], "config key 'search.table' was renamed 'search.fitness': write "
+                                                 "search.fitness=linear"),
 ])
 def test_bad_arguments_exit_non_zero_with_a_message(args, needle, capsys):
     rc, out, err = _run(args, capsys)
     assert rc == 2 and needle in err, err
+
+
+def _help(command: str) -> str:
+    """``patchmix COMMAND --help``'s text."""
+    import argparse
+
+    from patchmix.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command].format_help()
+
+
+def test_help_texts_name_the_flags_they_mean():
+    """``search``'s checkpoint flag is --model-checkpoint (--model is the architecture); the model list is the
+    registry's; the fmnist time is the one docs/results.md measured."""
+    import re
+    from pathlib import Path
+
+    import patchmix.cli
+    from patchmix.models import MODEL_NAMES
+
+    search = _help("search")
+    assert "Without --model-checkpoint" in " ".join(search.split()) and "--model M.pt" not in patchmix.cli.__doc__
+    assert "--model-checkpoint M.pt" in patchmix.cli.__doc__
+    assert ", ".join(MODEL_NAMES) in " ".join(_help("train").split())
+    results = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    measured = re.search(r"\*\*Time\*\*: [\d,]+ s \(([\d.]+) minutes\) for the whole comparison", results)
+    run = " ".join(_help("run").split())
+    assert f"{round(float(measured.group(1)))} min measured on 2 cores" in run
+    assert "paper-cifar: the paper's recipe" in run and "on a CIFAR folder given with --data" in run
+
+
+def test_a_config_file_with_the_old_fitness_key_names_the_new_one(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"preset": "digits", "search": {"table": "exact"}}))
+    rc, _, err = _run(["search", "--config", str(path), "--out", str(tmp_path / "out")], capsys)
+    assert rc == 2 and "'search.table' was renamed 'search.fitness'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args", [["train"], ["train", "--method", "foo"], ["run", "--epochs", "x"], ["bogus"]])

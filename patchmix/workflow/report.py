@@ -299,20 +299,20 @@ def render_samples(cfg, ds, method: str, path: str, n: int = 16, seed: int = 0, 
     import torch
 
     from .. import data as data_mod
-    from ..mixing.augment import MixedBatch
+    from ..mixing.batch import MixedBatch
     from ..seeding import seeded_generator
     from ..training import make_mixer
 
     g = seeded_generator(seed, "show")
     sp = getattr(ds, split)
     if method == "guided":
-        from ..mixing.guided import GuidedPatchMix, MixedBatchSampler, MixedCollate
+        from ..guided import GuidedBatchSampler, GuidedCollate, GuidedPatchMix
 
         counts = (0, 0, n)
         guided = GuidedPatchMix(policy, sp.labels)
-        idx = next(iter(MixedBatchSampler(guided, counts, num_batches=1, generator=g)))
+        idx = next(iter(GuidedBatchSampler(guided, counts, num_batches=1, generator=g)))
         x, y = sp.get(idx)
-        mb = MixedCollate(guided, counts).mix(data_mod.to_float(x, "cpu"), y)
+        mb = GuidedCollate(guided, counts).mix(data_mod.to_float(x, "cpu"), y)
     else:
         x, y = sp.get(torch.randperm(len(sp), generator=g)[: max(n, 2)])
         mb = make_mixer(method, cfg, g)(data_mod.to_float(x, "cpu"), y)
@@ -508,7 +508,7 @@ FIDELITY_BELOW_GOAL = (
     "one, the policies the search chose between differ by less than the fitness's error, so which of them won is "
     "arbitrary, though all of them may still be good. The linear cache (each cell scored on its unmixed source) "
     "is blind to what the other image does to a cell and fails this way on models whose cells see their "
-    "neighbours; the interaction fitness (search.table = interaction, the default) models it.")
+    "neighbours; the interaction fitness (search.fitness = interaction, the default) models it.")
 
 
 def diff_cell(d: dict | None, scale: float = 100.0) -> str:

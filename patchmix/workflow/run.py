@@ -98,7 +98,7 @@ def build_fitness(cfg: Config, ds: data_mod.Dataset, net, cache, seed: int, rt: 
     s = cfg.search
     draw_seed = derive_seed(seed, "draws") % 2**32
     table = None
-    if s.table == "interaction":  # images is not None: Config.check_dataset refused a split too large to hold
+    if s.fitness == "interaction":  # images is not None: Config.check_dataset refused a split too large to hold
         key = _table_key(net, cfg, draw_seed, rt)
         if _LAST_TABLE.get("key") == key:
             table, stats = _LAST_TABLE["table"], dict(_LAST_TABLE["stats"], reused=True)
@@ -117,7 +117,7 @@ def build_fitness(cfg: Config, ds: data_mod.Dataset, net, cache, seed: int, rt: 
             _LAST_TABLE.clear()
             _LAST_TABLE.update(key=key, table=table, stats=stats)
     fitness = CachedFitness(cache, num_draws=s.num_draws, objective=s.objective, seed=draw_seed, table=table)
-    if s.table == "exact":  # the paper's fitness: f_T on every composed sample, on the same draws
+    if s.fitness == "exact":  # the paper's fitness: f_T on every composed sample, on the same draws
         log.info(f"exact fitness: f_T runs on {s.num_draws} composed images per slot of every individual")
         return ExactFitness(net, images.to(rt.device), fitness)
     if table is not None:
@@ -160,7 +160,7 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
     loader = ((data_mod.to_float(x, rt.device), y) for x, y in data_mod.batches(ds.val, 256, order))
     cache = CachedLogits.from_model(net, loader, device=rt.device, grid_size=cfg.model.grid_size,
                                     class_names=list(ds.classes))
-    images = validation_images(ds) if s.table != "linear" or cfg.run.fidelity_individuals else None
+    images = validation_images(ds) if s.fitness != "linear" or cfg.run.fidelity_individuals else None
     fitness = build_fitness(cfg, ds, net, cache, seed, rt, log, images)
     scorer = DistributedFitness(fitness, rt) if rt.distributed else fitness
     t_cache = time.perf_counter() - t0
