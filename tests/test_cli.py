@@ -656,3 +656,68 @@ def test_a_finished_search_is_reused_on_resume(tmp_path, capsys):
     assert [e["event"] for e in events if e["event"] in ("search", "trained", "resume")] == ["trained"]
     assert (out / "policies" / "seed0.json").read_bytes() == policy
     assert {r["method"] for r in json.load(open(out / "metrics.json"))["results"]} == {"random", "guided"}
+
+
+def _full_disk_after(monkeypatch, name: str):
+    """``torch.save`` writes half of the checkpoint ``name`` and then fails with ``ENOSPC``, as on a full disk."""
+    import errno
+
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):  # f: the open temporary file (patchmix.files.torch_save)
+        if name in os.fspath(getattr(f, "name", f)):
+            f.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_full_disk_during_run_exits_2_naming_the_file_and_keeps_what_was_written(tmp_path, capsys, monkeypatch):
+    """``ENOSPC`` (injected) while the second method's checkpoint is written: exit 2 with one line naming that file;
+    config.json, the log and the first method's checkpoint stay whole, no temporary is left, and ``--resume``
+    finishes the run once there is room."""
+    from patchmix.training import load_checkpoint
+
+    out = tmp_path / "run"
+    args = ["run", *TINY, "--methods", "base,mixup", "--seeds", "0", "--out", str(out)]
+    _full_disk_after(monkeypatch, "mixup-seed0.pt")
+    rc, _, err = _run(args, capsys)
+    target = out / "checkpoints" / "mixup-seed0.pt"
+    assert rc == 2, err
+    assert err.strip() == f"patchmix run: error: cannot write {target}: No space left on device; the files written " \
+                          f"before it are intact"
+    assert json.loads((out / "config.json").read_text())["run"]["methods"] == ["base", "mixup"]
+    assert load_checkpoint(str(out / "checkpoints" / "base-seed0.pt"))["complete"]
+    assert not target.exists() and not [p for p in out.rglob("*") if ".tmp" in p.name]
+    for line in (out / "log.jsonl").read_text().splitlines():
+        json.loads(line)
+    monkeypatch.undo()
+    rc, stdout, err = _run([*args, "--resume"], capsys)
+    assert rc == 0, err
+    assert set(json.loads((out / "metrics.json").read_text())["summary"]) == {"base", "mixup"}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 KiB tmpfs (config.json and the log fit, a checkpoint does not); skips where it cannot be mounted."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_really_full_disk_during_run_exits_2_naming_the_file(small_disk, capsys):
+    out = small_disk / "run"
+    rc, _, err = _run(["run", *TINY, "--methods", "base", "--seeds", "0", "--out", str(out)], capsys)
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"patchmix run: error: cannot write {out}{os.sep}"), err
+    assert "No space left on device" in lines[0]
+    assert json.loads((out / "config.json").read_text())["run"]["methods"] == ["base"]
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
