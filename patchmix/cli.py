@@ -18,8 +18,6 @@ policy, output folder), then lock the folder and write the resolved ``config.jso
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
 from .choices import (
@@ -30,12 +28,11 @@ from .choices import (
     METHODS,
     MIX_MODES,
     OBJECTIVES,
-    PATCH_SUPERVISED,
     SOLVERS,
     SPLITS,
 )
 from .config import PRESETS
-from .errors import ConfigError, OutputError, PatchmixError
+from .errors import ConfigError, PatchmixError
 from .models import MODEL_NAMES
 
 EPILOG_DATA = """data (--data): 'digits' (scikit-learn's bundled 8x8 digits, the default), 'mnist5k' (5,000 MNIST
@@ -267,17 +264,15 @@ def _config(args, one_seed: bool = False):
     return cfg
 
 
-def _mode(args) -> str:
-    return "resume" if getattr(args, "resume", False) else "fresh"
-
-
 def _line(args) -> str:
     """The command as typed (for the lock file and the records)."""
     return " ".join(["patchmix", *args.argv])
 
 
-def _print(msg: str = "") -> None:
-    print(msg, flush=True)
+def _print(text: str | None) -> None:
+    """A command's result on stdout (None: nothing, as on the ranks other than 0)."""
+    if text is not None:
+        print(text, flush=True)
 
 
 def _warn(msg: str) -> None:
@@ -285,230 +280,49 @@ def _warn(msg: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from .workflow import run_workflow
+    from .workflow.commands import run_command
 
-    cfg = _config(args)
-    metrics = run_workflow(cfg, args.out, resume=args.resume, quiet=args.quiet, line=_line(args))
-    if metrics:
-        from .workflow.report import format_table
-
-        _print()
-        _print(f"test top-1 accuracy, {metrics['dataset']['description']}, model {metrics['model']}, "
-               f"{cfg.train.epochs} epochs, mean ± std over seeds {','.join(map(str, cfg.run.seeds))}:")
-        _print(format_table(metrics["summary"], metrics.get("fgsm_summary"), ema=metrics.get("ema_summary")))
-        _print()
-        _print(f"wall time {metrics['wall_seconds']:.1f} s; report: {os.path.join(args.out, 'report.md')}")
+    _print(run_command(_config(args), args.out, resume=args.resume, quiet=args.quiet, line=_line(args)))
     return 0
 
 
 def cmd_ablate(args) -> int:
-    from .workflow.ablation import format_ablation, run_ablation
+    from .workflow.commands import ablate_command
 
-    cfg = _config(args)
     out = args.out or f"runs/ablate-{args.table}"
-    doc = run_ablation(args.table, cfg, out, quiet=args.quiet, command=_line(args))
-    if doc:
-        _print()
-        _print(f"{doc['dataset']}, {cfg.train.epochs} epochs:")
-        _print(format_ablation(doc))
-        _print()
-        _print(f"wall time {doc['wall_seconds']:.1f} s; table: {os.path.join(out, args.table + '.md')} "
-               f"(+ .json, {doc['figure']})")
+    _print(ablate_command(args.table, _config(args), out, quiet=args.quiet, line=_line(args)))
     return 0
 
 
 def cmd_train(args) -> int:
-    from .workflow import train_job
-    from .workflow.report import format_table, summarize
-    from .workflow.rundir import write_metrics
-    from .workflow.session import session
+    from .workflow.commands import train_command
 
-    cfg = _config(args, one_seed=True)
     out = args.out or f"runs/train-{args.method}"
-    if args.method == "guided" and not args.policy:
-        raise ConfigError("--method guided needs --policy FILE (a policy.json from `patchmix search` or "
-                          "`patchmix run`)")
-    if args.policy and args.method != "guided":
-        raise ConfigError(f"--policy is for --method guided, not --method {args.method}")
-
-    def prepare(ds, rt):  # every rank reads the policy (the same file: the same error, if any)
-        from .search import Policy
-
-        return Policy.load(args.policy, list(ds.classes), cfg.model.grid_size) if args.policy else None
-
-    with session(cfg, out, command="train", mode=_mode(args), quiet=args.quiet, line=_line(args), prepare=prepare,
-                 inputs=(args.policy,)) as s:
-        rt, ds, log = s.rt, s.ds, s.log
-        log.info(f"data  {ds.describe()}" + (f"; {rt.world} processes" if rt.distributed else ""))
-        log.info(f"split {ds.describe_splits()}")
-        results = []
-        for seed in cfg.run.seeds:
-            _, res, ck = train_job(cfg, ds, out, rt, log, args.method, seed, policy=s.prepared, resume=args.resume)
-            res["checkpoint"] = ck
-            results.append(res)
-        if rt.is_main:
-            summary = summarize(results, [args.method])
-            ema = summarize(results, [args.method], key="ema_test_acc")
-            write_metrics(os.path.join(out, "metrics.json"), {"config": cfg.to_dict(), "results": results,
-                                                              "summary": summary, "ema_summary": ema,
-                                                              "world": rt.world})
-            fgsm = [r["fgsm"] for r in results if r.get("fgsm")]
-            fgsm_mean = {args.method: {e: sum(f[e] for f in fgsm) / len(fgsm) for e in fgsm[0]}} if fgsm else None
-            _print(format_table(summary, fgsm_mean, ema=ema))
-            _print(f"checkpoints and metrics.json in {out}")
+    _print(train_command(_config(args, one_seed=True), out, args.method, args.policy, resume=args.resume,
+                         quiet=args.quiet, line=_line(args)))
     return 0
 
 
 def cmd_search(args) -> int:
-    from .files import write_json
-    from .training import train_model
-    from .training.checkpoint import load_checkpoint, model_from_checkpoint
-    from .workflow import run_search, search_record
-    from .workflow.report import fidelity_figure, fidelity_summary, fitness_figure, pairs_figure, render_samples
-    from .workflow.rundir import checkpoint_path, logbook_path, search_checkpoint_path, write_metrics
-    from .workflow.session import session
+    from .workflow.commands import search_command
 
-    cfg = _config(args, one_seed=True)
-    out = args.out
-    seed = cfg.run.seeds[0]
-
-    def prepare(ds, rt):  # the model to search with, read and checked before the folder is touched
-        if not args.checkpoint:
-            return None
-        ckpt = load_checkpoint(args.checkpoint)
-        net, _, _ = model_from_checkpoint(ckpt, ds, grid_size=cfg.model.grid_size, name=args.checkpoint)
-        train = ckpt["config"].get("train", {})
-        if rt.is_main and (ckpt.get("method") not in PATCH_SUPERVISED or not train.get("patch_weight", 1)):
-            _warn(f"--model-checkpoint {args.checkpoint} holds a model trained with --method {ckpt.get('method')}"
-                  f"{' and no patch term' if not train.get('patch_weight', 1) else ''}: its patch head was not "
-                  f"trained, so the search scores noise; use a checkpoint of `patchmix train --method random`")
-        if rt.is_main and not ckpt.get("complete"):
-            _warn(f"--model-checkpoint {args.checkpoint} is an unfinished training (epoch {ckpt.get('epoch')})")
-        return net.to(rt.device)
-
-    with session(cfg, out, command="search", mode=_mode(args), quiet=args.quiet, line=_line(args), search=True,
-                 prepare=prepare, inputs=(args.checkpoint,)) as s:
-        rt, ds, log, net = s.rt, s.ds, s.log, s.prepared
-        if net is None:
-            log.info("no --model-checkpoint: training the Random PatchMix model f_T first (phase one)")
-            net, _ = train_model(cfg, ds, "random", seed, rt=rt, log=log, resume=args.resume,
-                                 checkpoint=checkpoint_path(out, "random", seed), desc=f"random seed {seed}")
-        result = run_search(cfg, ds, net, seed, rt, checkpoint=search_checkpoint_path(out), resume=args.resume,
-                            log=log)
-        if rt.is_main:
-            result.policy.save(os.path.join(out, "policy.json"))
-            write_json(logbook_path(out), result.logbook)
-            figdir = os.path.join(out, "figures")
-            if result.logbook:  # the exhaustive solver has no generations
-                fitness_figure({"search": result.logbook}, os.path.join(figdir, "fitness.png"))
-            pairs_figure([result.policy], list(ds.classes), os.path.join(figdir, "pairs.png"))
-            searches = {str(seed): search_record(result)}
-            if fidelity_summary(searches):
-                fidelity_figure(searches, os.path.join(figdir, "fidelity.png"))
-            write_metrics(os.path.join(out, "metrics.json"), {"search": searches,
-                                                               "fidelity": fidelity_summary(searches)})
-            render_samples(cfg, ds, "guided", os.path.join(figdir, "guided_samples.png"), 16, seed, result.policy)
-            _print(f"best fitness {result.best_fitness:.4f} after {result.generations} generations "
-                   f"({result.time_total:.1f} s, {result.evaluations} evaluations); {len(result.policy)} pairs:")
-            _print("  " + ", ".join(f"{a}+{b}" for a, b in result.policy.named_pairs()))
-            _print(f"policy: {os.path.join(out, 'policy.json')}; the search check in metrics.json; figures in {figdir}")
+    _print(search_command(_config(args, one_seed=True), args.out, args.checkpoint, resume=args.resume,
+                          quiet=args.quiet, line=_line(args), warn=_warn))
     return 0
 
 
 def cmd_show(args) -> int:
-    from .workflow.report import render_samples
-    from .workflow.rundir import check_writable
-    from .workflow.session import load_data
+    from .workflow.commands import show_command
 
-    cfg = _config(args)
-    if args.num < 1:
-        raise ConfigError(f"--num must be >= 1, got {args.num}")
-    method = "guided" if args.policy else args.method
-    if method == "guided" and not args.policy:
-        raise ConfigError("--method guided needs --policy FILE")
-    check_writable(args.output, "--output", folder=False)
-    ds = load_data(cfg)
-    cfg.check_dataset(ds)
-    policy = None
-    if args.policy:
-        from .search import Policy
-
-        policy = Policy.load(args.policy, list(ds.classes), cfg.model.grid_size)
-    try:
-        path = render_samples(cfg, ds, method, args.output, args.num, args.seed, policy, split=args.split)
-    except OSError as exc:
-        raise OutputError(f"--output {args.output}: cannot write it ({exc.strerror})") from None
-    _print(path)
+    _print(show_command(_config(args), args.method, args.policy, args.output, args.num, args.seed, args.split))
     return 0
 
 
-def _epsilons(text: str) -> list[float]:
-    """``--epsilons``: comma-separated finite numbers >= 0."""
-    import math
-
-    try:
-        eps = [float(e) for e in text.split(",") if e.strip()]
-    except ValueError:
-        eps = None
-    if eps is None or not all(math.isfinite(e) and e >= 0 for e in eps):
-        raise ConfigError(f"--epsilons must be comma-separated numbers >= 0 (pixel units), got {text!r}")
-    return eps
-
-
 def cmd_eval(args) -> int:
-    import torch
+    from .workflow.commands import eval_command
 
-    from .config import Config
-    from .files import write_json
-    from .training import Runtime, evaluate, fgsm_evaluate
-    from .training.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
-    from .workflow.rundir import check_writable
-    from .workflow.session import load_data
-
-    paths = list(args.checkpoints) + list(args.checkpoint_opt)
-    if not paths:
-        raise ConfigError("eval: name at least one checkpoint (patchmix eval runs/latest/checkpoints/random-seed0.pt)")
-    eps = _epsilons(args.epsilons)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    Config().override({"run.device": args.device}).check_device()
-    if args.json:
-        check_writable(args.json, "--json", folder=False)
-    dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    rt = Runtime(torch.device(dev))
-    jobs, datasets = [], {}
-    for path in paths:  # every checkpoint read and checked against its data before any is evaluated
-        ckpt = load_checkpoint(path)  # the one read of this file
-        cfg = checkpoint_config(ckpt, path)
-        if args.data:
-            cfg = cfg.override({"data.source": args.data})
-        key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
-        if key not in datasets:
-            datasets[key] = load_data(cfg)
-        net, _, _ = model_from_checkpoint(ckpt, datasets[key], name=path)
-        jobs.append((path, ckpt, net.to(rt.device), getattr(datasets[key], args.split)))
-    rows = []
-    for path, ckpt, net, split in jobs:
-        row = {"checkpoint": path, "method": ckpt["method"], "seed": ckpt["seed"], "epoch": ckpt["epoch"],
-               "complete": bool(ckpt.get("complete")), "split": args.split}
-        if eps:
-            acc = fgsm_evaluate(net, split, eps, args.batch_size, rt)
-            row["top1"] = acc["0"]
-            row["fgsm"] = {k: v for k, v in acc.items() if k != "0"}
-        else:
-            row["top1"] = evaluate(net, split, args.batch_size, rt)["acc"]
-        rows.append(row)
-    head = f"{'checkpoint':<40} {'method':>7} {'seed':>4} {'top-1':>7}" + "".join(f" {'eps=' + f'{e:g}':>9}" for e in eps)
-    _print(head)
-    for r in rows:
-        line = f"{r['checkpoint'][-40:]:<40} {r['method']:>7} {r['seed']:>4} {100 * r['top1']:>6.2f}%"
-        line += "".join(f" {100 * r['fgsm'][f'{e:g}']:>8.2f}%" for e in eps)
-        _print(line)
-    if args.json:
-        try:
-            write_json(args.json, rows)
-        except OSError as exc:
-            raise OutputError(f"--json {args.json}: cannot write it ({exc.strerror})") from None
+    _print(eval_command([*args.checkpoints, *args.checkpoint_opt], epsilons=args.epsilons, split=args.split,
+                        data=args.data, batch_size=args.batch_size, device=args.device, json_path=args.json))
     return 0
 
 

@@ -333,10 +333,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "train": {"epochs": 100, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
                 "run": {"threads": 2},
                 "search": {"population": 500, "generations": 250}},
-    # Fashion-MNIST from its idx files (docs/results.md, "Fashion-MNIST: data and budget"): 80 epochs keep CutMix
-    # and Random PatchMix within 0.16 / 0.31 test points of 100 (60: 0.74 short) and the 5 x 5 comparison at an
-    # estimated 67 min on the quiet 2-core machine (100: 83); the crop alone, since a flip did not help (base
-    # 89.96 vs 89.98, Random PatchMix 85.79 vs 86.68 at 30 epochs, 2 seeds)
+    # Fashion-MNIST from its idx files: the epoch budget at which the mixing methods flatten within the time target,
+    # and the crop alone, since a flip did not help (measured: docs/results.md, "Fashion-MNIST: data and budget")
     "fmnist": {"data": {"source": "fashion-mnist", "train_subset": 10000, "augment": "crop"},
                "model": {"name": "small_resnet", "grid_size": 4},
                "train": {"epochs": 80, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},

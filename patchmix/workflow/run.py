@@ -33,7 +33,7 @@ from ..training import (
     stop_requested,
     train_model,
 )
-from . import report, rundir
+from . import figures, report, rundir
 from .stats import paired_summary
 
 
@@ -331,16 +331,12 @@ class Workflow:
         """The summary table, figures, ``metrics.json`` and ``report.md`` (rank 0)."""
         cfg, ds, out, results = self.cfg, self.ds, self.out, self.results
         summary = report.summarize(results, self.methods)
-        fgsm_summary = {}
-        for m in summary:
-            rows = [r["fgsm"] for r in results if r["method"] == m and r.get("fgsm")]
-            if rows:
-                fgsm_summary[m] = {e: sum(r[e] for r in rows) / len(rows) for e in rows[0]}
+        fgsm_summary = report.fgsm_summary(results, summary)
         policies = list(self.policies.values())
         first_policy = policies[0] if policies else None
         paired = paired_summary(results, self.methods)
-        figures = report.make_figures(cfg, ds, out, results, summary, first_policy, policies, self.logbooks,
-                                      self.searches, paired)
+        drawn = figures.make_figures(cfg, ds, out, results, summary, first_policy, policies, self.logbooks,
+                                     self.searches, paired)
         files = {"config": "config.json", "metrics": "metrics.json", "log": "log.jsonl", "checkpoints": "checkpoints/"}
         if first_policy is not None:
             first_policy.save(os.path.join(out, "policy.json"))
@@ -353,10 +349,10 @@ class Workflow:
                    "ema_summary": report.summarize(results, self.methods, key="ema_test_acc"),
                    "paired": paired, "results": results, "search": self.searches,
                    "fidelity": report.fidelity_summary(self.searches),
-                   "figures": figures, "files": files,
+                   "figures": drawn, "files": files,
                    "wall_seconds": round(time.perf_counter() - t_start, 2)}
         rundir.write_metrics(os.path.join(out, "metrics.json"), metrics)
-        report.write_report(out, metrics, figures)
+        report.write_report(out, metrics, drawn)
         self.log.event("done", summary=summary, wall_seconds=metrics["wall_seconds"])
         return metrics
 
