@@ -76,7 +76,7 @@ def main(argv=None) -> list[dict]:
     def evaluate(name: str, fitness: CachedFitness, build: dict | None = None) -> None:
         row = {"fitness": name, **(build or {})}
         row["spearman"] = round(rank_correlation(fitness(pairs, masks).numpy(), e), 3)
-        kw = dict(table=fitness.table_kind, num_draws=fitness.num_draws, seed=0, progress=False)
+        kw = dict(fitness=fitness.table_kind, num_draws=fitness.num_draws, seed=0, progress=False)
         results = {"ga": search(fitness, s, **kw)}
         if fitness.table_kind == "interaction" and P <= 4:
             results["optimum"] = search(fitness, s, solver="exhaustive", **kw)

@@ -51,10 +51,11 @@ CROSSOVERS = ("uniform", "half")
 #: ``search.replacement``: the next generation: parents and offspring compete (DEAP's mu + lambda), or the
 #: paper's generational step (the elite and the offspring).
 REPLACEMENTS = ("plus", "generational")
-#: ``search.table``: the search's fitness: a per-pair model of each cell's score on composed images that depends
-#: on the other cells (fitted on f_T), each cell scored on its unmixed source, or f_T run on every composed sample
-#: of every individual (the paper's exact fitness: no table, I * N * S forward passes per generation).
-TABLES = ("interaction", "linear", "exact")
+#: ``search.fitness`` (``--fitness``): the search's fitness: a per-pair table of each cell's score on composed
+#: images that depends on the other cells (fitted on f_T), a table of each cell scored on its unmixed source, or
+#: f_T run on every composed sample of every individual (the paper's exact fitness: no table, I * N * S forward
+#: passes per generation).
+FITNESSES = ("interaction", "linear", "exact")
 #: ``search.solver``: the DEAP genetic search, or the exact optimum by enumeration (patch-only fitness, P <= 4).
 SOLVERS = ("ga", "exhaustive")
 #: ``search.mask_distribution``: the random masks the interaction model is fitted on (every cell with

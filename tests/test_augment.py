@@ -1,10 +1,10 @@
-"""Mixing modules and label helpers: RandomPatchMix, Mixup, CutMix, MixedBatch, soft/patch targets."""
+"""Mixing modules and label helpers: RandomPatchMix, MixupMixer, CutMixMixer, MixedBatch, soft/patch targets."""
 
 import pytest
 import torch
 
-from patchmix import CutMix, MixedBatch, Mixup, RandomPatchMix
-from patchmix.mixing.augment import sample_beta
+from patchmix import CutMixMixer, MixedBatch, MixupMixer, RandomPatchMix
+from patchmix.mixing.sampling import sample_beta
 from patchmix.ops import grid_mix_reference, patch_targets, soft_targets
 from patchmix.ops.grid_mix import upsample_mask
 
@@ -78,7 +78,7 @@ def test_random_patchmix_prob_zero_leaves_batch_unmixed():
 def test_mixup_is_convex_combination_per_sample():
     x, y = batch(B=8)
     g = torch.Generator().manual_seed(2)
-    out = Mixup(alpha=0.4, generator=g)(x, y)
+    out = MixupMixer(alpha=0.4, generator=g)(x, y)
     g = torch.Generator().manual_seed(2)
     perm = torch.randperm(8, generator=g)
     lam = out.lam[:, None, None, None]
@@ -86,17 +86,17 @@ def test_mixup_is_convex_combination_per_sample():
     assert out.mask is None and torch.equal(out.target_b, y[perm])
     # uint8 images blend in float32 and round half to even, as timm's FastCollateMixup does
     x8 = x.to(torch.uint8)
-    out8 = Mixup(alpha=0.4, generator=torch.Generator().manual_seed(2))(x8, y)
+    out8 = MixupMixer(alpha=0.4, generator=torch.Generator().manual_seed(2))(x8, y)
     w = out8.lam.double()[:, None, None, None]
     want = torch.round(x8.float() * w.float() + x8[perm].float() * (1 - w).float()).to(torch.uint8)
     assert out8.images.dtype == torch.uint8 and torch.equal(out8.images, want)
     with pytest.raises(ValueError, match="floating or uint8"):
-        Mixup()(x.to(torch.int32), y)
+        MixupMixer()(x.to(torch.int32), y)
 
 
 def test_cutmix_lam_is_exact_clipped_area():
     x, y = batch(B=50, H=17, W=23)
-    out = CutMix(alpha=1.0, generator=torch.Generator().manual_seed(0))(x, y)
+    out = CutMixMixer(alpha=1.0, generator=torch.Generator().manual_seed(0))(x, y)
     differs_from_self = (out.images != x).any(1)  # (B, H, W): pasted pixels (x has no ties almost surely)
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(50, generator=g)
@@ -112,8 +112,8 @@ def test_cutmix_lam_is_exact_clipped_area():
 
 def test_cutmix_reproducible_uint8():
     x, y = batch(dtype=torch.uint8)
-    a = CutMix(generator=torch.Generator().manual_seed(9))(x, y)
-    b = CutMix(generator=torch.Generator().manual_seed(9))(x, y)
+    a = CutMixMixer(generator=torch.Generator().manual_seed(9))(x, y)
+    b = CutMixMixer(generator=torch.Generator().manual_seed(9))(x, y)
     assert torch.equal(a.images, b.images) and torch.equal(a.lam, b.lam) and a.images.dtype == torch.uint8
 
 
@@ -121,7 +121,7 @@ def test_cutmix_reproducible_uint8():
     (lambda: RandomPatchMix(grid_size=0), "grid_size"),
     (lambda: RandomPatchMix(alpha=0), "alpha"),
     (lambda: RandomPatchMix(prob=1.5), "prob"),
-    (lambda: CutMix(alpha=-1), "alpha"),
+    (lambda: CutMixMixer(alpha=-1), "alpha"),
 ])
 def test_mixer_arguments_validated(bad):
     make, word = bad
@@ -136,7 +136,7 @@ def test_mixer_input_validated():
     with pytest.raises(ValueError, match="int64"):
         RandomPatchMix()(x, y.int())
     with pytest.raises(ValueError, match=r"x must be images of shape \(B, C, H, W\)"):
-        CutMix()(x[0], y)
+        CutMixMixer()(x[0], y)
     with pytest.raises(ValueError, match="grid size P = 16"):
         RandomPatchMix(grid_size=16)(x, y)
 
@@ -162,7 +162,7 @@ def test_patch_targets_row_major():
 
 def test_mixed_batch_helpers():
     x, y = batch()
-    out = Mixup()(x, y)
+    out = MixupMixer()(x, y)
     with pytest.raises(ValueError, match="needs a grid mask"):
         out.patch_targets()
     plain = MixedBatch.unmixed(x, y, grid_size=2)
@@ -178,7 +178,7 @@ def test_mixed_batch_helpers():
 
 
 @pytest.mark.parametrize("generator", [None, torch.Generator().manual_seed(0)])
-@pytest.mark.parametrize("mixer", [RandomPatchMix, Mixup, CutMix])
+@pytest.mark.parametrize("mixer", [RandomPatchMix, MixupMixer, CutMixMixer])
 def test_mixers_run_on_meta_tensors(mixer, generator, monkeypatch):
     """The whole forward (sampling, composition, labels) runs on ``meta`` tensors, which have no data: any host
     read of device data (``.item()``, ``bool()``, ``.tolist()``, a copy to the CPU) would raise there."""
@@ -199,7 +199,7 @@ def test_sampling_compiles_fullgraph():
     mixer = RandomPatchMix(grid_size=4, alpha=0.5, prob=0.8)
     masks = torch.compile(lambda: mixer.sample_masks(64, torch.device("cpu")), fullgraph=True)()
     assert masks.shape == (64, 4, 4) and masks.dtype == torch.bool
-    boxes = torch.compile(lambda: CutMix(alpha=1.0).boxes(32, 17, 23, torch.device("cpu")), fullgraph=True)()
+    boxes = torch.compile(lambda: CutMixMixer(alpha=1.0).boxes(32, 17, 23, torch.device("cpu")), fullgraph=True)()
     assert boxes.shape == (32, 4) and bool((boxes[:, 0] <= boxes[:, 1]).all())
     lam = torch.compile(lambda: sample_beta(0.3, 1000), fullgraph=True)()
     assert lam.shape == (1000,) and bool(((lam >= 0) & (lam <= 1)).all())
@@ -209,8 +209,7 @@ def test_sampling_compiles_fullgraph():
 def test_gamma_rounds_almost_never_fall_back(alpha):
     """Every draw finds an accepted proposal within GAMMA_ROUNDS (the fallback's probability is < 2e-16), and the
     Gamma mean and variance (both equal to the shape) come out right."""
-    from patchmix.mixing.augment import GAMMA_ROUNDS
-    from patchmix.mixing.sampling import sample_gamma_rounds
+    from patchmix.mixing.sampling import GAMMA_ROUNDS, sample_gamma_rounds
 
     assert GAMMA_ROUNDS >= 12
     g = torch.Generator().manual_seed(3)
@@ -237,8 +236,8 @@ def test_cuda_step_without_host_sync_and_reproducible_from_a_cpu_generator():
     y = torch.randint(0, 10, (64,), device="cuda")
     outs = []
     for _ in range(2):
-        mixers = [RandomPatchMix(generator=torch.Generator().manual_seed(5)), Mixup(generator=torch.Generator().manual_seed(5)),
-                  CutMix(generator=torch.Generator().manual_seed(5))]
+        mixers = [RandomPatchMix(generator=torch.Generator().manual_seed(5)), MixupMixer(generator=torch.Generator().manual_seed(5)),
+                  CutMixMixer(generator=torch.Generator().manual_seed(5))]
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -247,3 +246,16 @@ def test_cuda_step_without_host_sync_and_reproducible_from_a_cpu_generator():
             torch.cuda.set_sync_debug_mode("default")
     for a, b in zip(*outs, strict=True):
         assert torch.equal(a.images, b.images) and torch.equal(a.lam, b.lam)
+
+
+@pytest.mark.parametrize("old, new", [("Mixup", "MixupMixer"), ("CutMix", "CutMixMixer")])
+def test_the_names_that_borrowed_timms_say_what_to_use(old, new):
+    """``patchmix.Mixup`` took one alpha where timm's ``Mixup`` takes ``mixup_alpha``, ``cutmix_alpha``, ...: the old
+    name is gone and its error names both ``patchmix.Mix`` (timm's arguments) and the single-method mixer."""
+    import patchmix
+
+    with pytest.raises(AttributeError, match=rf"patchmix\.{old} was renamed: patchmix\.Mix\(.*patchmix\.{new}\(alpha\)"):
+        getattr(patchmix, old)
+    assert not hasattr(patchmix.mixing, old)
+    with pytest.raises(AttributeError, match="has no attribute 'Mixer'"):
+        patchmix.Mixer  # noqa: B018

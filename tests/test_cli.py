@@ -191,10 +191,52 @@ def test_help_for_every_command(capsys):
     (["eval"], "name at least one checkpoint"),
     (["eval", "/nonexistent.pt"], "checkpoint not found"),
     (["show", "--policy", "/nonexistent.json"], "policy file not found"),
+    (["run", "--preset", "paper-cifar", "--epochs", "1"], "--preset paper-cifar needs a CIFAR folder (--data"),
+    (["search", "--set", "search.table=linear"], "config key 'search.table' was renamed 'search.fitness': write "
+                                                 "search.fitness=linear"),
 ])
 def test_bad_arguments_exit_non_zero_with_a_message(args, needle, capsys):
     rc, out, err = _run(args, capsys)
     assert rc == 2 and needle in err, err
+
+
+def _help(command: str) -> str:
+    """``patchmix COMMAND --help``'s text."""
+    import argparse
+
+    from patchmix.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command].format_help()
+
+
+def test_help_texts_name_the_flags_they_mean():
+    """``search``'s checkpoint flag is --model-checkpoint (--model is the architecture); the model list is the
+    registry's; the fmnist time is the one docs/results.md measured."""
+    import re
+    from pathlib import Path
+
+    import patchmix.cli
+    from patchmix.models import MODEL_NAMES
+
+    search = _help("search")
+    assert "Without --model-checkpoint" in " ".join(search.split()) and "--model M.pt" not in patchmix.cli.__doc__
+    assert "--model-checkpoint M.pt" in patchmix.cli.__doc__
+    assert ", ".join(MODEL_NAMES) in " ".join(_help("train").split())
+    results = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    measured = re.search(r"\*\*Time\*\*: [\d,]+ s \(([\d.]+) minutes\) for the whole comparison", results)
+    run = " ".join(_help("run").split())
+    assert f"{round(float(measured.group(1)))} min measured on 2 cores" in run
+    assert "paper-cifar: the paper's recipe" in run and "on a CIFAR folder given with --data" in run
+
+
+def test_a_config_file_with_the_old_fitness_key_names_the_new_one(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"preset": "digits", "search": {"table": "exact"}}))
+    rc, _, err = _run(["search", "--config", str(path), "--out", str(tmp_path / "out")], capsys)
+    assert rc == 2 and "'search.table' was renamed 'search.fitness'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args", [["train"], ["train", "--method", "foo"], ["run", "--epochs", "x"], ["bogus"]])
@@ -614,3 +656,68 @@ def test_a_finished_search_is_reused_on_resume(tmp_path, capsys):
     assert [e["event"] for e in events if e["event"] in ("search", "trained", "resume")] == ["trained"]
     assert (out / "policies" / "seed0.json").read_bytes() == policy
     assert {r["method"] for r in json.load(open(out / "metrics.json"))["results"]} == {"random", "guided"}
+
+
+def _full_disk_after(monkeypatch, name: str):
+    """``torch.save`` writes half of the checkpoint ``name`` and then fails with ``ENOSPC``, as on a full disk."""
+    import errno
+
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):  # f: the open temporary file (patchmix.files.torch_save)
+        if name in os.fspath(getattr(f, "name", f)):
+            f.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_full_disk_during_run_exits_2_naming_the_file_and_keeps_what_was_written(tmp_path, capsys, monkeypatch):
+    """``ENOSPC`` (injected) while the second method's checkpoint is written: exit 2 with one line naming that file;
+    config.json, the log and the first method's checkpoint stay whole, no temporary is left, and ``--resume``
+    finishes the run once there is room."""
+    from patchmix.training import load_checkpoint
+
+    out = tmp_path / "run"
+    args = ["run", *TINY, "--methods", "base,mixup", "--seeds", "0", "--out", str(out)]
+    _full_disk_after(monkeypatch, "mixup-seed0.pt")
+    rc, _, err = _run(args, capsys)
+    target = out / "checkpoints" / "mixup-seed0.pt"
+    assert rc == 2, err
+    assert err.strip() == f"patchmix run: error: cannot write {target}: No space left on device; the files written " \
+                          f"before it are intact"
+    assert json.loads((out / "config.json").read_text())["run"]["methods"] == ["base", "mixup"]
+    assert load_checkpoint(str(out / "checkpoints" / "base-seed0.pt"))["complete"]
+    assert not target.exists() and not [p for p in out.rglob("*") if ".tmp" in p.name]
+    for line in (out / "log.jsonl").read_text().splitlines():
+        json.loads(line)
+    monkeypatch.undo()
+    rc, stdout, err = _run([*args, "--resume"], capsys)
+    assert rc == 0, err
+    assert set(json.loads((out / "metrics.json").read_text())["summary"]) == {"base", "mixup"}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 KiB tmpfs (config.json and the log fit, a checkpoint does not); skips where it cannot be mounted."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_really_full_disk_during_run_exits_2_naming_the_file(small_disk, capsys):
+    out = small_disk / "run"
+    rc, _, err = _run(["run", *TINY, "--methods", "base", "--seeds", "0", "--out", str(out)], capsys)
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"patchmix run: error: cannot write {out}{os.sep}"), err
+    assert "No space left on device" in lines[0]
+    assert json.loads((out / "config.json").read_text())["run"]["methods"] == ["base"]
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]

@@ -8,8 +8,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import patchmix.mixing.batch
 from patchmix import EpochBatchSampler, GuidedPatchMix, KeyedDataset, Mix, MixCollate, MixedBatch, RandomPatchMix
+from patchmix.guided import guided_loader
 from patchmix.mixing.collate import BatchKey, KeyedIndices, KeyedSamples, stack_batch, worker_output
-from patchmix.mixing.guided import mixed_loader
 from patchmix.search import Policy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,13 +43,13 @@ def test_each_worker_draws_its_own_stream():
 
 
 def test_phase_four_loader_workers_draw_different_random_parts():
-    """mixed_loader with two workers: the random part of each worker's first batch differs."""
+    """guided_loader with two workers: the random part of each worker's first batch differs."""
     rng = np.random.default_rng(0)
     policy = Policy([[0, 0], [1, 3], [2, 3]], rng.random((3, 4, 4)) < 0.5, ["a", "b", "c", "d"], 4)
     ds = uint8_dataset(n=80)
     gp = GuidedPatchMix(policy, ds.tensors[1], generator=torch.Generator().manual_seed(0))
     counts = (2, 8, 2)
-    loader = mixed_loader(ds, gp, counts, generator=torch.Generator().manual_seed(0), num_workers=2)
+    loader = guided_loader(ds, gp, counts, generator=torch.Generator().manual_seed(0), num_workers=2)
     b0, b1 = list(loader)[:2]
     rnd = slice(2, 10)
     assert not torch.equal(b0.mask[rnd], b1.mask[rnd])

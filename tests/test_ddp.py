@@ -52,7 +52,7 @@ def test_ddp_workflow_random_search_guided(tmp_path):
 
 
 def test_ddp_search_with_the_papers_exact_fitness_matches_one_process(tmp_path):
-    """search.table = exact: f_T runs on every composed sample of every individual, each rank a share of the
+    """search.fitness = exact: f_T runs on every composed sample of every individual, each rank a share of the
     population; the search is the one a single process runs (same f_T, seed and draws)."""
     from patchmix.cli import main
 

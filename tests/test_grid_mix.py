@@ -228,7 +228,7 @@ def test_fallback_without_extension_warns_once_and_works():
         "import warnings, torch\n"
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
-        "    import patchmix, patchmix.mixing.augment\n"
+        "    import patchmix, patchmix.mixing.mixers\n"
         "msgs = [str(m.message) for m in w if 'patchmix._C' in str(m.message)]\n"
         "assert len(msgs) == 1, msgs\n"
         "info = patchmix.backends()\n"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from patchmix import GuidedPatchMix, MixedBatch
-from patchmix.mixing.guided import MixedBatchSampler, MixedCollate, concat_batches, mixed_loader, phase_four_counts
+from patchmix.guided import GuidedBatchSampler, GuidedCollate, concat_batches, guided_loader, phase_four_counts
 from patchmix.ops import grid_mix_reference
 from patchmix.search import CachedFitness, Policy, search, synthetic_cache
 
@@ -99,7 +99,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="images must be the pool"):
         gp(images[:5], 3)
     with pytest.raises(ValueError, match="counts must be"):
-        MixedBatchSampler(gp, (0, 0, 0))
+        GuidedBatchSampler(gp, (0, 0, 0))
 
 
 def test_mixed_loader_serves_original_random_and_guided_parts():
@@ -108,7 +108,7 @@ def test_mixed_loader_serves_original_random_and_guided_parts():
     dataset = torch.utils.data.TensorDataset(images, labels)
     gp = GuidedPatchMix(policy, labels, generator=torch.Generator().manual_seed(0))
     counts = (4, 6, 5)
-    loader = mixed_loader(dataset, gp, counts, generator=torch.Generator().manual_seed(0))
+    loader = guided_loader(dataset, gp, counts, generator=torch.Generator().manual_seed(0))
     assert len(loader) == 40 // 10
     seen = []
     for batch in loader:
@@ -132,7 +132,7 @@ def test_collate_rejects_pairs_outside_the_policy():
     policy = make_policy()
     images, labels = pool()
     gp = GuidedPatchMix(policy, labels)
-    collate = MixedCollate(gp, (0, 0, 1))
+    collate = GuidedCollate(gp, (0, 0, 1))
     a = int(torch.nonzero(labels == 0)[0])
     b = int(torch.nonzero(labels == 1)[0])  # (airplane, car) is not a policy pair
     with pytest.raises(ValueError, match="not in the policy"):
@@ -158,7 +158,7 @@ def test_a_random_part_of_one_sample_is_that_sample_unchanged():
     images, labels = pool(n_per_class=8)
     gp = GuidedPatchMix(policy, labels, generator=torch.Generator().manual_seed(0))
     counts = (1, 1, 2)
-    loader = mixed_loader(torch.utils.data.TensorDataset(images, labels), gp, counts,
+    loader = guided_loader(torch.utils.data.TensorDataset(images, labels), gp, counts,
                           generator=torch.Generator().manual_seed(0))
     for batch in loader:
         assert len(batch) == 4
@@ -184,7 +184,7 @@ def test_phase_four_counts():
 def test_phase_four_labels_on_another_device_are_refused():
     policy = make_policy()
     images, labels = pool()
-    collate = MixedCollate(GuidedPatchMix(policy, labels), (2, 2, 1))
+    collate = GuidedCollate(GuidedPatchMix(policy, labels), (2, 2, 1))
     with pytest.raises(ValueError, match=r"y \(the labels\) is on meta but x \(the images\) is on cpu"):
         collate.mix(images[:6], labels[:6].to("meta"))
 
@@ -194,7 +194,7 @@ def test_the_sampler_walks_a_given_order():
     _, labels = pool(n_per_class=8)
     gp = GuidedPatchMix(policy, labels)
     order = torch.randperm(40, generator=torch.Generator().manual_seed(1))
-    batches = list(MixedBatchSampler(gp, (2, 3, 1), order=order, generator=torch.Generator().manual_seed(0)))
+    batches = list(GuidedBatchSampler(gp, (2, 3, 1), order=order, generator=torch.Generator().manual_seed(0)))
     assert len(batches) == 8 and torch.equal(torch.tensor([b[:5] for b in batches]).flatten(), order)
     with pytest.raises(ValueError, match="fit the order"):
-        MixedBatchSampler(gp, (2, 3, 1), order=order, num_batches=9)
+        GuidedBatchSampler(gp, (2, 3, 1), order=order, num_batches=9)

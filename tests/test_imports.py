@@ -98,47 +98,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-#: The layer map of docs/architecture.md, bottom to top: a module may import from its own layer and the layers
-#: below. A module belongs to the layer of the longest prefix that names it.
-LAYERS = (
-    ("leaves", ("patchmix._version", "patchmix.errors", "patchmix.choices", "patchmix.seeding", "patchmix.files")),
-    ("ops", ("patchmix._kernels", "patchmix.ops")),
-    ("data", ("patchmix.data",)),
-    ("mixing, loss", tuple(f"patchmix.mixing.{m}" for m in ("batch", "sampling", "mix", "augment", "collate",
-                                                             "checks", "switch")) + ("patchmix.losses",)),
-    ("models", ("patchmix.models",)),
-    ("search", ("patchmix.search",)),
-    ("guided", ("patchmix.mixing.guided", "patchmix.mixing")),  # the package re-exports the guided mixer
-    ("config", ("patchmix.config",)),
-    ("training", ("patchmix.training", "patchmix.train")),
-    ("application", ("patchmix", "patchmix.workflow", "patchmix.cli", "patchmix.__main__")),
-)
-
-
-def layer_of(module: str) -> int:
-    """The index in :data:`LAYERS` of ``module``'s layer (the longest matching prefix decides)."""
-    best, depth = None, -1
-    for i, (_, prefixes) in enumerate(LAYERS):
-        for p in prefixes:
-            if (module == p or module.startswith(p + ".")) and p.count(".") > depth:
-                best, depth = i, p.count(".")
-    assert best is not None, f"{module} is in no layer of LAYERS"
-    return best
-
-
-def test_every_module_imports_only_its_layer_or_below():
-    g = import_graph()
-    bad = [f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
-           for a in sorted(g) for b in sorted(g[a]) if layer_of(b) > layer_of(a)]
-    assert not bad, "imports from a higher layer: " + "; ".join(bad)
-
-
-def test_data_does_not_import_mixing():
-    g = import_graph()
-    bad = sorted((a, b) for a in g if a.startswith("patchmix.data") for b in g[a] if b.startswith("patchmix.mixing"))
-    assert not bad, bad
-
-
 def test_the_graph_sees_the_package():
     g = import_graph()
     assert "patchmix.training.loop" in g and "patchmix._kernels.grid_mix" in g
@@ -152,6 +111,56 @@ def test_the_graph_sees_the_package():
 def test_no_module_imports_one_that_imports_it_back():
     found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+#: The layer map (docs/architecture.md, "Module map"), bottom to top: a module imports only from its own layer or
+#: below. A module belongs to the layer of its longest matching prefix.
+LAYERS = (
+    ("leaves", ("patchmix._version", "patchmix.errors", "patchmix.choices", "patchmix.seeding", "patchmix.files")),
+    ("ops", ("patchmix.ops", "patchmix._kernels")),
+    ("data", ("patchmix.data",)),
+    ("mixing, loss", ("patchmix.mixing", "patchmix.losses")),
+    ("models", ("patchmix.models",)),
+    ("search", ("patchmix.search",)),
+    ("guided", ("patchmix.guided",)),
+    ("config", ("patchmix.config",)),
+    ("training", ("patchmix.training", "patchmix.train")),
+    ("application", ("patchmix.workflow", "patchmix.cli", "patchmix.__main__")),
+    ("package", ("patchmix",)),
+)
+
+
+def layer_of(module: str) -> int | None:
+    """The index in :data:`LAYERS` of ``module``'s layer (its longest matching prefix), None if unmapped."""
+    best = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    return best[0] if best else None
+
+
+def test_every_module_has_a_layer():
+    assert not [m for m in import_graph() if layer_of(m) is None]
+
+
+def test_modules_import_only_from_their_layer_or_below():
+    g = import_graph()
+    up = [f"{a} ({LAYERS[layer_of(a)][0]}) -> {b} ({LAYERS[layer_of(b)][0]})"
+          for a in sorted(g) for b in sorted(g[a]) if layer_of(b) > layer_of(a)]
+    assert not up, "imports from a higher layer: " + "; ".join(up)
+
+
+def test_data_does_not_import_mixing():
+    g = import_graph()
+    bad = sorted((a, b) for a in g if a.startswith("patchmix.data") for b in g[a] if b.startswith("patchmix.mixing"))
+    assert not bad, bad
+
+
+def test_the_guided_sampler_sits_above_the_search_and_mixing_below_it():
+    g = import_graph()
+    assert "patchmix.search.policy" in g["patchmix.guided"]
+    assert not [m for m in g if m.startswith("patchmix.mixing") and any(t.startswith("patchmix.search") for t in g[m])]
 
 
 def test_kernels_depend_only_downward():

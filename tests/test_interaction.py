@@ -206,15 +206,15 @@ def test_exhaustive_solver_is_the_optimum_and_the_ga_gets_close():
         pytest.approx(opt.fitness)
     ga = search(f, population=60, generations=60, num_pairs=6, seed=0, progress=False, patience=None)
     assert opt.fitness <= ga.best_fitness <= opt.fitness + 0.01 * abs(opt.fitness), (ga.best_fitness, opt.fitness)
-    with pytest.raises(ConfigError, match="search.table = 'linear' but the fitness was built with 'interaction'"):
-        search(f, table="linear", num_pairs=6, progress=False)
+    with pytest.raises(ConfigError, match="search.fitness = 'linear' but the fitness was built with 'interaction'"):
+        search(f, fitness="linear", num_pairs=6, progress=False)
     with pytest.raises(ConfigError, match="not separable"):
-        search(CachedFitness(cache, num_draws=4, image_weight=1.0), solver="exhaustive", table="linear",
+        search(CachedFitness(cache, num_draws=4, image_weight=1.0), solver="exhaustive", fitness="linear",
                num_pairs=6, num_draws=4, progress=False)
 
 
 def test_search_settings_of_the_fitness_are_validated():
-    for bad, match in ((dict(table="cubic"), "search.table"), (dict(solver="anneal"), "search.solver"),
+    for bad, match in ((dict(fitness="cubic"), "search.fitness"), (dict(solver="anneal"), "search.solver"),
                        (dict(ridge=0.0), "search.ridge"), (dict(ridge=float("nan")), "search.ridge"),
                        (dict(masks_per_draw=0), "search.masks_per_draw"),
                        (dict(mask_distribution="all"), "search.mask_distribution")):
@@ -279,7 +279,7 @@ def test_search_check_of_a_per_patch_model_on_the_search_draws_is_exact():
 
 
 def test_the_papers_exact_fitness_drives_the_search_and_resumes(tmp_path):
-    """search.table = exact: the GA scores every individual with f_T on the composed samples."""
+    """search.fitness = exact: the GA scores every individual with f_T on the composed samples."""
     images, labels = data(K=3, per_class=4)
     model = CellModel(num_classes=3, mix=1.0)
     cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
@@ -301,7 +301,7 @@ def test_the_papers_exact_fitness_drives_the_search_and_resumes(tmp_path):
     with pytest.raises(CheckpointError, match="another fitness"):
         search(other, population=6, generations=2, num_pairs=4, seed=0, progress=False, checkpoint=ck, resume=True)
     with pytest.raises(ConfigError, match="exhaustive needs a table"):
-        SearchConfig(table="exact", solver="exhaustive").check_dataset(12, 48, 2)
+        SearchConfig(fitness="exact", solver="exhaustive").check_dataset(12, 48, 2)
 
 
 def test_accuracy_objective_and_maximising_keep_working():

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patchmix import CutMix, MixedBatch, Mixup, PatchMixLoss, RandomPatchMix
+from patchmix import CutMixMixer, MixedBatch, MixupMixer, PatchMixLoss, RandomPatchMix
 from patchmix.ops import patchmix_cross_entropy
 
 N, K, P = 8, 10, 4
@@ -55,7 +55,7 @@ def test_options_pass_through():
     assert "image_weight=0.2" in repr(loss_fn)
 
 
-@pytest.mark.parametrize("mixer", [Mixup, CutMix])
+@pytest.mark.parametrize("mixer", [MixupMixer, CutMixMixer])
 def test_grid_free_batches_train_the_image_term(mixer):
     x, y = images_and_labels()
     batch = mixer(generator=torch.Generator().manual_seed(3))(x, y)
@@ -109,7 +109,7 @@ def test_errors():
         PatchMixLoss()((image, patch), (batch.target_a, batch.lam))
     x, y = images_and_labels()
     with pytest.raises(ValueError, match="only patch logits, but the batch has no grid mask"):
-        PatchMixLoss()((None, patch), Mixup()(x, y))
+        PatchMixLoss()((None, patch), MixupMixer()(x, y))
     with pytest.raises(ValueError, match="patch_logits has 16 patches .* but mask has P\\*P = 4"):
         PatchMixLoss()((image, patch), RandomPatchMix(grid_size=2)(x, y))
 

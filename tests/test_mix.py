@@ -409,7 +409,7 @@ def test_bad_arguments_name_the_argument(kwargs, word):
         Mix(**kwargs)
 
 
-@pytest.mark.parametrize("make", ["RandomPatchMix", "Mixup", "CutMix"])
+@pytest.mark.parametrize("make", ["RandomPatchMix", "MixupMixer", "CutMixMixer"])
 @pytest.mark.parametrize("alpha", [0.0, -1.0, INF, NAN])
 def test_the_paper_mixers_check_their_alpha(make, alpha):
     import patchmix

@@ -643,11 +643,11 @@ def test_one_vocabulary_for_the_search_settings():
                                                                    "num_pairs", "objective", "num_draws"}
     f = CachedFitness(synthetic_cache(5, per_class=4, grid_size=4, seed=0), num_draws=4)
     r = search(f, dataclasses.replace(cfg.search, population=8, generations=1, num_draws=4, num_pairs=6,
-                                      table="linear"), progress=False)
+                                      fitness="linear"), progress=False)
     assert r.policy.search["direction"] == "max" and len(r.policy) == 6
     with pytest.raises(ConfigError, match="search.objective = 'accuracy' but the fitness was built with 'logprob'"):
         search(f, objective="accuracy", progress=False)
-    with pytest.raises(ConfigError, match="search.table = 'interaction' but the fitness was built with 'linear'"):
-        search(f, cfg.search, num_draws=4, progress=False)  # the run's default table is the interaction one
+    with pytest.raises(ConfigError, match="search.fitness = 'interaction' but the fitness was built with 'linear'"):
+        search(f, cfg.search, num_draws=4, progress=False)  # the run's default fitness is the interaction one
     with pytest.raises(ConfigError, match="search.cxpb must be in"):
         config.resolve(None, None, {"search.cxpb": "2"})

@@ -9,6 +9,7 @@ import torch
 
 from patchmix import config, data, training
 from patchmix.choices import METHODS
+from patchmix.errors import ConfigError
 
 TINY = {"data.limit_train": 192, "train.epochs": 2, "train.batch_size": 32, "model.width": 8,
         "run.fgsm_epsilons": "", "run.seeds": "0"}
@@ -47,8 +48,10 @@ def test_paper_cifar_preset_is_the_papers_recipe():
     assert cfg.model.grid_size == 4 and t.alpha == 1.0 and cfg.model.name == "resnet32"
     assert (cfg.search.population, cfg.search.generations, cfg.search.cxpb, cfg.search.mutpb) == \
         (500, 250, 0.5, 0.3)
-    # flags still override the preset
-    assert config.resolve("paper-cifar", None, {"train.epochs": "2"}).train.epochs == 2
+    # flags still override the preset; it names no data, so the command line needs a CIFAR folder
+    assert config.resolve("paper-cifar", None, {"train.epochs": "2", "data.source": "cifar"}).train.epochs == 2
+    with pytest.raises(ConfigError, match="--preset paper-cifar needs a CIFAR folder"):
+        config.resolve("paper-cifar", None, {"train.epochs": "2"})
     # the schedule of the preset: cosine from 0.1 to 0 over 400 epochs
     assert training.lr_at(cfg, 0, 400 * 500, 500) == pytest.approx(0.1)
     assert training.lr_at(cfg, 200 * 500, 400 * 500, 500) == pytest.approx(0.05)
@@ -75,7 +78,8 @@ def test_fmnist_preset_runs_the_comparison_on_fashion_mnist():
 
 
 def test_config_file_round_trip_and_errors(tmp_path):
-    cfg = config.resolve("paper-cifar", None, {"run.seeds": "3,4", "train.guided_fractions": "0.5,0.25,0.25"})
+    cfg = config.resolve("paper-cifar", None, {"run.seeds": "3,4", "train.guided_fractions": "0.5,0.25,0.25",
+                                              "data.source": "/data/cifar-10-batches-py"})
     cfg.save(tmp_path / "c.json")
     again = config.resolve(None, str(tmp_path / "c.json"))
     assert again == cfg and again.run.seeds == (3, 4)

@@ -2,19 +2,19 @@
 
 Modules: :mod:`.batch` (:class:`MixedBatch`, the composition rule, dense-target converters), :mod:`.sampling`
 (vectorised Beta / Gamma draws, no host read), :mod:`.mix` (:class:`Mix`, timm's knobs plus PatchMix),
-:mod:`.augment` (the paper's mixers :class:`Mixup`, :class:`CutMix`, :class:`RandomPatchMix`), :mod:`.collate`
-(mixing in DataLoader workers: :class:`MixCollate`), :mod:`.guided` (:class:`GuidedPatchMix`, phase four's
-samples from a searched policy), :mod:`.switch` (:class:`MixSwitch`: whether a batch of an epoch is mixed, the one
-rule behind ``Mix.enabled``, ``MixCollate(mix_off_epoch=)`` and ``train.mix_off_epoch``) and :mod:`.checks` (the
-hyperparameter checks). The ops they call live in :mod:`patchmix.ops`.
+:mod:`.mixers` (the paper's single-method mixers :class:`RandomPatchMix`, :class:`MixupMixer`,
+:class:`CutMixMixer`), :mod:`.collate` (mixing in DataLoader workers: :class:`MixCollate`), :mod:`.switch`
+(:class:`MixSwitch`: whether a batch of an epoch is mixed, the one rule behind ``Mix.enabled``,
+``MixCollate(mix_off_epoch=)`` and ``train.mix_off_epoch``) and :mod:`.checks` (the hyperparameter checks). The
+ops they call live in :mod:`patchmix.ops`; guided samples from a searched policy, which sit above the search, in
+:mod:`patchmix.guided`.
 """
 
-from .augment import CutMix, Mixup, RandomPatchMix
 from .batch import MixedBatch
 from .collate import EpochBatchSampler, KeyedDataset, MixCollate
-from .guided import GuidedPatchMix
 from .mix import Mix
+from .mixers import CutMixMixer, MixupMixer, RandomPatchMix
 from .switch import MixSwitch
 
-__all__ = ["CutMix", "EpochBatchSampler", "GuidedPatchMix", "KeyedDataset", "Mix", "MixCollate", "MixSwitch",
-           "MixedBatch", "Mixup", "RandomPatchMix"]
+__all__ = ["CutMixMixer", "EpochBatchSampler", "KeyedDataset", "Mix", "MixCollate", "MixSwitch", "MixedBatch",
+           "MixupMixer", "RandomPatchMix"]

@@ -3,7 +3,7 @@
 ``DataLoader(dataset, batch_sampler=..., collate_fn=MixCollate(mixer), num_workers=k, pin_memory=True)``
 serves :class:`~patchmix.mixing.batch.MixedBatch` objects: the collate stacks the samples, optionally transforms the
 batch (crop, flip), mixes it with ``mixer`` (any :class:`patchmix.Mix`, the phase-four
-:class:`patchmix.mixing.guided.MixedCollate`, any callable ``(x, y) -> MixedBatch``), and the loader pins the result
+:class:`patchmix.guided.GuidedCollate`, any callable ``(x, y) -> MixedBatch``), and the loader pins the result
 (``MixedBatch.pin_memory``) for ``batch.to(device, non_blocking=True)``.
 
 Seeding. A forked worker holds a copy of whatever generator the collate had, so without care the k-th batch of
@@ -242,7 +242,7 @@ class MixCollate:
         if self.transform is not None:
             x = self.transform(x, g_transform)
         if not self.mixing(key.epoch if key is not None else self.epoch):
-            owner = getattr(self.mixer, "__self__", self.mixer)  # a bound method's object (MixedCollate.mix)
+            owner = getattr(self.mixer, "__self__", self.mixer)  # a bound method's object (GuidedCollate.mix)
             unmixed = getattr(owner, "unmixed", None)
             return unmixed(x, y) if unmixed is not None else MixedBatch.unmixed(x, y)
         kwargs = {}

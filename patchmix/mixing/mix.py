@@ -157,7 +157,7 @@ class Mix(nn.Module):
                  weights: Mapping[str, float] | Sequence[float] | None = None, pairing: str = "random",
                  enabled: bool = True, generator: torch.Generator | None = None):
         super().__init__()
-        # every hyperparameter checked here, where it is defined: an infinite alpha used to hang batch mode (Python's
+        # every hyperparameter checked here, where it is defined: an infinite alpha would hang batch mode (Python's
         # betavariate) and give NaN images in the others; the samplers check again at their entry
         alphas = {m: checks.real("Mix", f"{m}_alpha", a, low=0.0)
                   for m, a in zip(MIX_METHODS, (mixup_alpha, cutmix_alpha, patchmix_alpha), strict=True)}

@@ -417,7 +417,7 @@ class ExactFitness:
     through ``model`` (:func:`patchmix.search.scoring.composed_scores`); patch ``n`` is scored against its patch
     target with the fitness's objective, and the image-level term (when ``fitness.image_weight != 0``) scores
     the model's image logits against the soft label with the exact pixel ``lam``. The ground truth the cached
-    tables approximate, and the paper's own fitness: the search can use it directly (``search.table = exact``,
+    tables approximate, and the paper's own fitness: the search can use it directly (``search.fitness = exact``,
     ``table_kind == "exact"``), at ``I * N * S`` forward passes per generation (split across the ranks under
     ``torchrun``).
 

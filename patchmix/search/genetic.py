@@ -289,7 +289,8 @@ def _fingerprint(fitness: CachedFitness) -> str:
 
 def _check_fitness_settings(fitness: CachedFitness, config: SearchConfig) -> None:
     """The fitness settings of ``config`` are those the fitness object was built with."""
-    for name, built in (("objective", fitness.objective), ("num_draws", fitness.num_draws), ("table", fitness.table_kind)):
+    for name, built in (("objective", fitness.objective), ("num_draws", fitness.num_draws),
+                        ("fitness", fitness.table_kind)):
         if getattr(config, name) != built:
             raise ConfigError(f"search.{name} = {getattr(config, name)!r} but the fitness was built with {built!r}")
 
@@ -302,7 +303,7 @@ class GeneticSearch:
                  callback: Callable[[int, dict], bool | None] | None = None, save_checkpoint: bool = True):
         self.fitness = fitness
         self.config = config or SearchConfig(objective=fitness.objective, num_draws=fitness.num_draws,
-                                             table=fitness.table_kind)
+                                             fitness=fitness.table_kind)
         K = fitness.num_classes
         self.config.validate(K)
         _check_fitness_settings(fitness, self.config)
@@ -565,12 +566,13 @@ def _arrays(individuals: list) -> dict[str, np.ndarray]:
             "values": np.array([ind.fitness.values[0] for ind in individuals], dtype=np.float64)}
 
 
-def search(fitness: CachedFitness, config: SearchConfig | None = None, *, seed: int = 0,
+def search(fitness: CachedFitness, config: SearchConfig | None = None, /, *, seed: int = 0,
            class_names: list[str] | None = None, checkpoint=None, resume: bool = False, progress: bool = True,
            callback: Callable[[int, dict], bool | None] | None = None, save_checkpoint: bool = True,
            **settings) -> SearchResult:
     """Run the genetic search on ``fitness`` with ``config`` (a :class:`SearchConfig`; default: its tuned
-    operators, the paper's are ``PAPER_OPERATORS``) updated by ``**settings`` (its field names, e.g. ``population=100, patience=None``).
+    operators, the paper's are ``PAPER_OPERATORS``) updated by ``**settings`` (its field names, e.g. ``population=100, patience=None``; ``fitness`` and ``config`` are positional, so
+    ``fitness="linear"`` names the setting).
 
     ``checkpoint``: a file written every ``checkpoint_every`` generations (and at the end); with
     ``resume=True`` an existing checkpoint is continued (same settings required; ``generations``,
@@ -583,7 +585,7 @@ def search(fitness: CachedFitness, config: SearchConfig | None = None, *, seed: 
     if unknown:
         raise TypeError(f"search: unknown settings {sorted(unknown)}; see SearchConfig")
     base_config = config or SearchConfig(objective=fitness.objective, num_draws=fitness.num_draws,
-                                         table=fitness.table_kind)
+                                         fitness=fitness.table_kind)
     config = dataclasses.replace(base_config, **settings)
     if config.solver == "exhaustive":
         return exhaustive_search(fitness, config, seed=seed, class_names=class_names)

@@ -26,19 +26,19 @@ import numpy as np
 from ..choices import (
     CROSSOVERS,
     DIRECTIONS,
+    FITNESSES,
     MASK_DISTRIBUTIONS,
     OBJECTIVES,
     REPLACEMENTS,
     SAME_CLASS,
     SOLVERS,
-    TABLES,
     check_choice,
 )
 from ..errors import ConfigError
 from .pairs import check_num_pairs, default_num_pairs
 
 #: The interaction fit and the search check compose the validation split held in memory as uint8; a larger split
-#: is refused for ``table = interaction`` (``table = linear`` needs only f_T's logits) and skips the check.
+#: is refused for ``fitness = interaction`` (``fitness = linear`` needs only f_T's logits) and skips the check.
 VALIDATION_MAX_BYTES = 1 << 30
 
 #: The mutation operators, in the order of ``mutation_weights``.
@@ -101,11 +101,12 @@ class SearchConfig:
     objective: str = "logprob"
     #: fitness: ``S``, validation pairs drawn per class pair (once per search).
     num_draws: int = 32
-    #: fitness: the table, interaction (a per-pair model of each cell's score on composed images that depends on which
-    #: other cells come from the other image, fitted on f_T) | linear (each cell scored on its unmixed source:
-    #: one pass over the validation set, but blind to what the other image does; docs/search.md) | exact (no table:
-    #: the paper's fitness, f_T run on every composed sample, ``I * N * S`` forward passes per generation).
-    table: str = "interaction"
+    #: fitness: the kind, interaction (a per-pair table of each cell's score on composed images that depends on
+    #: which other cells come from the other image, fitted on f_T) | linear (a table of each cell scored on its
+    #: unmixed source: one pass over the validation set, but blind to what the other image does; docs/search.md) |
+    #: exact (no table: the paper's fitness, f_T run on every composed sample, ``I * N * S`` forward passes per
+    #: generation). ``--fitness`` sets it.
+    fitness: str = "interaction"
     #: fitness (interaction): ``M``, random masks composed with each draw to fit the model (``Q * S * M`` forward
     #: passes of f_T).
     masks_per_draw: int = 64
@@ -127,7 +128,7 @@ class SearchConfig:
         check_choice("search.objective", self.objective, OBJECTIVES, ConfigError)
         check_choice("search.crossover", self.crossover, CROSSOVERS, ConfigError)
         check_choice("search.replacement", self.replacement, REPLACEMENTS, ConfigError)
-        check_choice("search.table", self.table, TABLES, ConfigError)
+        check_choice("search.fitness", self.fitness, FITNESSES, ConfigError)
         check_choice("search.mask_distribution", self.mask_distribution, MASK_DISTRIBUTIONS, ConfigError)
         check_choice("search.solver", self.solver, SOLVERS, ConfigError)
         if not self.ridge > 0 or self.ridge == float("inf"):
@@ -167,14 +168,14 @@ class SearchConfig:
         grid: the interaction table composes the split in memory; the exhaustive solver enumerates ``2^(P*P)``
         masks per pair of an interaction table. Raises :class:`~patchmix.errors.ConfigError`."""
         size = num_images * image_bytes
-        if self.table != "linear" and size > VALIDATION_MAX_BYTES:
-            raise ConfigError(f"search.table = {self.table} composes the validation split in memory "
+        if self.fitness != "linear" and size > VALIDATION_MAX_BYTES:
+            raise ConfigError(f"search.fitness = {self.fitness} composes the validation split in memory "
                               f"({size / 2**30:.1f} GiB as uint8, over {VALIDATION_MAX_BYTES / 2**30:.0f} GiB); use "
-                              f"--set search.table=linear")
-        if self.solver == "exhaustive" and self.table == "exact":
-            raise ConfigError("search.solver = exhaustive needs a table (search.table = interaction or linear); the "
+                              f"--fitness linear")
+        if self.solver == "exhaustive" and self.fitness == "exact":
+            raise ConfigError("search.solver = exhaustive needs a table (search.fitness = interaction or linear); the "
                               "exact fitness is searched by the GA")
-        if self.solver == "exhaustive" and self.table == "interaction" and grid_size > 4:
+        if self.solver == "exhaustive" and self.fitness == "interaction" and grid_size > 4:
             raise ConfigError(f"search.solver = exhaustive enumerates 2^(P*P) masks per pair, out of reach for "
                               f"P = {grid_size} > 4; use search.solver=ga")
 

@@ -11,6 +11,9 @@ import time
 
 from torch import Tensor
 
+from ..errors import OutputError
+from ..files import write_error
+
 
 class Log:
     """JSON-lines event log (``log.jsonl``, rank 0 only) plus human messages (suppressed by ``quiet``).
@@ -22,9 +25,13 @@ class Log:
         self.quiet = quiet
         self.enabled = enabled
         self._file = None
+        self.path = path
         if path and enabled:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self._file = open(path, "a", buffering=1)
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                self._file = open(path, "a", buffering=1)
+            except OSError as exc:
+                raise write_error(path, exc) from None
 
     @classmethod
     def silent(cls) -> Log:
@@ -34,7 +41,10 @@ class Log:
     def event(self, kind: str, **fields) -> None:
         if self._file is not None:
             rec = {"time": round(time.time(), 3), "event": kind, **fields}
-            self._file.write(json.dumps(rec, default=_json_default) + "\n")
+            try:
+                self._file.write(json.dumps(rec, default=_json_default) + "\n")
+            except OSError as exc:  # a full disk: the lines before this one are in the file
+                raise write_error(self.path, exc) from None
 
     def info(self, msg: str) -> None:
         if self.enabled and not self.quiet:
@@ -51,14 +61,21 @@ class Log:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except OSError as exc:
+                raise write_error(self.path, exc) from None
 
     def __enter__(self) -> Log:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()  # also when interrupted or failing: the JSON-lines log is flushed and closed
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            self.close()  # also when interrupted or failing: the JSON-lines log is flushed and closed
+        except OutputError:
+            if exc_type is None:  # else the error already leaving the block is the one to report
+                raise
 
 
 def _json_default(o):

@@ -5,7 +5,7 @@ loss trains it.
   fused image + patch loss ``L_T`` (the paper's phase one); ``mix``: Mixup, CutMix and PatchMix chosen per sample
   (or per batch) by ``train.mix_weights``, ``L_T`` for its PatchMix samples and ``L_O`` for the others;
 * ``guided``: phase four: each batch holds original, random-mixed and policy-guided samples, built by
-  :class:`patchmix.mixing.guided.MixedBatchSampler` (indices) and :class:`patchmix.mixing.guided.MixedCollate` (mixing).
+  :class:`patchmix.guided.GuidedBatchSampler` (indices) and :class:`patchmix.guided.GuidedCollate` (mixing).
 
 Every method goes through :class:`patchmix.PatchMixLoss`; all but ``random`` and ``mix`` use its image term ``L_O``
 only. Every method takes the same number of steps of the same batch size (the same budget): an epoch of
@@ -30,10 +30,10 @@ from ..choices import METHODS, MIX_METHODS, PATCH_SUPERVISED
 from ..config import Config
 from ..errors import ConfigError, PolicyError
 from ..losses import PatchMixLoss
-from ..mixing.augment import RandomPatchMix
 from ..mixing.batch import MixedBatch
 from ..mixing.collate import MixCollate
 from ..mixing.mix import Mix
+from ..mixing.mixers import RandomPatchMix
 from ..mixing.switch import MixSwitch
 from .optim import lr_at
 from .runtime import Runtime
@@ -107,7 +107,7 @@ class Method:
         self.switch = MixSwitch(cfg.train.mix_off_epoch)
         self.guided = None
         if name == "guided":
-            from ..mixing.guided import GuidedPatchMix, phase_four_counts
+            from ..guided import GuidedPatchMix, phase_four_counts
 
             if policy is None:
                 raise ConfigError("method 'guided' needs a policy (run `patchmix search` first, then pass --policy)")
@@ -145,17 +145,17 @@ class Method:
         order = order[: self.steps_per_epoch * load]
         if not guided:
             return list(order.split(load))
-        from ..mixing.guided import MixedBatchSampler
+        from ..guided import GuidedBatchSampler
 
-        sampler = MixedBatchSampler(self.guided, self.counts, order=order, generator=streams.guided)
+        sampler = GuidedBatchSampler(self.guided, self.counts, order=order, generator=streams.guided)
         return [torch.tensor(b) for b in sampler]
 
     def mixer(self) -> Mixer:
         """``mix(x, y, generator=None) -> MixedBatch`` of a loaded batch: the method's :func:`make_mixer`, or for
-        ``guided`` phase four's :meth:`patchmix.mixing.guided.MixedCollate.mix` (its random part a Random PatchMix)."""
+        ``guided`` phase four's :meth:`patchmix.guided.GuidedCollate.mix` (its random part a Random PatchMix)."""
         if self.guided is None:
             return make_mixer(self.name, self.cfg)
-        from ..mixing.guided import MixedCollate
+        from ..guided import GuidedCollate
 
         t = self.cfg.train
         alpha = t.alpha if t.patchmix_alpha is None else t.patchmix_alpha
@@ -163,7 +163,7 @@ class Method:
             random_part = RandomPatchMix(self.cfg.model.grid_size, alpha, t.mix_prob)
         except ValueError as exc:  # a bad train.* setting, like make_mixer's
             raise ConfigError(f"method {self.name!r}: {exc}") from None
-        return MixedCollate(self.guided, self.counts, random_mixer=random_part).mix
+        return GuidedCollate(self.guided, self.counts, random_mixer=random_part).mix
 
     def collate(self, seed: int) -> MixCollate:
         """The loader's ``collate_fn`` for a training seeded with ``seed``: crop/flip (``data.augment``) and mix

@@ -4,7 +4,8 @@ Modules: :mod:`.run` (the four-phase workflow and the comparison runs behind ``p
 ``train`` and ``search`` share with it), :mod:`.ablation` (``patchmix ablate``), :mod:`.rundir` (the output
 folder: its files, its lock, the refusal of foreign folders, the resume and reuse rules), :mod:`.session` (what
 ``run``, ``train``, ``search`` and ``ablate`` do around their work: check everything, then lock and commit the
-folder) and :mod:`.report` (figures, tables and ``report.md``).
+folder), :mod:`.commands` (the work of each ``patchmix`` command), :mod:`.report` (tables and ``report.md``),
+:mod:`.figures` (the PNGs) and :mod:`.samples` (mixed samples of any method).
 """
 
 from .run import (

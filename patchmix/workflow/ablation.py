@@ -40,7 +40,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..files import atomic_write_text
 from ..training import Interrupted, train_model
-from . import report, rundir
+from . import figures, report, rundir
 from .run import search_policy, stop_if_requested, train_job
 from .stats import paired_difference
 
@@ -123,7 +123,7 @@ def run_ablation(table: str, cfg: Config, out: str, *, quiet: bool = False, comm
         doc = tabulate(table, cells, results)
         doc.update(command=command, config=cfg.to_dict(), dataset=ds.describe(),
                    wall_seconds=round(time.perf_counter() - t_start, 2))
-        doc["figure"] = os.path.relpath(report.ablation_figure(doc, os.path.join(out, "figures", f"{table}.png")), out)
+        doc["figure"] = os.path.relpath(figures.ablation_figure(doc, os.path.join(out, "figures", f"{table}.png")), out)
         rundir.write_metrics(os.path.join(out, f"{table}.json"), doc)
         atomic_write_text(os.path.join(out, f"{table}.md"), format_ablation(doc) + "\n")
         log.event("ablated", table=table, cells=doc["cells"], wall_seconds=doc["wall_seconds"])

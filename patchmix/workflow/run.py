@@ -33,7 +33,7 @@ from ..training import (
     stop_requested,
     train_model,
 )
-from . import report, rundir
+from . import figures, report, rundir
 from .stats import paired_summary
 
 
@@ -98,7 +98,7 @@ def build_fitness(cfg: Config, ds: data_mod.Dataset, net, cache, seed: int, rt: 
     s = cfg.search
     draw_seed = derive_seed(seed, "draws") % 2**32
     table = None
-    if s.table == "interaction":  # images is not None: Config.check_dataset refused a split too large to hold
+    if s.fitness == "interaction":  # images is not None: Config.check_dataset refused a split too large to hold
         key = _table_key(net, cfg, draw_seed, rt)
         if _LAST_TABLE.get("key") == key:
             table, stats = _LAST_TABLE["table"], dict(_LAST_TABLE["stats"], reused=True)
@@ -117,7 +117,7 @@ def build_fitness(cfg: Config, ds: data_mod.Dataset, net, cache, seed: int, rt: 
             _LAST_TABLE.clear()
             _LAST_TABLE.update(key=key, table=table, stats=stats)
     fitness = CachedFitness(cache, num_draws=s.num_draws, objective=s.objective, seed=draw_seed, table=table)
-    if s.table == "exact":  # the paper's fitness: f_T on every composed sample, on the same draws
+    if s.fitness == "exact":  # the paper's fitness: f_T on every composed sample, on the same draws
         log.info(f"exact fitness: f_T runs on {s.num_draws} composed images per slot of every individual")
         return ExactFitness(net, images.to(rt.device), fitness)
     if table is not None:
@@ -160,7 +160,7 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
     loader = ((data_mod.to_float(x, rt.device), y) for x, y in data_mod.batches(ds.val, 256, order))
     cache = CachedLogits.from_model(net, loader, device=rt.device, grid_size=cfg.model.grid_size,
                                     class_names=list(ds.classes))
-    images = validation_images(ds) if s.table != "linear" or cfg.run.fidelity_individuals else None
+    images = validation_images(ds) if s.fitness != "linear" or cfg.run.fidelity_individuals else None
     fitness = build_fitness(cfg, ds, net, cache, seed, rt, log, images)
     scorer = DistributedFitness(fitness, rt) if rt.distributed else fitness
     t_cache = time.perf_counter() - t0
@@ -331,16 +331,12 @@ class Workflow:
         """The summary table, figures, ``metrics.json`` and ``report.md`` (rank 0)."""
         cfg, ds, out, results = self.cfg, self.ds, self.out, self.results
         summary = report.summarize(results, self.methods)
-        fgsm_summary = {}
-        for m in summary:
-            rows = [r["fgsm"] for r in results if r["method"] == m and r.get("fgsm")]
-            if rows:
-                fgsm_summary[m] = {e: sum(r[e] for r in rows) / len(rows) for e in rows[0]}
+        fgsm_summary = report.fgsm_summary(results, summary)
         policies = list(self.policies.values())
         first_policy = policies[0] if policies else None
         paired = paired_summary(results, self.methods)
-        figures = report.make_figures(cfg, ds, out, results, summary, first_policy, policies, self.logbooks,
-                                      self.searches, paired)
+        drawn = figures.make_figures(cfg, ds, out, results, summary, first_policy, policies, self.logbooks,
+                                     self.searches, paired)
         files = {"config": "config.json", "metrics": "metrics.json", "log": "log.jsonl", "checkpoints": "checkpoints/"}
         if first_policy is not None:
             first_policy.save(os.path.join(out, "policy.json"))
@@ -353,10 +349,10 @@ class Workflow:
                    "ema_summary": report.summarize(results, self.methods, key="ema_test_acc"),
                    "paired": paired, "results": results, "search": self.searches,
                    "fidelity": report.fidelity_summary(self.searches),
-                   "figures": figures, "files": files,
+                   "figures": drawn, "files": files,
                    "wall_seconds": round(time.perf_counter() - t_start, 2)}
         rundir.write_metrics(os.path.join(out, "metrics.json"), metrics)
-        report.write_report(out, metrics, figures)
+        report.write_report(out, metrics, drawn)
         self.log.event("done", summary=summary, wall_seconds=metrics["wall_seconds"])
         return metrics
 

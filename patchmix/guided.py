@@ -4,11 +4,11 @@
   ``pair_weights``), one pool image of class ``c_i`` and one of ``c_j`` (uniformly), composed with that
   pair's mask by ``patchmix.ops.grid_mix`` with ``index_a``/``index_b`` into the pool. True cells come from the
   ``c_i`` image, which is ``target_a`` of the returned :class:`~patchmix.MixedBatch`.
-* Phase four's batch, built in one place: :class:`MixedBatchSampler` lists a batch's dataset indices and
-  :class:`MixedCollate` composes the loaded images into one :class:`~patchmix.MixedBatch` with three parts,
+* Phase four's batch, built in one place: :class:`GuidedBatchSampler` lists a batch's dataset indices and
+  :class:`GuidedCollate` composes the loaded images into one :class:`~patchmix.MixedBatch` with three parts,
   in this order: original samples (``lam = 1``), Random-PatchMix samples (mixed within that part) and guided
   samples (``L_O`` over all of them). :func:`phase_four_counts` splits a batch into the three parts. The
-  trainer's loader and :func:`mixed_loader` run ``MixedCollate.mix`` inside a
+  trainer's loader and :func:`guided_loader` run ``GuidedCollate.mix`` inside a
   :class:`patchmix.mixing.collate.MixCollate` (a generator per batch or per worker, never one shared by the workers).
 
 A Random-PatchMix part of one sample is valid: like :class:`~patchmix.RandomPatchMix` on a batch of one, it
@@ -25,13 +25,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import PolicyError
-from ..ops import grid_mix
-from ..search.policy import Policy
-from . import checks
-from .augment import MixedBatch, RandomPatchMix
-from .collate import MixCollate
-from .mix import check_batch
+from .errors import PolicyError
+from .mixing import checks
+from .mixing.batch import MixedBatch
+from .mixing.collate import MixCollate
+from .mixing.mix import check_batch
+from .mixing.mixers import RandomPatchMix
+from .ops import grid_mix
+from .search.policy import Policy
 
 
 def phase_four_counts(batch: int, fractions: Sequence[float]) -> tuple[int, int, int]:
@@ -53,7 +54,7 @@ def phase_four_counts(batch: int, fractions: Sequence[float]) -> tuple[int, int,
 def _check_in_policy(slot: Tensor) -> None:
     """Every guided sample's ordered class pair is a policy pair (``slot >= 0``). On the CPU this raises
     :class:`PolicyError`; on an accelerator it queues a device-side assert instead of reading the device."""
-    msg = "MixedCollate: a guided pair is not in the policy; use MixedBatchSampler's indices"
+    msg = "GuidedCollate: a guided pair is not in the policy; use GuidedBatchSampler's indices"
     if slot.device.type == "cpu":
         if bool((slot < 0).any()):
             raise PolicyError(msg)
@@ -179,10 +180,10 @@ class GuidedPatchMix(nn.Module):
         return f"pairs={len(self.policy)}, grid_size={self.grid_size}, pool={self.labels.shape[0]}"
 
 
-class MixedBatchSampler(torch.utils.data.Sampler):
+class GuidedBatchSampler(torch.utils.data.Sampler):
     """The dataset indices of phase-four batches: each batch lists ``n_original + n_random`` indices from
     ``order`` (the plain part), then ``n_guided`` indices of class-``c_i`` images and ``n_guided`` of
-    class-``c_j`` images drawn by ``guided``. Use with :class:`MixedCollate` (same counts).
+    class-``c_j`` images drawn by ``guided``. Use with :class:`GuidedCollate` (same counts).
 
     Args:
         guided: the guided sampler (its labels are the pool the indices refer to).
@@ -198,7 +199,7 @@ class MixedBatchSampler(torch.utils.data.Sampler):
                  num_batches: int | None = None, generator: torch.Generator | None = None):
         n_o, n_r, n_g = (int(c) for c in counts)
         if min(n_o, n_r, n_g) < 0 or n_o + n_r + n_g == 0:
-            raise ValueError(f"MixedBatchSampler: counts must be three non-negative ints, not all 0, got {counts}")
+            raise ValueError(f"GuidedBatchSampler: counts must be three non-negative ints, not all 0, got {counts}")
         self.guided, self.counts, self.generator = guided, (n_o, n_r, n_g), generator
         self.order = None if order is None else torch.as_tensor(order, dtype=torch.int64)
         L = guided.labels.shape[0] if self.order is None else self.order.numel()
@@ -206,7 +207,7 @@ class MixedBatchSampler(torch.utils.data.Sampler):
         if num_batches is None:
             num_batches = L // plain if plain else 1
         if num_batches < 1 or (self.order is not None and num_batches * plain > L):
-            raise ValueError(f"MixedBatchSampler: num_batches must be >= 1 and fit the order ({L} indices, {plain} "
+            raise ValueError(f"GuidedBatchSampler: num_batches must be >= 1 and fit the order ({L} indices, {plain} "
                              f"per batch), got {num_batches}")
         self.num_batches = int(num_batches)
 
@@ -229,8 +230,8 @@ class MixedBatchSampler(torch.utils.data.Sampler):
             yield torch.cat([first, ia, ib]).tolist()
 
 
-class MixedCollate:
-    """Composes phase four's batch from the samples :class:`MixedBatchSampler` listed: the original part
+class GuidedCollate:
+    """Composes phase four's batch from the samples :class:`GuidedBatchSampler` listed: the original part
     (all-True masks), the Random-PatchMix part (mixed within itself by ``random_mixer``) and the guided part
     (each ``(c_i, c_j)`` pair of images composed with the policy's mask for that ordered pair).
 
@@ -247,7 +248,7 @@ class MixedCollate:
         self.random_mixer = random_mixer if random_mixer is not None else RandomPatchMix(
             guided.grid_size, generator=guided.generator)
         if self.random_mixer.grid_size != guided.grid_size:
-            raise ValueError(f"MixedCollate: random_mixer grid {self.random_mixer.grid_size} != policy grid {guided.grid_size}")
+            raise ValueError(f"GuidedCollate: random_mixer grid {self.random_mixer.grid_size} != policy grid {guided.grid_size}")
         if seed is None:
             seed = guided.generator.initial_seed() if guided.generator is not None else 0
         self.collate = MixCollate(self.mix, seed=seed)
@@ -255,7 +256,7 @@ class MixedCollate:
     def mix(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> MixedBatch:
         n_o, n_r, n_g = self.counts
         if x.shape[0] != n_o + n_r + 2 * n_g or y.shape[0] != x.shape[0]:
-            raise ValueError(f"MixedCollate: expected {n_o + n_r + 2 * n_g} samples (counts {self.counts}), "
+            raise ValueError(f"GuidedCollate: expected {n_o + n_r + 2 * n_g} samples (counts {self.counts}), "
                              f"got {x.shape[0]} images and {y.shape[0]} labels")
         check_batch(x, y)
         parts, offsets = [], []
@@ -282,19 +283,19 @@ class MixedCollate:
         return self.collate(samples)
 
 
-def mixed_loader(dataset, guided: GuidedPatchMix, counts: tuple[int, int, int], *, num_batches: int | None = None,
+def guided_loader(dataset, guided: GuidedPatchMix, counts: tuple[int, int, int], *, num_batches: int | None = None,
                  generator: torch.Generator | None = None, random_mixer: RandomPatchMix | None = None,
                  seed: int | None = None, **loader_kwargs) -> torch.utils.data.DataLoader:
     """A ``DataLoader`` over ``dataset`` (items ``(x, y)``; ``guided`` built on its labels) whose batches are
     :class:`MixedBatch` of ``counts = (n_original, n_random, n_guided)`` samples. The guided draws come from
     ``generator`` in the main process; the random part draws from a stream per worker seeded by ``seed``
     (default: ``generator``'s initial seed), so workers never repeat each other's masks."""
-    sampler = MixedBatchSampler(guided, counts, num_batches=num_batches, generator=generator)
+    sampler = GuidedBatchSampler(guided, counts, num_batches=num_batches, generator=generator)
     if seed is None and generator is not None:
         seed = generator.initial_seed()
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
-                                       collate_fn=MixedCollate(guided, counts, random_mixer=random_mixer, seed=seed),
+                                       collate_fn=GuidedCollate(guided, counts, random_mixer=random_mixer, seed=seed),
                                        **loader_kwargs)
 
 
-__all__ = ["GuidedPatchMix", "MixedBatchSampler", "MixedCollate", "concat_batches", "mixed_loader", "phase_four_counts"]
+__all__ = ["GuidedPatchMix", "GuidedBatchSampler", "GuidedCollate", "concat_batches", "guided_loader", "phase_four_counts"]

@@ -1,15 +1,16 @@
 """The paper's per-sample mixers: Random PatchMix, Mixup and CutMix, each a :class:`patchmix.Mix` with one method
 on, ``mode="elem"`` and no label smoothing (the loss applies it), all returning one :class:`MixedBatch`.
 
+The single-method Mixup and CutMix are :class:`MixupMixer` and :class:`CutMixMixer`: they take one ``alpha``, so
+they do not borrow the name of timm's ``Mixup``, whose arguments (``mixup_alpha``, ``cutmix_alpha``, ``mode``,
+...) :class:`patchmix.Mix` takes.
+
 Convention for every mixer: output sample ``i`` pairs ``x[i]`` (source *a*) with ``x[perm[i]]`` (source *b*);
 ``lam[i]`` is the weight of ``target_a[i] = y[i]`` and ``1 - lam[i]`` that of ``target_b[i] = y[perm[i]]``.
 For Random PatchMix and CutMix ``lam`` is the realised pixel fraction from ``x[i]`` (exact, never the
 drawn Beta value). Sampling is vectorised, per sample, on the input's device, with a fixed number of kernels
 and no host read (a CUDA training step does not wait for the GPU here), and reproducible with a
 ``torch.Generator``: one on the data's device is used directly, one elsewhere seeds a generator there.
-
-:class:`MixedBatch` lives in :mod:`patchmix.mixing.batch` and the draws in :mod:`patchmix.mixing.sampling`; both are
-re-exported here, where they were first defined.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from __future__ import annotations
 import torch
 
 from . import checks
-from .batch import MixedBatch
 from .mix import Mix
-from .sampling import GAMMA_ROUNDS, sample_beta, sample_gamma
 
 
 def _check_alpha(owner: str, alpha: float) -> float:
@@ -45,7 +44,7 @@ class RandomPatchMix(Mix):
         return f"grid_size={self.grid_size}, alpha={self.alpha}, prob={self.prob}"
 
 
-class Mixup(Mix):
+class MixupMixer(Mix):
     """Mixup (Zhang et al.): ``images = lam * x + (1 - lam) * x[perm]`` with a per-sample ``lam ~ Beta``; uint8
     images are blended in float32 and rounded (timm's ``FastCollateMixup``).
 
@@ -53,14 +52,14 @@ class Mixup(Mix):
     """
 
     def __init__(self, alpha: float = 1.0, generator: torch.Generator | None = None):
-        super().__init__(mixup_alpha=_check_alpha("Mixup", alpha), mode="elem", label_smoothing=0.0, generator=generator)
+        super().__init__(mixup_alpha=_check_alpha("MixupMixer", alpha), mode="elem", label_smoothing=0.0, generator=generator)
         self.alpha = self.alphas[self.methods[0]]
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
 
-class CutMix(Mix):
+class CutMixMixer(Mix):
     """CutMix (Yun et al.): a box of area ``(1 - lam0) * H * W`` (``lam0 ~ Beta``, per sample), centred
     uniformly and clipped to the image, is pasted from ``x[perm]``; ``lam`` is the exact remaining area.
 
@@ -68,7 +67,7 @@ class CutMix(Mix):
     """
 
     def __init__(self, alpha: float = 1.0, generator: torch.Generator | None = None):
-        super().__init__(mixup_alpha=0.0, cutmix_alpha=_check_alpha("CutMix", alpha), mode="elem", label_smoothing=0.0,
+        super().__init__(mixup_alpha=0.0, cutmix_alpha=_check_alpha("CutMixMixer", alpha), mode="elem", label_smoothing=0.0,
                          generator=generator)
         self.alpha = self.alphas[self.methods[0]]
 
@@ -76,4 +75,4 @@ class CutMix(Mix):
         return f"alpha={self.alpha}"
 
 
-__all__ = ["GAMMA_ROUNDS", "CutMix", "MixedBatch", "Mixup", "RandomPatchMix", "sample_beta", "sample_gamma"]
+__all__ = ["CutMixMixer", "MixupMixer", "RandomPatchMix"]
