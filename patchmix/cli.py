@@ -23,7 +23,7 @@ import os
 import sys
 
 from .choices import ABLATIONS, CHANNELS_LAST, DATA_FORMATS, METHODS, MIX_MODES, OBJECTIVES, SOLVERS, SPLITS, TABLES
-from .config import PRESETS
+from .config import FREEZE, PRESETS
 from .errors import ConfigError, OutputError, PatchmixError
 
 EPILOG_DATA = """data (--data): 'digits' (scikit-learn's bundled 8x8 digits, the default), 'mnist5k' (5,000 MNIST
@@ -53,7 +53,9 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
                    help="digits: the quick CPU demo (default); mnist5k: the paper's comparison on 5,000 real MNIST "
                         "digits at 32x32 (small_resnet, <= 30 min on 2 cores); fmnist: the same on 10,000 "
                         "Fashion-MNIST images (5 seeds, about 67 min on 2 quiet cores); paper-cifar: the paper's recipe (400 "
-                        "epochs, batch 100, SGD Nesterov 0.9, wd 5e-4, lr 0.1 cosine, P=4, alpha=1, ResNet-32)")
+                        "epochs, batch 100, SGD Nesterov 0.9, wd 5e-4, lr 0.1 cosine, P=4, alpha=1, ResNet-32); "
+                        "wsol-cub: wsolevaluation's ResNet-50 CUB setting (needs --init imagenet-weights.pth and "
+                        "--data DIR; docs/transfer.md)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set train.warmup_epochs=5 --set search.num_draws=64 (repeatable)")
     g = p.add_argument_group("data and model")
@@ -69,6 +71,13 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
     g.add_argument("--batch-size", type=int, help="global batch size (split over torchrun processes)")
     g.add_argument("--lr", type=float, help="initial learning rate (cosine annealing by default)")
     g.add_argument("--alpha", type=float, help="Beta(alpha, alpha) of Random PatchMix, Mixup, CutMix")
+    g.add_argument("--init", metavar="FILE",
+                   help="start from these weights: a patchmix checkpoint, a .pth/.pt state dict or a .safetensors file "
+                        "(torchvision / timm names for resnet50); classifiers start fresh for another class count "
+                        "(train.init; docs/transfer.md)")
+    g.add_argument("--freeze", choices=FREEZE,
+                   help="backbone: train only the heads (a linear probe), the backbone fixed, its BatchNorm "
+                        "statistics too (train.freeze)")
     if seeds:
         g.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (run: default 0,1,2; train: default 0)")
         g.add_argument("--seed", type=int, help="a single seed (same as --seeds N)")
@@ -214,7 +223,7 @@ FLAG_KEYS = {"data": "data.source", "format": "data.format", "image_size": "data
              "mix_mode": "train.mix_mode", "mixup_alpha": "train.mixup_alpha", "cutmix_alpha": "train.cutmix_alpha",
              "cutmix_minmax": "train.cutmix_minmax", "mix_prob": "train.mix_prob", "mix_weights": "train.mix_weights",
              "mix_off_epoch": "train.mix_off_epoch", "ema_decay": "train.ema_decay", "ema_warmup": "train.ema_warmup",
-             "compile": "run.compile"}
+             "compile": "run.compile", "init": "train.init", "freeze": "train.freeze"}
 #: ... and the other way: a key -> its flag, so that an error about a setting names the flag too.
 KEY_FLAGS = {key: "--" + dest.replace("_", "-") for dest, key in FLAG_KEYS.items()}
 
@@ -225,6 +234,8 @@ def _updates(args) -> dict:
         v = getattr(args, attr, None)
         if v is not None:
             u[key] = v
+    if getattr(args, "init", None):  # a file named now is hashed now (a --config's recorded hash is of its file)
+        u["train.init_sha256"] = None
     if getattr(args, "maximize", None):
         u["search.direction"] = "max"
     if getattr(args, "seed", None) is not None and args.command in ("run", "train", "search", "ablate"):
