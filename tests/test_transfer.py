@@ -274,3 +274,14 @@ def test_the_wsol_preset_needs_data_and_last_stride_needs_resnet50(tmp_path, cap
     rc = main(["train", "--method", "base", *TINY, "--set", "model.last_stride=1", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "model.last_stride applies to resnet50, not small_cnn" in err and not out.exists(), err
+
+
+def test_the_python_api_example_of_docs_transfer_runs(resnet50_file, capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "transfer.md").read_text()
+    block = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "param_groups(" in b]
+    assert len(block) == 1
+    exec(compile(block[0].replace("resnet50-imagenet.pth", str(resnet50_file[0])), "docs/transfer.md", "exec"), {})
+    assert "loaded 318 tensors" in capsys.readouterr().out
