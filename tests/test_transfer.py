@@ -135,6 +135,43 @@ def test_torchvision_mobilenet_v2_names_map_onto_mobilenetv2():
     assert torch.equal(model.backbone.features[2].conv[2][1].running_var, state["features.2.conv.3.running_var"])
 
 
+def test_timm_mobilenetv2_names_map_onto_mobilenetv2():
+    """timm's ``mobilenetv2_100`` layout (``timm/models/efficientnet.py``: ``conv_stem``, ``bn1``, blocks grouped by
+    stage, a depthwise-separable first block ``conv_dw, bn1, conv_pw, bn2``, inverted residuals ``conv_pw, bn1,
+    conv_dw, bn2, conv_pwl, bn3``, ``conv_head``, ``bn2``, ``classifier``), written out from its definition."""
+    model = create_model("mobilenetv2", 10)
+    stages = ((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1))
+    state, cin = {"conv_stem.weight": torch.randn(32, 3, 3, 3)}, 32
+
+    def bn(prefix, c):
+        state.update({f"{prefix}.{n}": torch.rand(c) for n in ("weight", "bias", "running_mean", "running_var")})
+
+    bn("bn1", 32)
+    for s, (t, c, n) in enumerate(stages):
+        for j in range(n):
+            p, hidden = f"blocks.{s}.{j}", cin * t
+            if t == 1:
+                state[f"{p}.conv_dw.weight"] = torch.randn(cin, 1, 3, 3)
+                bn(f"{p}.bn1", cin)
+                state[f"{p}.conv_pw.weight"] = torch.randn(c, cin, 1, 1)
+                bn(f"{p}.bn2", c)
+            else:
+                state[f"{p}.conv_pw.weight"] = torch.randn(hidden, cin, 1, 1)
+                bn(f"{p}.bn1", hidden)
+                state[f"{p}.conv_dw.weight"] = torch.randn(hidden, 1, 3, 3)
+                bn(f"{p}.bn2", hidden)
+                state[f"{p}.conv_pwl.weight"] = torch.randn(c, hidden, 1, 1)
+                bn(f"{p}.bn3", c)
+            cin = c
+    state["conv_head.weight"] = torch.randn(1280, 320, 1, 1)
+    bn("bn2", 1280)
+    state.update({"classifier.weight": torch.randn(10, 1280), "classifier.bias": torch.randn(10)})
+    report = load_weights(model, state)
+    assert report.names == "timm" and len(report.loaded) == len(state) and list(report.fresh) == ["head.patch_fc"]
+    assert torch.equal(model.backbone.features[17].conv[2][0].weight, state["blocks.6.0.conv_pwl.weight"])
+    assert torch.equal(model.head.fc.weight, state["classifier.weight"])
+
+
 @pytest.fixture(scope="module")
 def digits_checkpoint(tmp_path_factory):
     """A finished Random PatchMix training on the digits (10 classes, small_cnn): the file to start from."""
