@@ -31,7 +31,7 @@ from .choices import (
     SOLVERS,
     SPLITS,
 )
-from .config import PRESETS
+from .config import FREEZE, PRESETS
 from .errors import ConfigError, PatchmixError
 from .models import MODEL_NAMES
 
@@ -63,7 +63,8 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
                         "digits at 32x32 (small_resnet, 30 min measured on 2 cores); fmnist: the same on 10,000 "
                         "Fashion-MNIST images (5 seeds, 72 min measured on 2 cores); paper-cifar: the paper's recipe "
                         "(400 epochs, batch 100, SGD Nesterov 0.9, wd 5e-4, lr 0.1 cosine, P=4, alpha=1, ResNet-32) "
-                        "on a CIFAR folder given with --data")
+                        "on a CIFAR folder given with --data; wsol-cub: wsolevaluation's ResNet-50 CUB setting "
+                        "(needs --init imagenet-weights.pth and --data DIR; docs/transfer.md)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set train.warmup_epochs=5 --set search.num_draws=64 (repeatable)")
     g = p.add_argument_group("data and model")
@@ -79,6 +80,13 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
     g.add_argument("--batch-size", type=int, help="global batch size (split over torchrun processes)")
     g.add_argument("--lr", type=float, help="initial learning rate (cosine annealing by default)")
     g.add_argument("--alpha", type=float, help="Beta(alpha, alpha) of Random PatchMix, Mixup, CutMix")
+    g.add_argument("--init", metavar="FILE",
+                   help="start from these weights: a patchmix checkpoint, a .pth/.pt state dict or a .safetensors file "
+                        "(torchvision / timm names for resnet50); classifiers start fresh for another class count "
+                        "(train.init; docs/transfer.md)")
+    g.add_argument("--freeze", choices=FREEZE,
+                   help="backbone: train only the heads (a linear probe), the backbone fixed, its BatchNorm "
+                        "statistics too (train.freeze)")
     if seeds:
         g.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the preset's, 0,1,2 for digits; "
                                        "train uses the first unless seeds are given)")
@@ -227,7 +235,7 @@ FLAG_KEYS = {"data": "data.source", "format": "data.format", "image_size": "data
              "mix_mode": "train.mix_mode", "mixup_alpha": "train.mixup_alpha", "cutmix_alpha": "train.cutmix_alpha",
              "cutmix_minmax": "train.cutmix_minmax", "mix_prob": "train.mix_prob", "mix_weights": "train.mix_weights",
              "mix_off_epoch": "train.mix_off_epoch", "ema_decay": "train.ema_decay", "ema_warmup": "train.ema_warmup",
-             "compile": "run.compile"}
+             "compile": "run.compile", "init": "train.init", "freeze": "train.freeze"}
 #: ... and the other way: a key -> its flag, so that an error about a setting names the flag too.
 KEY_FLAGS = {key: "--" + dest.replace("_", "-") for dest, key in FLAG_KEYS.items()}
 
@@ -238,6 +246,8 @@ def _updates(args) -> dict:
         v = getattr(args, attr, None)
         if v is not None:
             u[key] = v
+    if getattr(args, "init", None):  # a file named now is hashed now (a --config's recorded hash is of its file)
+        u["train.init_sha256"] = None
     if getattr(args, "maximize", None):
         u["search.direction"] = "max"
     if getattr(args, "seed", None) is not None and args.command in ("run", "train", "search", "ablate"):

@@ -18,6 +18,9 @@ Presets:
   ``t10k`` images), ``small_resnet``, the mnist5k training recipe, a crop without flips, 80 epochs, 5 seeds; the
   augmentation (whether to flip) and the epoch budget were measured so that the whole comparison fits 90
   minutes on a 2-core CPU (docs/results.md, "Fashion-MNIST: data and budget").
+* ``wsol-cub``: wsolevaluation's ResNet-50 CAM setting on CUB (docs/transfer.md): ImageNet weights from
+  ``--init``, stride 1 in the last stage, ``layer4`` and the classifiers at 10x the learning rate, 50 epochs, batch
+  32, SGD Nesterov lr 2e-4 x0.1 every 15 epochs, weight decay 1e-4, ImageNet normalisation; it needs ``--data DIR``.
 * ``paper-cifar``: the paper's CIFAR recipe (section 4.2): 400 epochs, batch 100, SGD with Nesterov
   momentum 0.9, weight decay 5e-4, learning rate 0.1 with cosine annealing, ``P = 4``, ``alpha = 1``,
   ResNet-32, and the paper's search (population 500, 250 generations, crossover 0.5, mutation 0.3). It names no
@@ -98,6 +101,12 @@ class ModelConfig:
     width: int | None = None
     #: The patch classifier has its own weights (True) or shares the image classifier (False).
     separate_patch_classifier: bool = True
+    #: resnet50 only: the stride of its last stage (None: 2, torchvision's 7 x 7 map at 224; 1: wsolevaluation's
+    #: 14 x 14 map for CAMs, with the same parameter names). docs/models.md gives every model's map size.
+    last_stride: int | None = None
+    #: The input normalisation: data (the training images' per-channel mean and std) | imagenet (ImageNet's mean and
+    #: std, which ImageNet weights from train.init expect).
+    normalize: str = "data"
 
 
 @dataclass
@@ -139,6 +148,20 @@ class TrainConfig:
     guided_fractions: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
     #: Test-set evaluation every n epochs (0: only at the end); validation accuracy is logged each epoch.
     eval_every: int = 0
+    #: schedule "step": x0.1 every n epochs (wsolevaluation's lr_decay_frequency); 0: x0.1 at 50% and 75%.
+    lr_step_epochs: int = 0
+    #: Start every training from this file (--init): a patchmix checkpoint, a .pth/.pt state dict or a .safetensors
+    #: file (torchvision / timm names for resnet50 and mobilenetv2); patchmix.models.load_weights (docs/transfer.md).
+    init: str | None = None
+    #: The sha256 of train.init, recorded when a command starts and checked whenever the settings are used again
+    #: (--config, --resume): the file must not have changed.
+    init_sha256: str | None = None
+    #: none | backbone: freeze the backbone (no gradient, no weight decay, BatchNorm statistics fixed): a linear probe
+    #: of the heads.
+    freeze: str = "none"
+    #: Learning-rate multipliers per parameter group, "pattern:multiplier" items: a module path (layer4, head.fc)
+    #: or classifier (the image and patch classifiers); e.g. layer4:10,classifier:10 (wsolevaluation's ResNet-50).
+    lr_mult: tuple[str, ...] = ()
 
 
 @dataclass
@@ -231,6 +254,7 @@ class Config:
               "train.image_weight", ">= 0 and train.patch_weight >= 0, not both 0 (image_weight, patch_weight)",
               (t.image_weight, t.patch_weight))
         _need(t.eval_every >= 0, "train.eval_every", ">= 0 (0: only at the end)", t.eval_every)
+        self._validate_transfer()
         self._validate_mixing()
         _need(len(t.guided_fractions) == 3 and min(t.guided_fractions) >= 0 and sum(t.guided_fractions) > 0,
               "train.guided_fractions", "3 non-negative numbers (original, random, guided), not all 0",
@@ -245,6 +269,18 @@ class Config:
         _need(r.fidelity_individuals == 0 or r.fidelity_individuals >= 3, "run.fidelity_individuals",
               "0 (no search check) or >= 3 random policies", r.fidelity_individuals)
         _need(r.fidelity_draws >= 2, "run.fidelity_draws", ">= 2 (the ceiling compares two halves)", r.fidelity_draws)
+
+    def _validate_transfer(self) -> None:
+        m, t = self.model, self.train
+        check_choice("train.freeze", t.freeze, FREEZE, ConfigError)
+        check_choice("model.normalize", m.normalize, NORMALIZATIONS, ConfigError)
+        _need(m.last_stride in (None, 1, 2), "model.last_stride", "1, 2 or none (the model's own)", m.last_stride)
+        _need(t.lr_step_epochs >= 0, "train.lr_step_epochs", ">= 0 (0: x0.1 at 50% and 75%)", t.lr_step_epochs)
+        _need(t.init is None or bool(t.init.strip()), "train.init", "a weights file or none", t.init)
+        sha = t.init_sha256
+        _need(sha is None or (len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)), "train.init_sha256",
+              "64 lower-case hex digits or none (recorded from train.init)", sha)
+        parse_lr_mult(t.lr_mult)
 
     def _validate_mixing(self) -> None:
         d, t = self.data, self.train
@@ -301,6 +337,33 @@ def _need(ok: bool, key: str, expected: str, value: Any) -> None:
         raise ConfigError(f"{key} must be {expected}, got {value}", key=key)
 
 
+#: ``train.freeze``: the parts of a model that can be frozen.
+FREEZE = ("none", "backbone")
+#: ``model.normalize``: the input normalisation.
+NORMALIZATIONS = ("data", "imagenet")
+
+
+def parse_lr_mult(value) -> dict[str, float]:
+    """``train.lr_mult`` as ``{pattern: multiplier}``: from ``"layer4:10,classifier:10"`` or the config's tuple of
+    ``"pattern:multiplier"`` items. Each multiplier is finite and > 0 (to stop a part learning, freeze it);
+    :class:`~patchmix.errors.ConfigError` otherwise."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    out: dict[str, float] = {}
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        pattern, sep, number = item.rpartition(":")
+        try:
+            mult = float(number)
+        except ValueError:
+            mult = float("nan")
+        _need(bool(sep and pattern.strip()) and math.isfinite(mult) and mult > 0, "train.lr_mult",
+              "pattern:multiplier items with a multiplier > 0 (e.g. layer4:10,classifier:10)", item)
+        _need(pattern.strip() not in out, "train.lr_mult", "each pattern once", item)
+        out[pattern.strip()] = mult
+    return out
+
+
 def _device_ok(spec: str) -> bool:
     """Whether torch reads ``spec`` as a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...)."""
     import torch
@@ -340,6 +403,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                "train": {"epochs": 80, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
                "run": {"threads": 2, "seeds": (0, 1, 2, 3, 4)},
                "search": {"population": 500, "generations": 250}},
+    # wsolevaluation's ResNet-50 CAM setting on CUB (docs/transfer.md: the recipe and where each number comes from):
+    # ImageNet weights from --init, layer4 at stride 1 (14 x 14 CAMs at 224), layer4 and the classifiers at 10x the
+    # learning rate, SGD Nesterov, 50 epochs, batch 32, x0.1 every 15 epochs; the data from --data DIR
+    "wsol-cub": {"data": {"source": "", "image_size": 224, "augment": "crop-flip"},
+                 "model": {"name": "resnet50", "grid_size": 4, "last_stride": 1, "normalize": "imagenet"},
+                 "train": {"epochs": 50, "batch_size": 32, "lr": 2e-4, "momentum": 0.9, "nesterov": True,
+                           "weight_decay": 1e-4, "schedule": "step", "lr_step_epochs": 15,
+                           "lr_mult": ("layer4:10", "classifier:10")}},
     "paper-cifar": {
         "data": {"source": "", "augment": "crop-flip"},
         "model": {"name": "resnet32", "grid_size": 4},

@@ -6,6 +6,8 @@
   (ImageNet), ``small_cnn`` for the embedded 8x8 digits demo and ``small_resnet`` (32x32 inputs on a CPU).
 * :class:`PatchHead` / :class:`PatchModel` put the image and patch heads on any backbone's feature map;
   :func:`from_torchvision` / :func:`from_timm` wrap those libraries' CNNs when they import.
+* :func:`load_weights` starts a model from a patchmix checkpoint, a torchvision / timm state dict or a
+  ``.safetensors`` file (docs/transfer.md); :meth:`PatchModel.freeze` freezes the backbone (a linear probe).
 
 Patch logit ``[:, :, r, c]`` belongs to mask cell ``(r, c)``; flattened row-major (``r * P + c``) it lines up
 with :meth:`patchmix.MixedBatch.patch_targets`.
@@ -22,6 +24,7 @@ from .resnet import ResNetImageNet
 from .resnet_cifar import PreActResNetCIFAR, ResNetCIFAR
 from .small_cnn import SmallCNN
 from .small_resnet import SmallResNet
+from .weights import LoadReport, load_weights
 
 MODEL_NAMES = ("resnet32", "preact_resnet56", "preact_resnet164", "mobilenetv2", "resnet50", "small_cnn", "small_resnet")
 
@@ -47,7 +50,8 @@ def create_model(name: str, num_classes: int, grid_size: int = 4, in_channels: i
         in_channels: input channels (1 for the digits demo with ``small_cnn``).
         separate_patch_classifier: own weights for the patch classifier (True) or share the image classifier.
         **kw: passed to the backbone (``small_cnn``: ``width``; ``mobilenetv2``: ``strides``, ``stem_stride``;
-            ``resnet50``: ``zero_init_residual``; CIFAR ResNets: ``widths``).
+            ``resnet50``: ``zero_init_residual``, ``last_stride`` (1: wsolevaluation's 14 x 14 map at 224);
+            CIFAR ResNets: ``widths``).
 
     Returns a :class:`PatchModel` (``.backbone``, ``.head``, ``.grid_size``, ``.parameter_counts()``).
     """
@@ -60,7 +64,7 @@ def create_model(name: str, num_classes: int, grid_size: int = 4, in_channels: i
 
 
 __all__ = [
-    "MODEL_NAMES", "MobileNetV2CIFAR", "PatchHead", "PatchModel", "PreActResNetCIFAR", "ResNetCIFAR",
+    "MODEL_NAMES", "LoadReport", "MobileNetV2CIFAR", "PatchHead", "PatchModel", "PreActResNetCIFAR", "ResNetCIFAR",
     "ResNetImageNet", "SmallCNN", "SmallResNet", "cell_pooling_matrix", "create_model", "from_timm", "from_torchvision",
-    "region_pool",
+    "load_weights", "region_pool",
 ]

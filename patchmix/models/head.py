@@ -119,6 +119,8 @@ class PatchModel(nn.Module):
         self.head = PatchHead(feature_channels, num_classes, grid_size, separate)
         self.feature_channels = int(feature_channels)
         self.num_classes = int(num_classes)
+        #: the parts frozen by :meth:`freeze` (``"backbone"``): no gradient, and in eval mode whatever ``train()`` says
+        self.frozen: tuple[str, ...] = ()
 
     @property
     def grid_size(self) -> int:
@@ -130,6 +132,27 @@ class PatchModel(nn.Module):
         if int(value) != value or value < 1:
             raise ValueError(f"grid_size must be a positive integer, got {value}")
         self.head.grid_size = int(value)
+
+    def freeze(self, parts: str | tuple[str, ...] = "backbone") -> PatchModel:
+        """Freeze ``parts`` (``"backbone"``; ``"none"`` or ``()`` freezes nothing) in place: their parameters stop
+        requiring gradients, and they stay in eval mode when the model is put in training mode, so that their
+        BatchNorm running statistics (and dropout) stay fixed. A frozen backbone with the heads trained is a linear
+        probe. Returns the model."""
+        parts = (parts,) if isinstance(parts, str) else tuple(parts)
+        parts = tuple(p for p in parts if p != "none")
+        bad = [p for p in parts if p != "backbone"]
+        if bad:
+            raise ValueError(f"freeze: unknown part {bad[0]!r}; the part that can be frozen is 'backbone' (or 'none')")
+        for p in parts:
+            getattr(self, p).requires_grad_(False)
+        self.frozen = tuple(dict.fromkeys(self.frozen + parts))
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> PatchModel:
+        super().train(mode)
+        for p in self.frozen:
+            getattr(self, p).eval()
+        return self
 
     def features(self, x: Tensor) -> Tensor:
         """The backbone's last feature map ``(N, F, h, w)``."""

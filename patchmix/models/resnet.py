@@ -5,6 +5,10 @@ projection shortcuts), so its state dict keys under ``backbone.`` match torchvis
 (here ``head.fc``): 25,557,032 parameters with the 1000-class image classifier.
 ``(N, 3, 224, 224) -> (N, 2048, 7, 7)``: at 224 pixels a 4x4 grid pools uneven 2-or-1-row cells
 (the grid's floor rule, docs/semantics.md); 256-pixel inputs give an 8x8 map that divides evenly.
+
+``last_stride=1`` is wsolevaluation's ResNet-50 for class activation maps (``wsol/resnet.py``: its ``layer4`` has
+stride 1): ``(N, 3, 224, 224) -> (N, 2048, 14, 14)``. Only the stride of ``layer4.0.conv2`` and
+``layer4.0.downsample.0`` changes, so every parameter keeps its name and shape and ImageNet weights load as they are.
 """
 
 from __future__ import annotations
@@ -42,8 +46,11 @@ class Bottleneck(nn.Module):
 class ResNetImageNet(nn.Module):
     """Bottleneck ResNet for ImageNet; ``layers=(3, 4, 6, 3)`` is ResNet-50."""
 
-    def __init__(self, layers: tuple[int, ...] = (3, 4, 6, 3), in_channels: int = 3, zero_init_residual: bool = False):
+    def __init__(self, layers: tuple[int, ...] = (3, 4, 6, 3), in_channels: int = 3, zero_init_residual: bool = False,
+                 last_stride: int = 2):
         super().__init__()
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2 (the stride of the last stage), got {last_stride}")
         self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -52,7 +59,8 @@ class ResNetImageNet(nn.Module):
         for i, (n, planes) in enumerate(zip(layers, (64, 128, 256, 512), strict=False)):
             blocks = []
             for j in range(n):
-                blocks.append(Bottleneck(cin, planes, 2 if (i > 0 and j == 0) else 1))
+                stride = (last_stride if i == len(layers) - 1 else 2) if (i > 0 and j == 0) else 1
+                blocks.append(Bottleneck(cin, planes, stride))
                 cin = planes * Bottleneck.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.num_stages = len(layers)

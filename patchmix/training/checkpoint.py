@@ -21,35 +21,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
-import re
 from typing import Any
-
-import torch
 
 from .. import data as data_mod
 from ..config import Config
 from ..errors import CheckpointError
 from ..files import torch_save
+from ..models.weights import TRAIN_CHECKPOINT_FORMAT, torch_load
 from .model import NormalizedModel, build_model
 from .runtime import Runtime
 
-CHECKPOINT_FORMAT = "patchmix-train-v1"
+CHECKPOINT_FORMAT = TRAIN_CHECKPOINT_FORMAT
 
 
 def load_checkpoint(path: str) -> dict:
-    """A training checkpoint written by :func:`patchmix.training.train_model`, read safely and checked."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only refused an object: the file is not ours
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = f" (it names {found.group(1)})" if found else ""
-        raise CheckpointError(f"cannot read checkpoint {path}: it holds objects other than tensors and plain "
-                              f"containers{what}, and patchmix never unpickles those") from None
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    """A training checkpoint written by :func:`patchmix.training.train_model`, read safely
+    (:func:`patchmix.models.weights.torch_load`) and checked."""
+    ckpt = torch_load(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a patchmix training checkpoint")
     return ckpt

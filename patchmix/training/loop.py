@@ -36,7 +36,7 @@ from .evaluate import evaluate
 from .interrupt import Interrupted, StopCheck, StopFlag
 from .log import Log
 from .methods import Method
-from .model import NormalizedModel, build_model, image_logits
+from .model import NormalizedModel, build_model, image_logits, init_weights
 from .optim import build_optimizer, build_scaler, set_lr
 from .pipeline import TrainLoader
 from .runtime import Runtime, autocast, setup_runtime
@@ -162,8 +162,10 @@ def train_model(cfg: Config, ds: data_mod.Dataset, method: str, seed: int, *, rt
     """
     rt, log, desc = rt or setup_runtime(cfg), log or Log.silent(), desc or method
     torch.manual_seed(derive_seed(seed, "init"))
-    net = build_model(cfg, ds).to(rt.device, memory_format=torch.channels_last if rt.channels_last else None)
-    opt, scaler = build_optimizer(cfg, net), build_scaler(rt)
+    net = build_model(cfg, ds)
+    init_weights(cfg, net, log, desc)  # train.init; a resumed training then continues from its own checkpoint
+    net = net.to(rt.device, memory_format=torch.channels_last if rt.channels_last else None)
+    opt, scaler = build_optimizer(cfg, net), build_scaler(rt)  # train.freeze and train.lr_mult shape its groups
     t = cfg.train
     ema = ModelEma(net, t.ema_decay, warmup=t.ema_warmup) if t.ema_decay else None
     saver = CheckpointSaver(checkpoint, rt, method=method, seed=seed, cfg=cfg)

@@ -3,12 +3,19 @@ dataset's image size, behind the dataset's normalisation."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import torch
 from torch import Tensor, nn
 
 from .. import data as data_mod
 from ..config import Config
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
+
+#: torchvision's ImageNet normalisation (``model.normalize=imagenet``), which ImageNet weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class NormalizedModel(nn.Module):
@@ -51,15 +58,82 @@ def build_model(cfg: Config, ds: data_mod.Dataset) -> NormalizedModel:
     from ..models import create_model
 
     kw = {}
+    m = cfg.model
     name = model_name(cfg, ds)
-    if cfg.model.width is not None and name.replace("-", "_").lower() in ("small_cnn", "small_resnet"):
-        kw["width"] = cfg.model.width
+    key = name.replace("-", "_").lower()
+    if m.width is not None and key in ("small_cnn", "small_resnet"):
+        kw["width"] = m.width
+    if m.last_stride is not None:
+        if key != "resnet50":
+            raise ConfigError(f"model.last_stride applies to resnet50, not {name} (docs/models.md gives each model's "
+                              f"feature-map size)", key="model.last_stride")
+        kw["last_stride"] = m.last_stride
+    mean, std = ds.mean, ds.std
+    if m.normalize == "imagenet":
+        if ds.channels != 3:
+            raise ConfigError(f"model.normalize=imagenet needs 3-channel images, the data has {ds.channels}",
+                              key="model.normalize")
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
     try:
-        model = create_model(name, ds.num_classes, grid_size=cfg.model.grid_size, in_channels=ds.channels,
-                             separate_patch_classifier=cfg.model.separate_patch_classifier, **kw)
+        model = create_model(name, ds.num_classes, grid_size=m.grid_size, in_channels=ds.channels,
+                             separate_patch_classifier=m.separate_patch_classifier, **kw)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return NormalizedModel(model, ds.mean, ds.std)
+    return NormalizedModel(model, mean, std)
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_init(cfg: Config) -> None:
+    """Pin ``train.init`` in ``cfg`` (in place): its absolute path, and its sha256 in ``train.init_sha256``, or,
+    where a hash is already recorded (``--config``, ``--resume``), check that the file still has it.
+    :class:`~patchmix.errors.CheckpointError` for a missing or changed file. Nothing to do without ``train.init``."""
+    t = cfg.train
+    if not t.init:
+        return
+    path = os.path.abspath(os.path.expanduser(t.init))
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--init {t.init}: no such file")
+    sha = file_sha256(path)
+    if t.init_sha256 and t.init_sha256 != sha:
+        raise CheckpointError(f"--init {t.init}: the file changed since its sha256 was recorded (recorded "
+                              f"{t.init_sha256[:12]}..., now {sha[:12]}...); pass --init again to start from the "
+                              f"file as it is")
+    t.init, t.init_sha256 = path, sha
+
+
+def init_weights(cfg: Config, net: nn.Module, log=None, desc: str = ""):
+    """Load ``train.init`` into ``net`` (:func:`patchmix.models.load_weights`) and log its one-line report; None
+    without ``train.init``. A file that does not fit raises :class:`~patchmix.errors.CheckpointError`."""
+    if not cfg.train.init:
+        return None
+    from ..models import load_weights
+
+    report = load_weights(net, cfg.train.init)
+    if log is not None:
+        log.info(f"{desc}: {report}" if desc else str(report))
+        log.event("init", file=cfg.train.init, sha256=cfg.train.init_sha256, loaded=len(report.loaded),
+                  fresh=report.fresh, ignored=report.ignored)
+    return report
+
+
+def check_model(cfg: Config, ds: data_mod.Dataset) -> None:
+    """Everything about the model that can fail, before a command writes anything: the model builds with these
+    settings for ``ds`` (``model.last_stride``, ``model.normalize``), ``train.freeze`` and ``train.lr_mult`` fit it,
+    and ``train.init`` loads into it. Raises :class:`~patchmix.errors.ConfigError` or
+    :class:`~patchmix.errors.CheckpointError`."""
+    from .optim import param_groups
+
+    net = build_model(cfg, ds)
+    init_weights(cfg, net)
+    param_groups(net, cfg.train.lr, cfg.train.lr_mult, cfg.train.freeze)
 
 
 def image_logits(out) -> Tensor:
@@ -67,4 +141,5 @@ def image_logits(out) -> Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-__all__ = ["NormalizedModel", "build_model", "image_logits", "model_name"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "NormalizedModel", "build_model", "check_model", "file_sha256",
+           "image_logits", "init_weights", "model_name", "resolve_init"]

@@ -2,11 +2,13 @@
 its work, in one place and in this order, so that a command that cannot run writes nothing:
 
 1. the settings, validated when the configuration was resolved (:mod:`patchmix.config`), the device and the
-   ``torch.compile`` backend;
+   ``torch.compile`` backend, and ``train.init`` pinned to its file's path and sha256 (a recorded hash checked);
 2. the output folder, read only (:meth:`RunFolder.check <patchmix.workflow.rundir.RunFolder.check>`): writable,
    no foreign files, not locked by another command, the settings of ``--resume``;
 3. the runtime (device, ``torchrun``'s process group), the data (:func:`load_data`) and the settings that need
-   it (:meth:`patchmix.config.Config.check_dataset`: the grid against the image size, the search's pairs);
+   it (:meth:`patchmix.config.Config.check_dataset`: the grid against the image size, the search's pairs;
+   :func:`patchmix.training.model.check_model`: the model builds, ``train.init`` loads into it,
+   ``train.freeze`` and ``train.lr_mult`` fit it);
 4. the command's own inputs (``prepare``: a checkpoint read and checked against the data, a policy);
 5. the folder committed (:meth:`RunFolder.open <patchmix.workflow.rundir.RunFolder.open>`): locked, checked
    again, an earlier run's files removed (a fresh command), ``config.json`` written once;
@@ -26,8 +28,9 @@ from typing import Any
 
 from .. import data as data_mod
 from ..config import Config
-from ..errors import BY_NAME, DatasetError, PatchmixError
+from ..errors import BY_NAME, ConfigError, DatasetError, PatchmixError
 from ..training import Log, Runtime, compile_model, runtime_session
+from ..training.model import check_model, resolve_init
 from .rundir import RunFolder
 
 
@@ -47,6 +50,10 @@ def load_data(cfg: Config) -> data_mod.Dataset:
     """:func:`patchmix.data.from_config`, with an operating-system error (a file where a folder was expected,
     no permission) as a :class:`~patchmix.errors.DatasetError` naming ``--data``."""
     d = cfg.data
+    if not d.source:
+        raise ConfigError(f"--data (data.source): the {cfg.preset} preset names no dataset; pass --data DIR (for "
+                          f"wsol-cub a folder in wsolevaluation's layout: metadata/{{train,val,test}}/ and the images)",
+                          key="data.source")
     try:
         return data_mod.from_config(cfg)
     except OSError as exc:
@@ -95,8 +102,12 @@ def session(cfg: Config, out: str, *, command: str, mode: str = "fresh", quiet: 
         prepare: ``prepare(ds, rt)`` checks and reads the command's own inputs before anything is written; its
             result is ``Session.prepared``.
         inputs: the files ``prepare`` reads (a fresh command never removes them).
+
+    ``cfg.train.init`` and ``cfg.train.init_sha256`` are set in place (:func:`patchmix.training.model.resolve_init`),
+    so that ``config.json`` and ``--resume`` see the file as it is now.
     """
-    folder = RunFolder(out, cfg, command=command, mode=mode, line=line, inputs=inputs)
+    resolve_init(cfg)
+    folder = RunFolder(out, cfg, command=command, mode=mode, line=line, inputs=(*inputs, cfg.train.init))
     cfg.check_device()
     if cfg.run.compile != "off":  # the backend name, checked as the training checks it (compiling is lazy)
         import torch
@@ -106,6 +117,7 @@ def session(cfg: Config, out: str, *, command: str, mode: str = "fresh", quiet: 
         agree(rt, folder.check)
         ds = load_data(cfg)
         cfg.check_dataset(ds, search=search)
+        check_model(cfg, ds)
         prepared = prepare(ds, rt) if prepare is not None else None
         agree(rt, folder.open)
         try:
