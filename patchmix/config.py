@@ -423,7 +423,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: The presets that name no data source, and what ``--data`` must give them: without it such a preset would train
 #: its recipe on the default 8x8 digits.
-PRESET_NEEDS_DATA = {"paper-cifar": "a CIFAR folder (--data path/to/cifar-10-batches-py or cifar-100-python)"}
+PRESET_NEEDS_DATA = {"paper-cifar": "a CIFAR folder (--data path/to/cifar-10-batches-py or cifar-100-python)",
+                     "wsol-cub": "a folder in wsolevaluation's layout (--data DIR holding metadata/{train,val,test}/ "
+                                 "and the images)"}
 
 
 def preset(name: str) -> Config:

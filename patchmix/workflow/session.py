@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import data as data_mod
-from ..config import Config
+from ..config import PRESET_NEEDS_DATA, Config
 from ..errors import BY_NAME, ConfigError, DatasetError, PatchmixError
 from ..training import Log, Runtime, compile_model, runtime_session
 from ..training.model import check_model, resolve_init
@@ -51,8 +51,7 @@ def load_data(cfg: Config) -> data_mod.Dataset:
     no permission) as a :class:`~patchmix.errors.DatasetError` naming ``--data``."""
     d = cfg.data
     if not d.source:
-        raise ConfigError(f"--data (data.source): the {cfg.preset} preset names no dataset; pass --data DIR (for "
-                          f"wsol-cub a folder in wsolevaluation's layout: metadata/{{train,val,test}}/ and the images)",
+        raise ConfigError(f"--preset {cfg.preset} needs {PRESET_NEEDS_DATA.get(cfg.preset, 'a dataset (--data PATH)')}",
                           key="data.source")
     try:
         return data_mod.from_config(cfg)
