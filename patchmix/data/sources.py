@@ -12,6 +12,8 @@ from .cifar import load_cifar
 from .dataset import Dataset, layout_error
 from .digits import LAYOUT as DIGITS_LAYOUT
 from .digits import load_digits_dataset
+from .fmnist_loc import LAYOUT as FMNIST_LOC_LAYOUT
+from .fmnist_loc import load_fmnist_loc
 from .folder import LAYOUT as FOLDER_LAYOUT
 from .folder import load_folder
 from .idx import LAYOUT as IDX_LAYOUT
@@ -22,10 +24,12 @@ from .mnist5k import load_mnist5k
 from .splits import balanced_subset
 from .tinyimagenet import LAYOUT as TINYIMAGENET_LAYOUT
 from .tinyimagenet import load_tinyimagenet
+from .wsol import LAYOUT as WSOL_LAYOUT
+from .wsol import load_wsol, wsol_location
 
 #: every format's expected layout, by format name: the text a :class:`DatasetError` about a dataset carries
 LAYOUTS = {**CIFAR_LAYOUTS, "tinyimagenet": TINYIMAGENET_LAYOUT, "folder": FOLDER_LAYOUT, "idx": IDX_LAYOUT,
-           "digits": DIGITS_LAYOUT, "mnist5k": MNIST5K_LAYOUT}
+           "digits": DIGITS_LAYOUT, "mnist5k": MNIST5K_LAYOUT, "wsol": WSOL_LAYOUT, "fmnist-loc": FMNIST_LOC_LAYOUT}
 
 
 def all_layouts() -> str:
@@ -41,7 +45,7 @@ def _layout_error(fmt: str, problem: str) -> DatasetError:
 
 def detect_format(path: str) -> str:
     """Guess the format of a dataset folder; raises :class:`DatasetError` listing every layout."""
-    if path in ("digits", "mnist5k"):
+    if path in ("digits", "mnist5k", "fmnist-loc"):
         return path
     if path == "fashion-mnist":
         return "idx"
@@ -53,6 +57,8 @@ def detect_format(path: str) -> str:
     for fmt, markers in checks:
         if any(os.path.exists(os.path.join(path, m)) for m in markers):
             return fmt
+    if wsol_location(path) is not None:  # before "folder": its image folders look like classes
+        return "wsol"
     if idx_location(path) is not None:  # before "folder": torchvision's root holds sub-folders
         return "idx"
     if os.path.isfile(path) and path.endswith((".csv", ".csv.gz")):
@@ -64,10 +70,10 @@ def detect_format(path: str) -> str:
 
 
 #: the ``--data`` names that need no path: shipped with a package (digits, mnist5k) or found where a package or
-#: torchvision puts it (fashion-mnist: :data:`patchmix.data.idx.FASHION_MNIST_DIRS`)
-BUNDLED = ("digits", "mnist5k", "fashion-mnist")
+#: torchvision puts it (fashion-mnist, and fmnist-loc built from it: :data:`patchmix.data.idx.FASHION_MNIST_DIRS`)
+BUNDLED = ("digits", "mnist5k", "fashion-mnist", "fmnist-loc")
 #: the formats ``data.train_subset`` applies to
-TRAIN_SUBSET_FORMATS = ("idx", "cifar10", "cifar100")
+TRAIN_SUBSET_FORMATS = ("idx", "cifar10", "cifar100", "fmnist-loc")
 
 
 def load_dataset(source: str = "digits", format: str = "auto", *, val_fraction: float = 0.1, split_seed: int = 0,
@@ -75,7 +81,7 @@ def load_dataset(source: str = "digits", format: str = "auto", *, val_fraction: 
                  decode_max_mb: float = DECODE_MAX_MB, workers: int = 0) -> Dataset:
     """Load a dataset (see the module docstring); raises :class:`DatasetError` with the expected layout.
 
-    ``train_subset`` (idx and CIFAR: formats with a given test set) keeps a class-balanced subset of that many
+    ``train_subset`` (idx, CIFAR and fmnist-loc: formats with a given test set) keeps a class-balanced subset of that many
     training images *before* the validation split is carved from them; ``limit_train`` keeps a class-balanced
     subset of the training split *after* it (the validation set unchanged).
     Image files are decoded once into uint8 tensors when all of them fit in ``decode_max_mb`` MiB
@@ -102,6 +108,10 @@ def load_dataset(source: str = "digits", format: str = "auto", *, val_fraction: 
         ds = load_tinyimagenet(source, val_fraction, split_seed, image_size)
     elif fmt == "folder":
         ds = load_folder(source, val_fraction, split_seed, image_size)
+    elif fmt == "wsol":
+        ds = load_wsol(source, image_size)
+    elif fmt == "fmnist-loc":
+        ds = load_fmnist_loc(source, split_seed, train_subset)
     else:
         raise DatasetError(f"unknown dataset format {fmt!r}; choose from {', '.join(LAYOUTS)}")
     for name in ("train", "val", "test"):
