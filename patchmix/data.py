@@ -66,6 +66,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._optional import require
 from .errors import DatasetError
 from .mixing.collate import LoadedBatch
 
@@ -261,9 +262,7 @@ def balanced_subset(labels: Tensor, n: int, seed: int) -> Tensor:
 
 def load_digits_dataset(split_seed: int = 0) -> Dataset:
     """scikit-learn's 8x8 digits as uint8 (values 0..16 scaled to 0..255), split 60/20/20 stratified."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
+    d = require("sklearn.datasets", "workflow", "--data digits (scikit-learn's 8x8 digits)").load_digits()
     images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]  # (1797, 1, 8, 8)
     labels = torch.from_numpy(d.target.astype(np.int64))
     rest, test = stratified_split(labels, 0.2, split_seed)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._optional import require
 from ..choices import METHOD_LABELS
 from ..files import atomic_path, atomic_write_text
 
@@ -30,12 +31,8 @@ METHOD_COLORS = {"base": "#7f7f7f", "mixup": "#1f77b4", "cutmix": "#2ca02c", "ra
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    require("matplotlib", "workflow", "patchmix's figures").use("Agg", force=True)
+    return require("matplotlib.pyplot", "workflow", "patchmix's figures")
 
 
 def _save(fig, path: str) -> str:
