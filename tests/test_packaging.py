@@ -1,6 +1,7 @@
 """Packaging: what a bare ``pip install patchmix`` (torch and numpy only) can do, the extras' one-line errors, the
 extension's refusal of a torch it was not built against, one version, and an sdist that builds and installs."""
 
+import json
 import os
 import re
 import subprocess
@@ -138,3 +139,53 @@ def test_all_names_every_other_extra():
     extras = pytest.importorskip("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     named = re.fullmatch(r"patchmix\[(.*)\]", extras["all"][0]).group(1).split(",")
     assert len(extras["all"]) == 1 and sorted(named) == sorted(set(extras) - {"all", "test"})
+
+
+def _site_packages(python: Path) -> Path:
+    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+@pytest.mark.slow
+def test_the_sdist_builds_installs_and_loads_the_cpp_kernels(tmp_path):
+    """Build the sdist (setuptools' PEP 517 hook, as ``python -m build --sdist`` calls it), install it with
+    ``--no-build-isolation`` into a fresh venv that sees this environment's torch through a ``.pth`` file (not
+    ``--system-site-packages``, and not the editable install of this tree), import it from outside the source tree
+    and check that the C++ kernels serve the CPU and that the wheel pins torch to the version it compiled against."""
+    import tarfile
+
+    import torch
+
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-c", f"import setuptools.build_meta as b; b.build_sdist({str(dist)!r})"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    (sdist,) = dist.glob("patchmix-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for needed in ("csrc/common.h", "csrc/python/module.cpp", "kernels/grid_mix.py", "CMakeLists.txt", "LICENSE",
+                   "README.md", "setup.py", "pyproject.toml", "patchmix/py.typed", "patchmix/_version.py"):
+        assert needed in names, f"the sdist lacks {needed}"
+    assert not [n for n in names if n.endswith((".so", ".torch_version", ".pyc"))], names
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    (_site_packages(python) / "outer.pth").write_text(f"{_site_packages(Path(sys.executable))}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PATCHMIX_DISABLE_EXTENSION")}
+    r = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", "--no-build-isolation", str(sdist)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([str(python), "-W", "error::RuntimeWarning", "-c", """
+import importlib.metadata as md, json, patchmix
+info = patchmix.backends()
+print(json.dumps({"file": patchmix.__file__, "version": patchmix.__version__, "ops": info["ops"],
+                  "torch": info["build"].get("torch"), "requires": md.requires("patchmix")}))
+"""], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["file"].startswith(str(venv)) and got["version"] == patchmix.__version__
+    for op in ("grid_mix", "patchmix_cross_entropy", "population_fitness"):
+        assert got["ops"][op]["cpu"] == "C++ (patchmix._C)", got["ops"]
+    major, minor = torch.__version__.split(".")[:2]
+    assert f"torch<{major}.{int(minor) + 1},>={major}.{minor}" in got["requires"], got["requires"]
