@@ -88,6 +88,15 @@ class GuidedPatchMix(nn.Module):
     ``forward(images (L, C, H, W), n) -> MixedBatch`` of ``n`` guided samples (``mask`` = the policy masks).
     """
 
+    # the buffers registered in __init__ (nn.Module's __getattr__ would type them Tensor | Module)
+    labels: Tensor
+    pairs: Tensor
+    masks: Tensor
+    order: Tensor
+    counts: Tensor
+    starts: Tensor
+    slot_of: Tensor
+
     def __init__(self, policy: Policy, labels: Tensor, *, pair_weights: Tensor | None = None,
                  generator: torch.Generator | None = None):
         super().__init__()

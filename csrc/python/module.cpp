@@ -4,6 +4,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
+#include <torch/version.h>
 
 #include <cmath>
 
@@ -28,6 +29,8 @@ pybind11::dict build_info() {
   info["threads"] = at::get_num_threads();
   info["parallel"] = at::get_parallel_info();
   info["cplusplus"] = static_cast<long>(__cplusplus);
+  // the torch headers compiled against (major.minor.patch); patchmix.ops._extension refuses another torch
+  info["torch"] = std::string(TORCH_VERSION);
   return info;
 }
 
@@ -60,6 +63,6 @@ pybind11::object check_range(const at::Tensor& t, double lo, double hi) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "patchmix C++ kernels (CPU); the ops live in torch.ops.patchmix";
-  m.def("build_info", &build_info, "How this extension was built: compiler, OpenMP, threads.");
+  m.def("build_info", &build_info, "How this extension was built: compiler, OpenMP, threads, torch version.");
   m.def("check_range", &check_range, "First value of a CPU tensor outside [lo, hi] (NaN included), or None.");
 }

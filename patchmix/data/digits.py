@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._optional import require
 from .dataset import Dataset, Split
 from .splits import stratified_split
 
@@ -14,9 +15,7 @@ LAYOUT = """digits: scikit-learn's bundled 8x8 digits (no files needed; pass --d
 
 def load_digits_dataset(split_seed: int = 0) -> Dataset:
     """scikit-learn's 8x8 digits as uint8 (values 0..16 scaled to 0..255), split 60/20/20 stratified."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
+    d = require("sklearn.datasets", "workflow", "--data digits (scikit-learn's 8x8 digits)").load_digits()
     images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]  # (1797, 1, 8, 8)
     labels = torch.from_numpy(d.target.astype(np.int64))
     rest, test = stratified_split(labels, 0.2, split_seed)

@@ -86,13 +86,13 @@ def from_torchvision(model: nn.Module, num_classes: int | None = None, grid_size
     if hasattr(model, "fc") and hasattr(model, "avgpool"):
         names = [name for name, _ in model.named_children()]
         stop = names.index("avgpool")
-        backbone = nn.Sequential(*[getattr(model, n) for n in names[:stop]])
-        classifier = model.fc
+        backbone: nn.Module = nn.Sequential(*[getattr(model, n) for n in names[:stop]])
+        classifier: nn.Module | None = model.get_submodule("fc")
     elif hasattr(model, "features") and hasattr(model, "classifier"):
-        backbone = model.features
+        backbone = model.get_submodule("features")
         if type(model).__name__ == "DenseNet":
             backbone = nn.Sequential(backbone, nn.ReLU())
-        cls = model.classifier
+        cls = model.get_submodule("classifier")
         classifier = cls if isinstance(cls, nn.Linear) else next(
             (m for m in reversed(list(cls.modules())) if isinstance(m, nn.Linear)), None)
     else:
@@ -123,7 +123,8 @@ def from_timm(model: nn.Module, num_classes: int | None = None, grid_size: int =
     _require("timm", "from_timm")
     if not hasattr(model, "forward_features"):
         raise ValueError(f"{type(model).__name__} has no forward_features(); is it a timm model?")
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    get_classifier = getattr(model, "get_classifier", None)  # timm's methods, not nn.Module's
+    classifier = get_classifier() if get_classifier is not None else None
     channels = getattr(model, "num_features", None)
     backbone = _ForwardFeatures(model)
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
@@ -132,6 +133,7 @@ def from_timm(model: nn.Module, num_classes: int | None = None, grid_size: int =
     if channels is not None and probed != channels:
         raise ValueError(f"forward_features() gives {probed} channels, num_features says {channels}")
     wrapped = _wrap(backbone, classifier, num_classes, grid_size, separate, probed)
-    if hasattr(model, "reset_classifier"):
-        model.reset_classifier(0)
+    reset_classifier = getattr(model, "reset_classifier", None)
+    if reset_classifier is not None:
+        reset_classifier(0)
     return wrapped

@@ -50,7 +50,7 @@ class MobileNetV2CIFAR(nn.Module):
         super().__init__()
         if len(strides) != len(_STAGES):
             raise ValueError(f"strides needs one entry per stage ({len(_STAGES)}), got {strides}")
-        layers = [_conv_bn(in_channels, 32, 3, stem_stride)]
+        layers: list[nn.Module] = [_conv_bn(in_channels, 32, 3, stem_stride)]
         cin = 32
         for (t, c, n), s in zip(_STAGES, strides, strict=True):
             for j in range(n):

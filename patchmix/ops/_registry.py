@@ -6,7 +6,8 @@ Who owns what:
   ``csrc/<op>.cpp`` define the same schema (``TORCH_LIBRARY_FRAGMENT``) and register the CPU kernel
   ``<op>_cpu``, so that LibTorch programs linking the CMake build get working ops too. When ``patchmix._C``
   is loaded this module checks that the compiled schema equals the contract's (a stale build is refused
-  with a message); when ``_C`` is missing it defines the op itself and registers the pure-PyTorch reference
+  with a message); when ``_C`` is missing (or refused: built against another torch, see ``_extension``) it
+  defines the op itself and registers the pure-PyTorch reference
   ``<op>_reference`` as the CPU kernel, announced once with a warning. Ops without a C++ kernel (``cpp=False``)
   are defined here and served on the CPU by their reference.
 * The CUDA kernel is the Triton launcher ``<op>_cuda`` from ``patchmix._kernels.<module>``, registered here
@@ -39,9 +40,7 @@ _BACKENDS: dict[str, dict[str, str]] = {}
 _C, _C_ERROR = _extension.C, _extension.ERROR
 if _C is None:
     warnings.warn(
-        "patchmix: the C++ extension patchmix._C is not available "
-        f"({_C_ERROR}); CPU ops run the pure-PyTorch reference instead. "
-        "Build it with `pip install --no-build-isolation -e .`.",
+        f"patchmix: CPU ops run the pure-PyTorch references, the C++ extension patchmix._C is not loaded: {_C_ERROR}",
         RuntimeWarning,
         stacklevel=2,
     )
@@ -61,7 +60,8 @@ HAS_TRITON = _load_triton_kernels()
 
 
 def build_info() -> dict:
-    """How ``patchmix._C`` was built (compiler, OpenMP threads), or why it is absent."""
+    """How ``patchmix._C`` was built (compiler, OpenMP threads, ``"torch"``: the torch headers it was compiled
+    with), or why it is not loaded (``"reason"``: not built, disabled, or built against another torch)."""
     if _C is None:
         return {"extension": False, "reason": _C_ERROR}
     info = dict(_C.build_info())

@@ -100,7 +100,7 @@ class _State:
     def __init__(self, device: torch.device):
         self.status = persistent_zeros(device)
         self.host: Tensor | None = None  # pinned copy of the status word (CUDA)
-        self.event = None  # completion of the pending copy
+        self.event: torch.cuda.Event | None = None  # completion of the pending copy
         self.calls = 0  # op calls since the last copy
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from .contracts._common import host_checks
 
 
-def _check_labels(name: str, target: Tensor, num_classes: int) -> None:
+def _check_labels(name: str, target: Tensor, num_classes: int | None) -> None:
     if target.dtype != torch.int64:
         raise ValueError(f"{name} must be int64 class indices, got dtype {target.dtype}")
     if target.dim() != 1:

@@ -57,12 +57,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from deap import algorithms, base, creator, tools
 
+from .._optional import missing_extra, require
 from ..errors import CheckpointError, ConfigError
 from ..files import atomic_path
 from .fitness import CachedFitness
 from .pairs import pair_classes, pair_id, random_genome, slot_pools
+
+try:
+    from deap import algorithms, base, creator, tools
+except ModuleNotFoundError as exc:
+    raise missing_extra("deap", "search", "patchmix.search's genetic search") from exc
 from .policy import Policy
 from .settings import MUTATIONS, SearchConfig
 
@@ -489,7 +494,7 @@ class GeneticSearch:
         return tools.selBest(population + offspring, c.population), nevals
 
     def run(self) -> SearchResult:
-        from tqdm import tqdm
+        tqdm = require("tqdm", "search", "the genetic search's progress bar").tqdm
 
         c = self.config
         t_start = time.perf_counter()

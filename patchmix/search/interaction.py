@@ -34,8 +34,8 @@ import time
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from .._optional import require
 from ..choices import MASK_DISTRIBUTIONS
 from .fitness import CachedFitness, CachedLogits, draw_pairs
 from .pairs import pair_classes
@@ -164,6 +164,7 @@ def build_interaction_table(model: nn.Module, images: Tensor, draws: Tensor, cla
     table = torch.empty(last - first, PP, 2, PP, dtype=torch.float64)
     t0 = time.perf_counter()
     ss_res = ss_tot = 0.0
+    tqdm = require("tqdm", "search", "build_interaction_table's progress bar").tqdm
     bar = tqdm(total=last - first, desc="interaction fit", unit="pair", disable=not progress, leave=False)
     for lo in range(first, last, chunk):
         qs = range(lo, min(last, lo + chunk))

@@ -11,8 +11,13 @@ import time
 
 from torch import Tensor
 
+from .._optional import require
 from ..errors import OutputError
 from ..files import write_error
+
+
+def _tqdm():
+    return require("tqdm", "workflow", "the training's progress bars").tqdm
 
 
 class Log:
@@ -48,15 +53,11 @@ class Log:
 
     def info(self, msg: str) -> None:
         if self.enabled and not self.quiet:
-            from tqdm import tqdm
-
-            tqdm.write(msg, file=sys.stderr)
+            _tqdm().write(msg, file=sys.stderr)
 
     def progress(self, **kw):
         """A tqdm bar on stderr; disabled when quiet, on ranks other than 0, and when stderr is no terminal."""
-        from tqdm import tqdm
-
-        return tqdm(disable=True if (self.quiet or not self.enabled) else None,  # None: off when not a terminal
+        return _tqdm()(disable=True if (self.quiet or not self.enabled) else None,  # None: off when not a terminal
                     dynamic_ncols=True, leave=False, file=sys.stderr, **kw)
 
     def close(self) -> None:

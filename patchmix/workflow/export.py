@@ -33,11 +33,11 @@ def draw_ground_truth(split: data_mod.Split, classes: list[str], path: str, num:
     """A PNG of the first ``num`` images of ``split`` with their ground truth: the mask's foreground tinted red
     (its ignore region blue) and every box outlined in yellow, inclusive pixels; titled with the class. Returns
     ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from .figures import pyplot
+
+    plt = pyplot()
 
     num = min(num, len(split))
     rows = -(-num // columns)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._optional import require
 from ..choices import METHOD_LABELS
 from ..files import atomic_path
 from .report import fidelity_summary
@@ -28,19 +29,16 @@ METHOD_COLORS = {"base": "#7f7f7f", "mixup": "#1f77b4", "cutmix": "#2ca02c", "ra
                  "guided": "#d62728", "mix": "#9467bd"}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display); one line naming the extra when matplotlib is missing."""
+    require("matplotlib", "workflow", "patchmix's figures").use("Agg", force=True)
+    return require("matplotlib.pyplot", "workflow", "patchmix's figures")
 
 
 def _save(fig, path: str) -> str:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -57,7 +55,7 @@ def mixed_samples_figure(batch, class_names: Sequence[str], path: str, title: st
                          grid_lines: bool = True) -> str:
     """A grid of the samples of a :class:`patchmix.MixedBatch` (images in ``[0, 1]``), each titled with its
     soft label ``lam * a + (1 - lam) * b``; grid masks are outlined when present."""
-    plt = _plt()
+    plt = pyplot()
     images = batch.images.detach().float().cpu().clamp(0, 1)
     n = images.shape[0]
     cols = min(columns, n)
@@ -88,7 +86,7 @@ def mixed_samples_figure(batch, class_names: Sequence[str], path: str, title: st
 
 def fitness_figure(logbooks: dict, path: str, title: str = "Genetic search: fitness per generation") -> str:
     """``logbooks``: ``{label: [{"gen", "best", "mean", "worst"}, ...]}`` (one curve set per seed)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     styles = {"best": ("#d62728", "-"), "mean": ("#1f77b4", "--"), "worst": ("#7f7f7f", ":")}
     for i, (_label, book) in enumerate(logbooks.items()):
@@ -110,7 +108,7 @@ def pairs_figure(policies: Sequence, class_names: Sequence[str], path: str,
                  title: str = "Discovered class pairs") -> str:
     """Heat map ``K x K``: cell ``(i, j)`` counts the policies (seeds) whose active set holds pair ``{i, j}``;
     the number in a cell is the mean share of the mask taken from row class ``i``."""
-    plt = _plt()
+    plt = pyplot()
     K = len(class_names)
     count = np.zeros((K, K))
     share = np.zeros((K, K))
@@ -151,7 +149,7 @@ def accuracy_figure(summary: dict, results: Sequence[dict], path: str, title: st
     """Left: mean test accuracy per method (bars), standard deviation over seeds (error bars), each seed (dots).
     Right, with ``paired`` (:func:`patchmix.workflow.stats.paired_summary`): each method minus Random PatchMix and
     minus Base on the same seeds, mean with its 95% interval; an interval clear of zero is drawn solid."""
-    plt = _plt()
+    plt = pyplot()
     methods = list(summary)
     table = (paired or {}).get("test_acc") or {}
     if table:
@@ -199,7 +197,7 @@ def accuracy_figure(summary: dict, results: Sequence[dict], path: str, title: st
 
 
 def curves_figure(results: Sequence[dict], path: str, title: str = "Validation accuracy per epoch") -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     by_method: dict[str, list] = {}
     for r in results:
@@ -226,7 +224,7 @@ def fidelity_figure(searches: dict, path: str) -> str:
     (y) of the random policies (circles) and the final population (crosses), the chosen policy as a star, one
     colour per seed. Right: the exact fitness of the random policies (histogram per seed) with the chosen
     policy's as a vertical line: where it lies is the search's efficacy."""
-    plt = _plt()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 4.0))
     for i, (seed, s) in enumerate(searches.items()):
         fid = s.get("fidelity") or {}
@@ -262,7 +260,7 @@ def fidelity_figure(searches: dict, path: str) -> str:
 def ablation_figure(doc: dict, path: str) -> str:
     """Grouped bars of an ablation table (:func:`patchmix.workflow.ablation.tabulate`): one group per row, one bar per
     column (mean test top-1, error bar: std over seeds, dots: each seed)."""
-    plt = _plt()
+    plt = pyplot()
     rows, cols = doc["rows"], doc["cols"]
     fig, ax = plt.subplots(figsize=(1.7 * len(rows) * len(cols) / 2 + 2.5, 3.8))
     width = 0.8 / len(cols)

@@ -14,7 +14,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from scipy import stats as _scipy_stats
+from .._optional import require
 
 #: The baselines every report compares with, in the order the report shows them.
 BASELINES = ("random", "base")
@@ -32,7 +32,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     out = {"n": n, "mean": mean, "sd": None, "ci": None, "distinguishable": False, "per_seed": d}
     if n >= 2:
         sd = statistics.stdev(d)
-        half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+        half = float(require("scipy.stats", "workflow", "the paired intervals").t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
         out.update(sd=sd, ci=[mean - half, mean + half], distinguishable=bool(mean - half > 0 or mean + half < 0))
     return out
 
