@@ -116,7 +116,8 @@ def test_no_module_imports_one_that_imports_it_back():
 #: The layer map (docs/architecture.md, "Module map"), bottom to top: a module imports only from its own layer or
 #: below. A module belongs to the layer of its longest matching prefix.
 LAYERS = (
-    ("leaves", ("patchmix._version", "patchmix.errors", "patchmix.choices", "patchmix.seeding", "patchmix.files")),
+    ("leaves", ("patchmix._version", "patchmix._optional", "patchmix.errors", "patchmix.choices", "patchmix.seeding",
+                "patchmix.files")),
     ("ops", ("patchmix.ops", "patchmix._kernels")),
     ("data", ("patchmix.data",)),
     ("mixing, loss", ("patchmix.mixing", "patchmix.losses")),
