@@ -37,8 +37,8 @@ from patchmix.search import (
     draw_pairs,
     pair_classes,
     random_population,
-    rank_correlation,
 )
+from patchmix.search.exact import rank_correlation
 from patchmix.search.fidelity import ceiling
 from patchmix.search.synthetic import InteractingCells, synthetic_validation
 

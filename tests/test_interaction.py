@@ -13,21 +13,19 @@ from patchmix.search import (
     CachedFitness,
     CachedLogits,
     ExactFitness,
-    InteractingCells,
     SearchConfig,
     build_interaction_table,
     draw_pairs,
-    fit_interactions,
     interaction_fitness,
     pair_classes,
     random_population,
-    rank_correlation,
     search,
     search_check,
-    synthetic_validation,
 )
+from patchmix.search.exact import rank_correlation
 from patchmix.search.fidelity import ceiling, efficacy_verdict, uniform_masks
-from patchmix.search.interaction import predict_cells, sample_masks
+from patchmix.search.interaction import fit_interactions, predict_cells, sample_masks
+from patchmix.search.synthetic import InteractingCells, synthetic_validation
 
 
 class CellModel(nn.Module):

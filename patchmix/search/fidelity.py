@@ -28,7 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from ..choices import DIRECTIONS, check_choice
-from .fitness import CachedFitness, ExactFitness, draw_pairs, random_population, rank_correlation
+from .cache import draw_pairs
+from .exact import ExactFitness, rank_correlation
+from .fitness import CachedFitness, random_population
 
 #: The Spearman correlation (relative to the ceiling) above which a proxy is taken to rank policies as f_T does.
 GOAL = 0.8

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..choices import MASK_DISTRIBUTIONS
-from .fitness import CachedFitness, CachedLogits, draw_pairs
+from .cache import CachedLogits, draw_pairs
+from .fitness import CachedFitness
 from .pairs import pair_classes
 from .scoring import composed_scores
 
