@@ -148,9 +148,23 @@ class CachedLogits:
         return cls(d["logits"], d["labels"], int(d["grid_size"]), d.get("class_names"))
 
 
+def distinct_pairs(labels: Tensor, num_classes: int) -> Tensor:
+    """``D_q = n_i * n_j``: the distinct ordered validation pairs ``(a, b)`` each class pair ``q = (c_i, c_j)``
+    offers (``n_c`` images of class ``c``), int64 ``(Q,)``."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    cls = pair_classes(num_classes)
+    return counts[cls[:, 0]] * counts[cls[:, 1]]
+
+
 def draw_pairs(labels: Tensor, num_classes: int, num_draws: int, seed: int) -> Tensor:
-    """``S`` validation pairs ``(a, b)`` per class pair, uniformly with replacement, fixed by ``seed``:
-    int64 ``(Q, S, 2)`` indices into ``labels (V,)``, ``a`` of the pair's first class ``c_i``, ``b`` of ``c_j``."""
+    """``S`` validation pairs ``(a, b)`` per class pair, fixed by ``seed``: int64 ``(Q, S, 2)`` indices into
+    ``labels (V,)``, ``a`` of the pair's first class ``c_i``, ``b`` of ``c_j``.
+
+    A pair that offers more than ``S`` distinct image pairs (:func:`distinct_pairs`) draws them uniformly with
+    replacement. A pair that offers ``D_q <= S`` enumerates all of them, in an order fixed by ``(seed, q)``, and
+    repeats that cycle: ``draws[q, s] == draws[q, s % D_q]``. Drawing with replacement from so few would repeat
+    image pairs by chance and miss others; the cycle covers each one, and whatever composes the draws computes
+    only the first ``D_q`` (:func:`draw_period`)."""
     K, S = num_classes, num_draws
     lab = labels.numpy()
     counts = np.bincount(lab, minlength=K)
@@ -163,8 +177,30 @@ def draw_pairs(labels: Tensor, num_classes: int, num_draws: int, seed: int) -> T
     u = np.random.default_rng(seed).random((cls.shape[0], S, 2))
     which = cls[:, None, :]  # (Q, 1, 2)
     pos = np.minimum((u * counts[which]).astype(np.int64), counts[which] - 1)
+    nb = counts[cls[:, 1]]
+    for q in np.flatnonzero(counts[cls[:, 0]] * nb <= S):  # the draws would repeat: enumerate the pairs
+        D = int(counts[cls[q, 0]] * nb[q])
+        cycle = np.random.default_rng([seed, int(q)]).permutation(D)[np.arange(S) % D]
+        pos[q] = np.stack([cycle // nb[q], cycle % nb[q]], -1)
     return torch.from_numpy(order[starts[which] + pos].astype(np.int64))
 
 
+def draw_period(draws: Tensor) -> Tensor:
+    """Per pair, the smallest ``p`` with ``draws[q, s] == draws[q, s % p]`` for every ``s``: int64 ``(Q,)``.
+    Compositions of draw ``s >= p`` repeat those of draw ``s % p``, so only the first ``p`` need ``f_T``."""
+    if draws.dim() != 3 or draws.shape[2] != 2:
+        raise ValueError(f"draw_period: draws must be (Q, S, 2), got {tuple(draws.shape)}")
+    Q, S = draws.shape[:2]
+    period = torch.full((Q,), S, dtype=torch.int64)
+    todo = torch.ones(Q, dtype=torch.bool)
+    for p in range(1, S):
+        cand = torch.nonzero(todo & (draws[:, p] == draws[:, 0]).all(-1))[:, 0]  # a cycle of p starts again at p
+        if len(cand):
+            d = draws[cand]
+            ok = (d == d[:, torch.arange(S) % p]).all(-1).all(-1)
+            period[cand[ok]] = p
+            todo[cand[ok]] = False
+    return period
 
-__all__ = ["CachedLogits", "draw_pairs"]
+
+__all__ = ["CachedLogits", "distinct_pairs", "draw_pairs", "draw_period"]

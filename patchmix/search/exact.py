@@ -12,6 +12,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
+from .cache import draw_period
 from .fitness import CachedFitness, random_population
 from .pairs import default_num_pairs
 from .scoring import composed_scores, model_device
@@ -31,6 +32,7 @@ class ExactFitness:
 
     Args:
         model: ``f_T``; images: the cached validation set ``(V, C, H, W)``, float in ``[0, 1]`` or uint8.
+        batch_size, precision: of the forward passes (:func:`patchmix.search.scoring.composed_scores`).
         fitness: gives the objective, the image weight, the pairs' classes and (by default) the draws.
         draws: int64 ``(Q, S, 2)`` draws to compose instead of ``fitness.draws``: independent draws
             (:func:`draw_pairs` with another seed) score a proxy on images it was not fitted on.
@@ -39,7 +41,7 @@ class ExactFitness:
     table_kind = "exact"
 
     def __init__(self, model: nn.Module, images: Tensor, fitness: CachedFitness, *, draws: Tensor | None = None,
-                 batch_size: int = 256, device=None):
+                 batch_size: int = 512, device=None, precision: str = "float32"):
         if images.dim() != 4 or images.shape[0] != fitness.cache.num_images:
             raise ValueError(
                 f"ExactFitness: images must be the cached validation set (V, C, H, W) with V = "
@@ -52,6 +54,10 @@ class ExactFitness:
         self.model, self.images, self.fitness, self.draws = model, images, fitness, draws
         self.batch_size = int(batch_size)
         self.device = model_device(model, device)
+        self.precision = precision
+        self.period = draw_period(draws)  # (Q,): draw s of pair q composes as draw s % period[q]
+        #: composed images scored by f_T so far (what the calls cost)
+        self.forward_passes = 0
 
     # what the search reads of a fitness: the base fitness's classes, cache and settings
     cache = property(lambda self: self.fitness.cache)
@@ -73,24 +79,43 @@ class ExactFitness:
         parts += [t.detach().cpu().contiguous().numpy().tobytes() for t in self.model.state_dict().values()]
         return b"".join(parts)
 
-    def per_draw(self, pairs, masks) -> Tensor:
+    def per_draw(self, pairs, masks, progress=None) -> Tensor:
         """``(I, S)`` float64: per individual and draw, the mean over its active slots of the composed sample's
-        score (NaN for an individual without an active slot)."""
+        score (NaN for an individual without an active slot).
+
+        Each distinct composition is scored once: a slot ``(pair, mask)`` that several individuals hold, and a
+        draw that repeats an earlier one of its pair (:func:`patchmix.search.cache.draw_period`), reuse the same
+        forward pass, so the cost is ``sum over distinct slots of period[pair]`` forward passes. ``progress``: a
+        callable ``(total=, desc=, unit=)`` returning a tqdm-like bar over those compositions."""
         pairs = torch.as_tensor(pairs).cpu()
         masks = torch.as_tensor(masks).cpu()
-        n_ind = masks.shape[0]
+        n_ind, P = masks.shape[0], masks.shape[-1]
         f, S = self.fitness, self.num_draws
         ii, kk = torch.nonzero(pairs >= 0, as_tuple=True)
         q = pairs[ii, kk]
-        rep = lambda t: t.repeat_interleave(S, 0)  # noqa: E731  (one row per slot and draw)
-        scores, image = composed_scores(
-            self.model, self.images, self.draws[q, :, 0].reshape(-1), self.draws[q, :, 1].reshape(-1),
-            rep(masks[ii, kk]), rep(f.classes[q, 0]), rep(f.classes[q, 1]), objective=f.objective,
-            image_term=f.image_weight != 0.0, batch_size=self.batch_size, device=self.device)
+        key = torch.cat([q[:, None], masks[ii, kk].reshape(len(q), -1).long()], 1)  # (slots, 1 + P*P)
+        uniq, inv = torch.unique(key, dim=0, return_inverse=True)
+        uq, um = uniq[:, 0], uniq[:, 1:].bool().reshape(-1, P, P)
+        period = self.period[uq]  # (U,)
+        offset = torch.cumsum(period, 0) - period  # first row of each distinct slot
+        slot = torch.repeat_interleave(torch.arange(len(uq)), period)  # (rows,)
+        col = torch.arange(len(slot)) - offset[slot]  # its draw, < period
+        bar = progress(total=len(slot), desc="search check", unit="img") if progress is not None else None
+        try:
+            scores, image = composed_scores(
+                self.model, self.images, self.draws[uq[slot], col, 0], self.draws[uq[slot], col, 1], um[slot],
+                f.classes[uq[slot], 0], f.classes[uq[slot], 1], objective=f.objective,
+                image_term=f.image_weight != 0.0, batch_size=self.batch_size, device=self.device,
+                precision=self.precision, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.forward_passes += len(slot)
         per_sample = scores.mean(-1)
         if image is not None:
             per_sample = per_sample + f.image_weight * image
-        total = torch.zeros(n_ind, S, dtype=torch.float64).index_add_(0, ii, per_sample.reshape(-1, S))
+        values = per_sample[offset[:, None] + torch.arange(S)[None, :] % period[:, None]]  # (U, S)
+        total = torch.zeros(n_ind, S, dtype=torch.float64).index_add_(0, ii, values[inv])
         count = torch.zeros(n_ind, dtype=torch.float64).index_add_(0, ii, torch.ones(len(ii), dtype=torch.float64))
         return total / count[:, None]
 
