@@ -41,7 +41,7 @@ class ExactFitness:
     table_kind = "exact"
 
     def __init__(self, model: nn.Module, images: Tensor, fitness: CachedFitness, *, draws: Tensor | None = None,
-                 batch_size: int = 512, device=None, precision: str = "float32"):
+                 batch_size: int = 256, device=None, precision: str = "float32"):
         if images.dim() != 4 or images.shape[0] != fitness.cache.num_images:
             raise ValueError(
                 f"ExactFitness: images must be the cached validation set (V, C, H, W) with V = "

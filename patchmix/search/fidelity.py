@@ -132,7 +132,7 @@ def uniform_masks(masks: np.ndarray) -> int:
 def search_check(fitness: CachedFitness, model: nn.Module, images: Tensor, *, chosen: tuple, num_pairs: int,
                  final: list[dict] | None = None, same_class: str = "forced", direction: str = "min",
                  num_draws: int = 32, random_policies: int = 200, final_policies: int = 32, seed: int = 0,
-                 batch_size: int = 512, device=None, precision: str = "float32", progress=None) -> dict:
+                 batch_size: int = 256, device=None, precision: str = "float32", progress=None) -> dict:
     """Fidelity of ``fitness`` and efficacy of the ``chosen`` policy, against ``model`` (``f_T``).
 
     Args:

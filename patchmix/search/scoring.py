@@ -8,10 +8,10 @@ source's class (``class_a_r`` or ``class_b_r``): ``objective="logprob"`` -> ``lo
 ``"accuracy"`` -> ``1[argmax == class]``. The image-level term scores the image logits against the soft label with
 the exact pixel ``lam``: ``lam * log_softmax[c_a] + (1 - lam) * log_softmax[c_b]``.
 
-Speed (docs/search.md, "Forward passes"): the passes run under ``torch.inference_mode``, in the channels_last
-memory format, and with ``precision="auto"`` under bfloat16 autocast where the device computes bfloat16 natively
-(a CPU with AVX512-BF16 or AMX, a CUDA device that supports it); the scores themselves are float64 from the
-logits. ``precision="float32"`` turns the autocast off.
+Speed (docs/search.md, "Forward passes"): the passes run under ``torch.inference_mode``; with ``precision="auto"``
+under bfloat16 autocast where the device computes bfloat16 natively (a CPU with AVX512-BF16 or AMX, a CUDA device
+that supports it), and in the channels_last memory format where that helps (under the autocast, and on CUDA;
+measured slower for float32 on the CPU). The scores themselves are float64 from the logits.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def as_model_input(x: Tensor) -> Tensor:
 
 def composed_scores(model: nn.Module, images: Tensor, index_a: Tensor, index_b: Tensor, masks: Tensor,
                     class_a: Tensor, class_b: Tensor, *, objective: str = "logprob", image_term: bool = False,
-                    batch_size: int = 512, device=None, precision: str = "float32",
+                    batch_size: int = 256, device=None, precision: str = "float32",
                     progress=None) -> tuple[Tensor, Tensor | None]:
     """Per-cell scores of ``model`` on ``R`` compositions.
 
@@ -125,6 +125,7 @@ def composed_scores(model: nn.Module, images: Tensor, index_a: Tensor, index_b: 
     scores = torch.empty(R, P * P, dtype=torch.float64)
     image = torch.empty(R, dtype=torch.float64) if image_term else None
     dtype = autocast_dtype(precision, device)
+    channels_last = dtype is not None or device.type == "cuda"
     was_training = model.training
     model.eval()
     try:
@@ -132,7 +133,7 @@ def composed_scores(model: nn.Module, images: Tensor, index_a: Tensor, index_b: 
             for s in range(0, R, batch_size):
                 sl = slice(s, s + batch_size)
                 _score_batch(model, images, index_a[sl], index_b[sl], masks[sl], class_a[sl], class_b[sl], P,
-                             objective, device, scores[sl], None if image is None else image[sl])
+                             objective, device, channels_last, scores[sl], None if image is None else image[sl])
                 if progress is not None:
                     progress.update(masks[sl].shape[0])
     finally:
@@ -140,15 +141,14 @@ def composed_scores(model: nn.Module, images: Tensor, index_a: Tensor, index_b: 
     return scores, image
 
 
-def _score_batch(model, images, index_a, index_b, masks, class_a, class_b, P, objective, device, scores,
-                 image) -> None:
+def _score_batch(model, images, index_a, index_b, masks, class_a, class_b, P, objective, device, channels_last,
+                 scores, image) -> None:
     """One forward pass of :func:`composed_scores`: writes the batch's cell scores (and image term) in place."""
     src = images.device
     m = masks.to(src)
     x, lam = grid_mix(images, m, index_a.to(src), index_b.to(src))
-    # channels_last: the convolutions' fast layout on the CPU (oneDNN) and on CUDA; a no-op for a flat input
     x = as_model_input(x.to(device))
-    if x.dim() == 4:
+    if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     image_logits, patch = model(x)
     patch = split_outputs((image_logits, patch), P, "composed_scores").double()
