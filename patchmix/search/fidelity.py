@@ -20,7 +20,7 @@ with the defaults (200 random policies, up to 32 final ones, 32 draws) about 150
 
 The draws and the ceiling: the check's exact fitness must be reliable enough that a proxy's correlation can be
 read against :data:`GOAL`; a ceiling under :data:`MIN_CEILING` cannot, and the result says how many draws would
-reach it (:func:`draws_for_ceiling`, docs/search.md "The check's draws").
+reach it (:func:`draws_for_ceiling`, docs/search.md, "What the search costs").
 """
 
 from __future__ import annotations

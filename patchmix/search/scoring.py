@@ -8,10 +8,10 @@ source's class (``class_a_r`` or ``class_b_r``): ``objective="logprob"`` -> ``lo
 ``"accuracy"`` -> ``1[argmax == class]``. The image-level term scores the image logits against the soft label with
 the exact pixel ``lam``: ``lam * log_softmax[c_a] + (1 - lam) * log_softmax[c_b]``.
 
-Speed (docs/search.md, "Forward passes"): the passes run under ``torch.inference_mode``; with ``precision="auto"``
-under bfloat16 autocast where the device computes bfloat16 natively (a CPU with AVX512-BF16 or AMX, a CUDA device
-that supports it), and in the channels_last memory format where that helps (under the autocast, and on CUDA;
-measured slower for float32 on the CPU). The scores themselves are float64 from the logits.
+Speed (docs/search.md, "What the search costs"): the passes run under ``torch.inference_mode``; with
+``precision="auto"`` under bfloat16 autocast where the device computes bfloat16 natively (a CPU with AVX512-BF16
+or AMX, a CUDA device that supports it), and in the channels_last memory format where that helps (under the
+autocast, and on CUDA; measured slower for float32 on the CPU). The scores themselves are float64 from the logits.
 """
 
 from __future__ import annotations
