@@ -51,12 +51,10 @@ from patchmix.search import (
     PAPER_OPERATORS,
     CachedFitness,
     CachedLogits,
-    InteractingCells,
     interaction_fitness,
     search,
-    synthetic_cache,
-    synthetic_validation,
 )
+from patchmix.search.synthetic import InteractingCells, synthetic_cache, synthetic_validation
 
 #: (classes K, active pairs N, validation images per class) of each scale
 SCALES = {"cifar10": (10, 20, 100), "cifar100": (100, 200, 100), "imagenet": (1000, 2000, 50), "toy": (10, 20, 10)}

@@ -37,8 +37,8 @@ from patchmix.search import (
     draw_pairs,
     pair_classes,
     random_population,
-    rank_correlation,
 )
+from patchmix.search.exact import rank_correlation
 from patchmix.search.fidelity import ceiling
 from patchmix.search.synthetic import InteractingCells, synthetic_validation
 
@@ -93,3 +93,17 @@ if __name__ == "__main__":
     torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
     for row in measure("cifar100", BUILDS):
         print(row, flush=True)
+
+
+@pytest.mark.parametrize("model", ["small_resnet", "resnet32"])
+def test_search_forward_throughput(benchmark, model):
+    """Images per second of the search's forward passes, plain float32 against ``search.precision`` (rows of
+    ``bench/search_throughput.py`` in ``extra_info``; one thread)."""
+    from bench.search_throughput import measure
+
+    count, seconds = (64, 0.0) if benchmark.disabled else (2048, 1.0)
+    rows = []
+    benchmark.pedantic(lambda: rows.extend(measure(model, 1, count=count, min_seconds=seconds)), rounds=1,
+                       iterations=1)
+    benchmark.extra_info["rows"] = rows
+    assert [r["variant"] for r in rows] == ["plain", "float32", "auto"] and all(r["images_per_s"] > 0 for r in rows)

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from patchmix.ops import population_fitness, population_fitness_reference
-from patchmix.search import CachedFitness, search, synthetic_cache
+from patchmix.search import CachedFitness, search
+from patchmix.search.synthetic import synthetic_cache
 
 SCALES = {"cifar10": (10, 20), "cifar100": (100, 200)}  # classes, N active pairs
 POPULATION, DRAWS, GRID = 500, 32, 4

@@ -35,13 +35,12 @@ from patchmix.search import (
     CachedLogits,
     ExactFitness,
     draw_pairs,
-    fit_interactions,
     random_population,
-    rank_correlation,
     search,
 )
+from patchmix.search.exact import rank_correlation
 from patchmix.search.fidelity import ceiling, uniform_masks
-from patchmix.search.interaction import score_compositions
+from patchmix.search.interaction import fit_interactions, score_compositions
 from patchmix.search.pairs import pair_classes
 from patchmix.training import model_from_checkpoint
 

@@ -364,6 +364,15 @@ def search_rows(device: str, build=(100, 100, 200, 16, 16), generation=(10, 50, 
 def bench_search(results: Results):
     for row in search_rows("cuda"):
         results.add(**row)
+    # the search's forward passes per precision (bench/search_throughput.py: plain float32 against the
+    # search.precision variants), small_resnet and resnet32 at 32x32
+    from bench.search_throughput import measure
+
+    for name in ("small_resnet", "resnet32"):
+        for r in measure(name, 1, count=16384, device="cuda"):
+            results.add(kind="search", shape=f"forward {name} {r['variant']} ({r['dtype']})", provider="patchmix",
+                        device_ms=float("nan"), wall_ms=16384 / r["images_per_s"] * 1e3,
+                        images_per_s=r["images_per_s"], max_abs_diff=r["max_abs_diff"])
 
 
 def summary(out: Path) -> str:

@@ -7,7 +7,8 @@ import torch
 from patchmix import GuidedPatchMix, MixedBatch
 from patchmix.guided import GuidedBatchSampler, GuidedCollate, concat_batches, guided_loader, phase_four_counts
 from patchmix.ops import grid_mix_reference
-from patchmix.search import CachedFitness, Policy, search, synthetic_cache
+from patchmix.search import CachedFitness, Policy, search
+from patchmix.search.synthetic import synthetic_cache
 
 NAMES = ["airplane", "car", "bird", "cat", "deer"]
 

@@ -2,6 +2,7 @@
 (fidelity with its ceiling, efficacy)."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -13,21 +14,22 @@ from patchmix.search import (
     CachedFitness,
     CachedLogits,
     ExactFitness,
-    InteractingCells,
     SearchConfig,
     build_interaction_table,
     draw_pairs,
-    fit_interactions,
     interaction_fitness,
     pair_classes,
     random_population,
-    rank_correlation,
     search,
     search_check,
-    synthetic_validation,
 )
-from patchmix.search.fidelity import ceiling, efficacy_verdict, uniform_masks
-from patchmix.search.interaction import predict_cells, sample_masks
+from patchmix.search.cache import distinct_pairs, draw_period
+from patchmix.search.exact import rank_correlation
+from patchmix.search.fidelity import MIN_CEILING, ceiling, draws_for_ceiling, efficacy_verdict, uniform_masks
+from patchmix.search.interaction import fit_interactions, predict_cells, sample_masks
+from patchmix.search.scoring import autocast_dtype, composed_scores, native_bfloat16
+from patchmix.search.settings import FAST_CHECK_DRAWS, FAST_MASKS_PER_DRAW
+from patchmix.search.synthetic import InteractingCells, synthetic_validation
 
 
 class CellModel(nn.Module):
@@ -328,3 +330,167 @@ def test_the_gpu_checks_search_rows_run_at_toy_sizes():
     assert [r["kind"] for r in rows] == ["search", "search"]
     assert all(r["images_per_s"] > 0 and r["wall_ms"] > 0 for r in rows)
     assert rows[0]["projected_full_build_s"] > 0
+
+
+# -------------------------------------------------------------------------------------------------
+# the cost: what a small split can teach, one pass per distinct composition, the check's rules
+# -------------------------------------------------------------------------------------------------
+
+
+def test_a_small_split_cycles_through_its_distinct_image_pairs():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2])  # 3, 2 and 10 images
+    K, S = 3, 8
+    D = distinct_pairs(labels, K)
+    assert D.tolist() == [9, 6, 30, 4, 20, 100]  # pairs (0,0), (0,1), (0,2), (1,1), (1,2), (2,2)
+    draws = draw_pairs(labels, K, S, seed=3)
+    period = draw_period(draws)
+    for q, (ci, cj) in enumerate(pair_classes(K).tolist()):
+        d = draws[q]
+        assert (labels[d[:, 0]] == ci).all() and (labels[d[:, 1]] == cj).all()
+        if D[q] <= S:  # every distinct image pair, then the cycle again
+            assert period[q] == D[q]
+            assert len({tuple(x) for x in d[: D[q]].tolist()}) == D[q]
+            assert torch.equal(d, d[torch.arange(S) % int(D[q])])
+        else:
+            assert period[q] <= S
+    # a split with more image pairs than draws draws them as before: uniformly with replacement, from the seed
+    big = torch.arange(4).repeat_interleave(10)
+    rng = np.random.default_rng(1)
+    u = rng.random((10, 5, 2))
+    expect = (u * 10).astype(np.int64) + 10 * pair_classes(4).numpy()[:, None, :]
+    assert torch.equal(draw_pairs(big, 4, 5, 1), torch.from_numpy(expect))
+    with pytest.raises(ValueError, match=r"\(Q, S, 2\)"):
+        draw_period(torch.zeros(3, 4, dtype=torch.int64))
+
+
+def test_the_build_composes_each_distinct_draw_once():
+    images, labels = data(K=3, per_class=2)  # 4 ordered image pairs per class pair
+    model = CellModel(num_classes=3, mix=1.0)
+    draws = draw_pairs(labels, 3, 8, seed=1)
+    assert draw_period(draws).tolist() == [4] * 6
+    table, stats = build_interaction_table(model, images, draws, pair_classes(3), 2, masks_per_draw=5, seed=2)
+    assert stats["forward_passes"] == 6 * 4 * 5  # min(S, D_q) * M per pair, not S * M
+    # the same table as a build on the distinct draws alone
+    alone, _ = build_interaction_table(model, images, draws[:, :4], pair_classes(3), 2, masks_per_draw=5, seed=2)
+    torch.testing.assert_close(table, alone, rtol=0, atol=0)
+
+
+def test_the_exact_fitness_scores_each_distinct_composition_once():
+    images, labels = data(K=3, per_class=2)
+    model = CellModel(num_classes=3, mix=1.0)
+    cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
+    f = CachedFitness(cache, num_draws=8, seed=4)
+    pairs, masks = random_population(6, 4, f, "forced", seed=0)
+    pairs, masks = torch.cat([pairs, pairs[:2]]), torch.cat([masks, masks[:2]])  # two policies twice
+    pairs[0, 3] = -1
+    exact = ExactFitness(model, images, f)
+    got = exact.per_draw(pairs, masks)
+    slots = {(int(q), m.numpy().tobytes()) for q, m in zip(pairs[pairs >= 0], masks[pairs >= 0], strict=True)}
+    assert exact.forward_passes == len(slots) * 4  # each distinct slot, each distinct draw (D_q = 4 < 8)
+    # the long way: every slot and every draw composed and scored on its own
+    ref = torch.zeros(len(pairs), 8, dtype=torch.float64)
+    for i in range(len(pairs)):
+        act = [k for k in range(4) if pairs[i, k] >= 0]
+        for k in act:
+            q = int(pairs[i, k])
+            d = f.draws[q]
+            sc, _ = composed_scores(model, images, d[:, 0], d[:, 1], masks[i, k].expand(8, 2, 2),
+                                    f.classes[q, 0].expand(8), f.classes[q, 1].expand(8))
+            ref[i] += sc.mean(-1) / len(act)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_the_checks_one_pass_gives_the_numbers_of_separate_passes_and_shows_progress():
+    images, labels = data(K=4, per_class=5)
+    model = CellModel(mix=1.0)
+    cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
+    f = interaction_fitness(cache, model, images, num_draws=4, masks_per_draw=4, seed=9)
+    r = search(f, population=12, generations=3, num_pairs=6, seed=0, progress=False, patience=None)
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, unit):
+            self.total, self.desc, self.n, self.closed = total, desc, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    check = search_check(f, model, images, chosen=(r.best_pairs, r.best_masks), num_pairs=6,
+                         final=[r.population, r.offspring], num_draws=6, random_policies=20, seed=3, progress=Bar)
+    # progress: one bar over the compositions the check scored, filled and closed
+    assert len(bars) == 1 and bars[0].desc == "search check" and bars[0].closed
+    assert bars[0].n == bars[0].total == check["forward_passes"] > 0
+    # separate passes (one ExactFitness call per group of policies) give the same numbers
+    exact = ExactFitness(model, images, f, draws=draw_pairs(labels, 4, 6, 3))
+    pairs, masks = random_population(20, 6, f, "forced", 3)
+    np.testing.assert_allclose(check["random"]["exact"], exact(pairs, masks).numpy(), rtol=1e-6, atol=1e-9)
+    chosen = exact(torch.as_tensor(r.best_pairs)[None], torch.as_tensor(r.best_masks)[None])
+    assert check["efficacy"]["exact"] == pytest.approx(float(chosen[0]), rel=1e-6, abs=1e-9)
+    naive = (20 + check["final"]["n"] + 1) * 6 * 6  # every slot of every policy at every draw
+    assert check["forward_passes"] < naive  # the final population and the chosen policy share slots
+    assert check["min_ceiling"] == MIN_CEILING
+
+
+def test_draws_for_ceiling_is_the_spearman_brown_rule():
+    # one draw of reliability rho; h draws have r = h rho / (1 + (h - 1) rho): the rule inverts it
+    rho = 0.3
+    for S in (8, 16, 32):
+        h = S // 2
+        r = h * rho / (1 + (h - 1) * rho)
+        n = draws_for_ceiling(r, S, 0.9)
+        rel = lambda k: k * rho / (1 + (k - 1) * rho)  # noqa: E731
+        assert math.sqrt(rel(n)) >= 0.9 > math.sqrt(rel(n - 1))  # the fewest draws that reach the ceiling
+    assert draws_for_ceiling(1.0, 12) == 12 and draws_for_ceiling(None, 12) is None
+    assert draws_for_ceiling(-0.1, 12) is None
+    # the check's numbers obey it: a noisy exact fitness (few draws) asks for more draws than it had
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.randn(200, 1, generator=g, dtype=torch.float64) + 2.0 * torch.randn(200, 8, generator=g,
+                                                                                       dtype=torch.float64)
+    c = ceiling(noisy)
+    assert c["ceiling"] < MIN_CEILING and draws_for_ceiling(c["exact_vs_exact"], 8) > 8
+
+
+def test_the_report_asks_for_draws_when_the_ceiling_is_low():
+    from patchmix.workflow.report import fidelity_text
+
+    fid = {"table": "interaction", "random": {"spearman": 0.7, "ceiling": 0.85, "n": 200}, "final": None,
+           "efficacy": {"verdict": "v", "percentile": 0.0, "uniform_masks": 0, "masks": 20},
+           "min_ceiling": 0.9, "draws_needed": 45, "seconds": 1.0}
+    assert "run.fidelity_draws=45" in fidelity_text(fid)
+    fid["random"]["ceiling"] = 0.95
+    assert "fidelity_draws" not in fidelity_text(fid)
+
+
+def test_effort_and_precision_settings():
+    s = SearchConfig()
+    assert (s.effort, s.precision, s.fit_masks(), s.check_draws(32)) == ("default", "auto", 64, 32)
+    fast = SearchConfig(effort="fast")
+    assert fast.fit_masks() == FAST_MASKS_PER_DRAW == 16 and fast.check_draws(32) == FAST_CHECK_DRAWS == 16
+    assert SearchConfig(effort="fast", masks_per_draw=8).fit_masks() == 8  # a cap, never more than asked
+    for key, bad in (("effort", "slow"), ("precision", "float16")):
+        with pytest.raises(ConfigError, match=f"search.{key}"):
+            SearchConfig(**{key: bad}).validate()
+    assert autocast_dtype("float32", "cpu") is None and autocast_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert autocast_dtype("auto", "cpu") == (torch.bfloat16 if native_bfloat16("cpu") else None)
+
+
+def test_bfloat16_forward_passes_keep_the_tables_fidelity():
+    """The bfloat16 autocast (search.precision = auto on a CPU with native bfloat16) changes the cells' scores by
+    little, and the table fitted on them ranks policies as the float32 one does."""
+    model = InteractingCells(4, grid_size=2).eval()
+    images, labels = synthetic_validation(model, 6)
+    cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
+    kw = dict(num_draws=4, masks_per_draw=8, seed=1)
+    f32 = interaction_fitness(cache, model, images, precision="float32", **kw)
+    bf16 = interaction_fitness(cache, model, images, precision="bfloat16", **kw)
+    pairs, masks = random_population(100, 6, f32, "forced", seed=2)
+    exact = ExactFitness(model, images, f32, draws=draw_pairs(labels, 4, 8, 5))
+    e = exact(pairs, masks).numpy()
+    rho32 = rank_correlation(f32(pairs, masks).numpy(), e)
+    rho16 = rank_correlation(bf16(pairs, masks).numpy(), e)
+    assert rho16 >= rho32 - 0.02
+    assert rank_correlation(f32(pairs, masks).numpy(), bf16(pairs, masks).numpy()) > 0.98

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -21,13 +22,11 @@ from patchmix.search import (
     ExactFitness,
     Policy,
     PolicyError,
-    fitness_rank_correlation,
     pair_classes,
     pair_id,
-    rank_correlation,
     search,
-    synthetic_cache,
 )
+from patchmix.search.exact import fitness_rank_correlation, rank_correlation
 from patchmix.search.genetic import (
     Genome,
     crossover,
@@ -38,6 +37,7 @@ from patchmix.search.genetic import (
     slot_pools,
     transpose,
 )
+from patchmix.search.synthetic import synthetic_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,6 +153,12 @@ def test_rank_correlation():
     assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # ties take average ranks: x ranks (1.5, 1.5, 3), y ranks (1, 2, 3)
     assert rank_correlation([1, 1, 2], [1, 2, 3]) == pytest.approx(0.8660254, rel=1e-6)
+    # a constant sequence has no ranking: NaN, without a warning (the check reports None for it)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(rank_correlation([1, 1, 1], [1, 2, 3]))
+    # NaN in the data propagates (scipy's nan_policy="propagate")
+    assert np.isnan(rank_correlation([1, float("nan"), 3], [1, 2, 3]))
     with pytest.raises(ValueError, match="same length"):
         rank_correlation([1, 2], [1, 2, 3])
 
@@ -467,7 +473,8 @@ def test_resume_after_sigkill(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys, json
         sys.path.insert(0, {ROOT!r})
-        from patchmix.search import CachedFitness, search, synthetic_cache
+        from patchmix.search import CachedFitness, search
+        from patchmix.search.synthetic import synthetic_cache
         f = CachedFitness(synthetic_cache(5, per_class=8, seed=0), num_draws=8, seed=0)
         kw = dict(population=24, generations=9, seed=5, progress=False, checkpoint_every=2, patience=None)
         mode = sys.argv[1]

@@ -11,11 +11,12 @@ Typical use::
                          num_pairs=20)                                      # fidelity and efficacy, measured
 
 Modules: :mod:`.pairs` (pair ids, slot pools, the default ``N``), :mod:`.settings` (:class:`SearchConfig`,
-the one vocabulary of search settings), :mod:`.scoring` (``f_T`` on composed images), :mod:`.fitness` (the
-cache, the cached fitness and its tables, the exact fitness, the per-pair optimum), :mod:`.interaction` (the
-interaction-aware table, fitted on ``f_T``), :mod:`.fidelity` (the search check: fidelity and efficacy against the
-exact fitness), :mod:`.genetic` (the DEAP search and the exhaustive solver) and :mod:`.policy` (its result as
-JSON).
+the one vocabulary of search settings), :mod:`.scoring` (``f_T`` on composed images), :mod:`.cache` (the cache of
+``f_T``'s logits and the validation draws), :mod:`.fitness` (the cached fitness and its tables, the per-pair
+optimum), :mod:`.exact` (the exact fitness and the rank correlation), :mod:`.interaction` (the interaction-aware
+table, fitted on ``f_T``), :mod:`.fidelity` (the search check: fidelity and efficacy against the exact fitness),
+:mod:`.genetic` (the DEAP search and the exhaustive solver), :mod:`.policy` (its result as JSON) and
+:mod:`.synthetic` (stand-ins for tests and benchmarks: a synthetic cache and ``f_T``).
 
 The DEAP search is imported on first use of one of its names (``search``, ``GeneticSearch``, ...), so that
 ``import patchmix`` does not import DEAP.
@@ -23,22 +24,14 @@ The DEAP search is imported on first use of one of its names (``search``, ``Gene
 
 import importlib
 
+from .cache import CachedLogits, draw_pairs
+from .exact import ExactFitness
 from .fidelity import search_check
-from .fitness import (
-    CachedFitness,
-    CachedLogits,
-    ExactFitness,
-    OptimumResult,
-    draw_pairs,
-    fitness_rank_correlation,
-    random_population,
-    rank_correlation,
-)
-from .interaction import build_interaction_table, fit_interactions, interaction_fitness
+from .fitness import CachedFitness, OptimumResult, random_population
+from .interaction import build_interaction_table, interaction_fitness
 from .pairs import pair_classes, pair_id
 from .policy import Policy, PolicyError
 from .settings import MUTATIONS, PAPER_OPERATORS, SearchConfig
-from .synthetic import InteractingCells, synthetic_cache, synthetic_validation
 
 _GENETIC = ("GeneticSearch", "SearchResult", "exhaustive_search", "search")
 
@@ -54,7 +47,6 @@ __all__ = [
     "PAPER_OPERATORS",
     "CachedFitness",
     "CachedLogits",
-    "InteractingCells",
     "ExactFitness",
     "GeneticSearch",
     "OptimumResult",
@@ -65,15 +57,10 @@ __all__ = [
     "build_interaction_table",
     "draw_pairs",
     "exhaustive_search",
-    "fit_interactions",
     "interaction_fitness",
-    "fitness_rank_correlation",
     "pair_classes",
     "pair_id",
     "random_population",
-    "rank_correlation",
     "search",
     "search_check",
-    "synthetic_cache",
-    "synthetic_validation",
 ]

@@ -13,9 +13,14 @@ draws of their own (independent of the draws any proxy was fitted on).
   than every one of them; with ``direction="min"``, "harder for ``f_T`` than every random policy"), and how
   many of its masks are uniform (every cell from one image: a sample barely mixed).
 
-Cost: ``(random + final + 1) * N * num_draws`` forward passes of ``f_T``; with the defaults (200 random policies,
-up to 32 final ones, 32 draws) about 150k composed images at ``N = 20``: 15 to 30 s on 2 CPU cores for
-mnist5k's small ResNet, under a second on a GPU. ``seconds`` in the result says what it cost.
+Cost: at most ``(random + final + 1) * N * num_draws`` forward passes of ``f_T``, fewer where policies share
+slots or a class pair offers fewer distinct image pairs than draws (each distinct composition is scored once);
+with the defaults (200 random policies, up to 32 final ones, 32 draws) about 150k composed images at ``N = 20``.
+``forward_passes`` and ``seconds`` in the result say what it cost.
+
+The draws and the ceiling: the check's exact fitness must be reliable enough that a proxy's correlation can be
+read against :data:`GOAL`; a ceiling under :data:`MIN_CEILING` cannot, and the result says how many draws would
+reach it (:func:`draws_for_ceiling`, docs/search.md, "What the search costs").
 """
 
 from __future__ import annotations
@@ -28,10 +33,15 @@ import torch
 from torch import Tensor, nn
 
 from ..choices import DIRECTIONS, check_choice
-from .fitness import CachedFitness, ExactFitness, draw_pairs, random_population, rank_correlation
+from .cache import draw_pairs
+from .exact import ExactFitness, rank_correlation
+from .fitness import CachedFitness, random_population
 
 #: The Spearman correlation (relative to the ceiling) above which a proxy is taken to rank policies as f_T does.
 GOAL = 0.8
+#: The ceiling below which the check cannot resolve a correlation of :data:`GOAL` from one a little below it: the
+#: report asks for more draws (:func:`draws_for_ceiling`) when the ceiling falls under it.
+MIN_CEILING = 0.9
 #: A chosen policy within this percentile of the random policies (from the side the search aims at) is "markedly"
 #: harder (or easier, when maximising) for f_T than random policies.
 MARKED_PERCENTILE = 5.0
@@ -71,15 +81,33 @@ def ceiling(per_draw: Tensor) -> dict:
     return {"exact_vs_exact": r, "reliability": rel, "ceiling": math.sqrt(rel)}
 
 
-def _compare(proxy: CachedFitness, exact: ExactFitness, pairs, masks) -> tuple[dict, Tensor]:
+def draws_for_ceiling(exact_vs_exact: float | None, num_draws: int, target: float = MIN_CEILING) -> int | None:
+    """The check's draws per pair that give a ceiling of ``target``, predicted from a check with ``num_draws``
+    draws whose halves correlated at ``exact_vs_exact`` (:func:`ceiling`).
+
+    The half-against-half correlation ``r`` is the reliability of ``num_draws / 2`` draws; the Spearman-Brown
+    formula gives one draw's, ``rho = r / (h - (h - 1) r)`` with ``h = num_draws / 2``, and the draws ``n`` that
+    reach a reliability of ``target^2`` (the ceiling is its square root): ``n = t (1 - rho) / (rho (1 - t))``.
+    None where undefined (``r`` missing or ``<= 0``); ``num_draws`` is returned when ``r`` is 1 (more draws add
+    nothing)."""
+    if exact_vs_exact is None or exact_vs_exact <= 0 or not 0 < target < 1:
+        return None
+    if exact_vs_exact >= 1:
+        return num_draws
+    h = num_draws / 2
+    rho = exact_vs_exact / (h - (h - 1) * exact_vs_exact)
+    t = target * target
+    return max(2, math.ceil(t * (1 - rho) / (rho * (1 - t))))
+
+
+def _compare(proxy: CachedFitness, pairs, masks, per_draw: Tensor) -> dict:
     pairs, masks = torch.as_tensor(pairs), torch.as_tensor(masks)
     c = proxy(pairs, masks).double().cpu().numpy()
-    per_draw = exact.per_draw(pairs, masks)
     e = per_draw.mean(1).numpy()
     out = {"spearman": _spearman(c, e), "n": int(len(c)), "proxy": c.tolist(), "exact": e.tolist(),
            "proxy_std": float(c.std()), "exact_std": float(e.std())}
     out.update(ceiling(per_draw))
-    return out, per_draw
+    return out
 
 
 def efficacy_verdict(percentile: float, direction: str = "min") -> str:
@@ -104,7 +132,7 @@ def uniform_masks(masks: np.ndarray) -> int:
 def search_check(fitness: CachedFitness, model: nn.Module, images: Tensor, *, chosen: tuple, num_pairs: int,
                  final: list[dict] | None = None, same_class: str = "forced", direction: str = "min",
                  num_draws: int = 32, random_policies: int = 200, final_policies: int = 32, seed: int = 0,
-                 batch_size: int = 256, device=None) -> dict:
+                 batch_size: int = 256, device=None, precision: str = "float32", progress=None) -> dict:
     """Fidelity of ``fitness`` and efficacy of the ``chosen`` policy, against ``model`` (``f_T``).
 
     Args:
@@ -115,13 +143,22 @@ def search_check(fitness: CachedFitness, model: nn.Module, images: Tensor, *, ch
         final: e.g. ``[SearchResult.population, SearchResult.offspring]`` (each ``{"pairs", "masks", ...}``): up to
             ``final_policies`` of their distinct policies are checked too.
         direction: what the search aimed at (``min``: hard for ``f_T``).
-        num_draws: validation pairs per class pair, drawn from ``seed`` (independent of the search's draws).
+        num_draws: validation pairs per class pair, drawn from ``seed`` (independent of the search's draws); a
+            class pair that offers fewer distinct image pairs enumerates them (:func:`draw_pairs`).
+        batch_size, precision: of the forward passes (:func:`patchmix.search.scoring.composed_scores`).
+        progress: a callable ``(total=, desc=, unit=)`` returning a tqdm-like bar (e.g.
+            :meth:`patchmix.training.Log.progress`), advanced by the composed images scored.
+
+    The random, final and chosen policies are scored in one pass of ``f_T`` over their distinct compositions
+    (:meth:`ExactFitness.per_draw`): a slot that several policies share, or a draw that repeats, costs one
+    forward pass.
 
     Returns a dict (JSON-ready): ``draws``, ``table``, ``goal``, ``random`` and ``final`` (``spearman``, ``n``,
     ``proxy``, ``exact``, their standard deviations, ``exact_vs_exact``, ``reliability``, ``ceiling``; ``final`` is
     None without a final population), ``linear_spearman`` (the linear cache on the same random policies, for an
     interaction fitness), ``efficacy`` (``exact``, ``proxy``, ``percentile``, ``random_median/min/max``,
-    ``uniform_masks``, ``masks``, ``direction``, ``verdict``) and ``seconds``.
+    ``uniform_masks``, ``masks``, ``direction``, ``verdict``), ``min_ceiling`` and ``draws_needed`` (the draws
+    that reach it, :func:`draws_for_ceiling`), ``forward_passes`` and ``seconds``.
     """
     check_choice("direction", direction, DIRECTIONS)
     if num_draws < 2 or random_policies < 3:
@@ -129,16 +166,11 @@ def search_check(fitness: CachedFitness, model: nn.Module, images: Tensor, *, ch
                          f"{random_policies}")
     t0 = time.perf_counter()
     draws = draw_pairs(fitness.cache.labels, fitness.num_classes, num_draws, seed)
-    exact = ExactFitness(model, images, fitness, draws=draws, batch_size=batch_size, device=device)
+    exact = ExactFitness(model, images, fitness, draws=draws, batch_size=batch_size, device=device,
+                         precision=precision)
     out = {"draws": num_draws, "table": fitness.table_kind, "goal": GOAL}
     pairs, masks = random_population(random_policies, num_pairs, fitness, same_class, seed)
-    out["random"], _ = _compare(fitness, exact, pairs, masks)
-    out["linear_spearman"] = None
-    if fitness.table_kind != "linear":
-        linear = CachedFitness(fitness.cache, num_draws=fitness.num_draws, objective=fitness.objective,
-                               image_weight=fitness.image_weight, seed=fitness.seed)
-        out["linear_spearman"] = _spearman(linear(pairs, masks).double().numpy(), np.asarray(out["random"]["exact"]))
-    out["final"] = None
+    groups = [(pairs, masks)]
     parts = [f for f in final or [] if len(f.get("pairs", ()))]
     if parts:
         p, m = unique_individuals(np.concatenate([f["pairs"] for f in parts]),
@@ -146,10 +178,22 @@ def search_check(fitness: CachedFitness, model: nn.Module, images: Tensor, *, ch
         if len(p) > final_policies:  # an even sample of the distinct policies
             keep = np.linspace(0, len(p) - 1, final_policies).round().astype(np.int64)
             p, m = p[keep], m[keep]
-        out["final"], _ = _compare(fitness, exact, p, m)
+        groups.append((torch.as_tensor(p), torch.as_tensor(m)))
     cp = torch.as_tensor(np.asarray(chosen[0]), dtype=torch.int64)[None]
     cm = torch.as_tensor(np.asarray(chosen[1]), dtype=torch.bool)[None]
-    value = float(exact(cp, cm)[0])
+    groups.append((cp, cm))
+    # one pass over every policy's compositions: slots the final population and the chosen policy share are
+    # composed once
+    per_draw = exact.per_draw(torch.cat([g[0] for g in groups]), torch.cat([g[1] for g in groups]),
+                              progress=progress).split([len(g[0]) for g in groups])
+    out["random"] = _compare(fitness, pairs, masks, per_draw[0])
+    out["linear_spearman"] = None
+    if fitness.table_kind != "linear":
+        linear = CachedFitness(fitness.cache, num_draws=fitness.num_draws, objective=fitness.objective,
+                               image_weight=fitness.image_weight, seed=fitness.seed)
+        out["linear_spearman"] = _spearman(linear(pairs, masks).double().numpy(), np.asarray(out["random"]["exact"]))
+    out["final"] = _compare(fitness, *groups[1], per_draw[1]) if parts else None
+    value = float(per_draw[-1].mean())
     rand = np.asarray(out["random"]["exact"])
     percentile = float(100.0 * (rand < value).mean() + 50.0 * (rand == value).mean())
     out["efficacy"] = {"exact": value, "proxy": float(fitness(cp, cm)[0]), "percentile": percentile,
@@ -157,9 +201,12 @@ def search_check(fitness: CachedFitness, model: nn.Module, images: Tensor, *, ch
                        "random_max": float(rand.max()), "uniform_masks": uniform_masks(chosen[1]),
                        "masks": int(len(chosen[1])), "direction": direction,
                        "verdict": efficacy_verdict(percentile, direction)}
+    out["min_ceiling"] = MIN_CEILING
+    out["draws_needed"] = draws_for_ceiling(out["random"]["exact_vs_exact"], num_draws)
+    out["forward_passes"] = exact.forward_passes
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
 
 
-__all__ = ["GOAL", "MARKED_PERCENTILE", "ceiling", "efficacy_verdict", "search_check", "uniform_masks",
+__all__ = ["GOAL", "MARKED_PERCENTILE", "MIN_CEILING", "ceiling", "draws_for_ceiling", "efficacy_verdict", "search_check", "uniform_masks",
            "unique_individuals"]

@@ -23,13 +23,15 @@ regression (intercept not penalised) of the cell's score on the ``P*P - 1`` indi
 as one batch of ``(P*P) x (P*P)`` systems (:func:`fit_interactions`).
 
 Cost: ``Q * S * M`` forward passes of ``f_T`` (55 * 32 * 64 = 113k at K = 10; docs/search.md gives the figures
-at K = 100 and the ImageNet-scale plan), plus ``Q * 2 * P^2`` solves. Built once per search, in chunks of pairs
+at K = 100 and the ImageNet-scale plan), fewer where a class pair offers fewer than ``S`` distinct image pairs
+(each is composed once, :func:`build_interaction_table`), plus ``Q * 2 * P^2`` solves. Built once per search, in chunks of pairs
 (memory ``chunk * S * M * P^2`` scores).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -37,7 +39,8 @@ from torch import Tensor, nn
 
 from .._optional import require
 from ..choices import MASK_DISTRIBUTIONS
-from .fitness import CachedFitness, CachedLogits, draw_pairs
+from .cache import CachedLogits, draw_pairs, draw_period
+from .fitness import CachedFitness
 from .pairs import pair_classes
 from .scoring import composed_scores
 
@@ -105,37 +108,45 @@ def _pair_generator(seed: int, q: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, q]).generate_state(1)[0]))
 
 
-@torch.no_grad()
 def score_compositions(model: nn.Module, images: Tensor, draws: Tensor, classes: Tensor, grid_size: int,
-                       pairs: range, *, objective: str = "logprob", masks_per_draw: int = 64,
+                       pairs, *, objective: str = "logprob", masks_per_draw: int = 64,
                        distribution: str = "half", seed: int = 0, batch_size: int = 512,
-                       device=None) -> tuple[Tensor, Tensor]:
-    """What the fit learns from: ``f_T``'s cell scores on the compositions of ``pairs``.
+                       device=None, precision: str = "float32", progress=None) -> tuple[Tensor, Tensor]:
+    """What the fit learns from: ``f_T``'s cell scores on the compositions of ``pairs`` (pair ids: a range or an
+    int64 sequence).
 
-    Pair ``q``'s ``R = S * M`` compositions are its ``S`` draws, each with ``M`` masks (:func:`sample_masks` from a
-    generator seeded by ``(seed, q)``: the same whatever ``pairs`` it is built with); composition ``s * M + j`` is
-    draw ``s`` with its ``j``-th mask. Returns ``bits (B, R, P*P)`` bool (True: the cell from the pair's first class)
-    and ``scores (B, R, P*P)`` float64, ``B = len(pairs)``.
+    Pair ``q``'s ``R = S * M`` compositions are its ``S = draws.shape[1]`` draws, each with ``M`` masks
+    (:func:`sample_masks` from a generator seeded by ``(seed, q)``: the same whatever ``pairs`` it is built with);
+    composition ``s * M + j`` is draw ``s`` with its ``j``-th mask. Returns ``bits (B, R, P*P)`` bool (True: the
+    cell from the pair's first class) and ``scores (B, R, P*P)`` float64, ``B = len(pairs)``. ``precision``: of the
+    forward passes (:func:`patchmix.search.scoring.composed_scores`).
     """
     S, M, P = draws.shape[1], int(masks_per_draw), grid_size
     R = S * M
-    masks = torch.stack([sample_masks(_pair_generator(seed, q), R, P, distribution) for q in pairs])  # (B, R, P, P)
-    d = draws[pairs.start:pairs.stop]  # (B, S, 2)
-    c = classes[pairs.start:pairs.stop]
+    idx = torch.as_tensor(list(pairs), dtype=torch.int64)
+    masks = torch.stack([sample_masks(_pair_generator(seed, int(q)), R, P, distribution) for q in idx])  # (B,R,P,P)
+    d = draws[idx]  # (B, S, 2)
+    c = classes[idx]
     scores, _ = composed_scores(model, images, d[..., 0].repeat_interleave(M, 1).reshape(-1),
                                 d[..., 1].repeat_interleave(M, 1).reshape(-1), masks.reshape(-1, P, P),
                                 c[:, 0].repeat_interleave(R), c[:, 1].repeat_interleave(R), objective=objective,
-                                batch_size=batch_size, device=device)
-    return masks.reshape(len(pairs), R, P * P), scores.reshape(len(pairs), R, P * P)
+                                batch_size=batch_size, device=device, precision=precision, progress=progress)
+    return masks.reshape(len(idx), R, P * P), scores.reshape(len(idx), R, P * P)
 
 
 def build_interaction_table(model: nn.Module, images: Tensor, draws: Tensor, classes: Tensor, grid_size: int, *,
                             objective: str = "logprob", masks_per_draw: int = 64, ridge: float = 10.0,
                             distribution: str = "half", seed: int = 0, batch_size: int = 512,
                             pairs_per_chunk: int | None = None, device=None, pair_range: tuple[int, int] | None = None,
-                            progress: bool = False) -> tuple[Tensor, dict]:
+                            precision: str = "float32", progress: bool | Callable = False) -> tuple[Tensor, dict]:
     """Fit the interaction table of every pair on ``f_T``'s scores of composed validation images
     (:func:`score_compositions`, then :func:`fit_interactions`), a chunk of pairs at a time.
+
+    A pair is fitted on its distinct draws only: when its draws repeat with period ``p``
+    (:func:`patchmix.search.cache.draw_period`; :func:`patchmix.search.cache.draw_pairs` cycles through the
+    image pairs of a class pair that offers no more than ``S``), its ``p * M`` compositions are the first ``p``
+    draws with ``M`` masks each. So a small validation split costs what it can teach: ``sum_q min(S, D_q) * M``
+    forward passes.
 
     Args:
         model: ``f_T`` (returns ``(image_logits, patch_logits)``); images: ``(V, C, H, W)`` float in ``[0, 1]``
@@ -148,7 +159,9 @@ def build_interaction_table(model: nn.Module, images: Tensor, draws: Tensor, cla
             (default: enough for about 8192 compositions).
         pair_range: ``(lo, hi)``: build only pairs ``lo .. hi - 1`` (a DDP rank's share; the masks depend on the
             pair, not on the range, so the shares concatenate to the whole table).
-        progress: a progress bar (tqdm) over the pairs.
+        precision: of the forward passes (:data:`patchmix.search.scoring.PRECISIONS`).
+        progress: True for a tqdm bar over the compositions, or a callable ``(total=, desc=, unit=)`` returning
+            one (e.g. :meth:`patchmix.training.Log.progress`).
 
     Returns:
         ``table (hi - lo, P*P, 2, P*P)`` float64 (``(Q, ...)`` for all pairs) and ``{"forward_passes", "seconds",
@@ -157,27 +170,31 @@ def build_interaction_table(model: nn.Module, images: Tensor, draws: Tensor, cla
     """
     if masks_per_draw < 1:
         raise ValueError(f"build_interaction_table: masks_per_draw must be >= 1, got {masks_per_draw}")
-    PP = grid_size * grid_size
+    PP, M = grid_size * grid_size, int(masks_per_draw)
     first, last = pair_range if pair_range is not None else (0, draws.shape[0])
-    R = draws.shape[1] * int(masks_per_draw)
-    chunk = pairs_per_chunk or max(1, 8192 // R)
+    period = draw_period(draws[first:last])  # (hi - lo,)
     table = torch.empty(last - first, PP, 2, PP, dtype=torch.float64)
+    total = int(period.sum()) * M
     t0 = time.perf_counter()
     ss_res = ss_tot = 0.0
-    tqdm = require("tqdm", "search", "build_interaction_table's progress bar").tqdm
-    bar = tqdm(total=last - first, desc="interaction fit", unit="pair", disable=not progress, leave=False)
-    for lo in range(first, last, chunk):
-        qs = range(lo, min(last, lo + chunk))
-        bits, y = score_compositions(model, images, draws, classes, grid_size, qs, objective=objective,
-                                     masks_per_draw=masks_per_draw, distribution=distribution, seed=seed,
-                                     batch_size=batch_size, device=device)
-        t = fit_interactions(bits, y, ridge)
-        table[qs.start - first:qs.stop - first] = t
-        res, tot = _residuals(t, bits, y)
-        ss_res, ss_tot = ss_res + res, ss_tot + tot
-        bar.update(len(qs))
+    make_bar = progress if callable(progress) else (
+        lambda **kw: require("tqdm", "search", "build_interaction_table's progress bar").tqdm(
+            disable=not progress, leave=False, **kw))
+    bar = make_bar(total=total, desc="interaction fit", unit="img")
+    for p in period.unique().tolist():  # pairs with the same count of distinct draws are fitted together
+        group = torch.nonzero(period == p)[:, 0] + first
+        chunk = pairs_per_chunk or max(1, 8192 // (p * M))
+        for lo in range(0, len(group), chunk):
+            qs = group[lo:lo + chunk]
+            bits, y = score_compositions(model, images, draws[:, :p], classes, grid_size, qs, objective=objective,
+                                         masks_per_draw=M, distribution=distribution, seed=seed,
+                                         batch_size=batch_size, device=device, precision=precision, progress=bar)
+            t = fit_interactions(bits, y, ridge)
+            table[qs - first] = t
+            res, tot = _residuals(t, bits, y)
+            ss_res, ss_tot = ss_res + res, ss_tot + tot
     bar.close()
-    stats = {"forward_passes": (last - first) * R, "seconds": round(time.perf_counter() - t0, 3),
+    stats = {"forward_passes": total, "seconds": round(time.perf_counter() - t0, 3),
              "r2": float(1.0 - ss_res / ss_tot) if ss_tot > 0 else None}
     return table, stats
 
@@ -208,7 +225,7 @@ def _residuals(table: Tensor, bits: Tensor, y: Tensor) -> tuple[float, float]:
 def interaction_fitness(cache: CachedLogits, model: nn.Module, images: Tensor, *, num_draws: int = 32,
                         masks_per_draw: int = 64, ridge: float = 10.0, distribution: str = "half",
                         objective: str = "logprob", image_weight: float = 0.0, seed: int = 0,
-                        batch_size: int = 512, device=None, fitness_device="cpu",
+                        batch_size: int = 512, device=None, fitness_device="cpu", precision: str = "float32",
                         progress: bool = False) -> CachedFitness:
     """A :class:`CachedFitness` with the interaction table fitted on ``model`` (``f_T``) over the search's draws.
 
@@ -224,7 +241,7 @@ def interaction_fitness(cache: CachedLogits, model: nn.Module, images: Tensor, *
     table, stats = build_interaction_table(
         model, images, draws, pair_classes(cache.num_classes), cache.grid_size, objective=objective,
         masks_per_draw=masks_per_draw, ridge=ridge, distribution=distribution, seed=seed, batch_size=batch_size,
-        device=device, progress=progress)
+        device=device, precision=precision, progress=progress)
     fitness = CachedFitness(cache, num_draws=num_draws, objective=objective, image_weight=image_weight, seed=seed,
                             device=fitness_device, table=table)
     fitness.build = dict(stats, masks_per_draw=masks_per_draw, ridge=ridge, distribution=distribution)

@@ -36,10 +36,18 @@ from ..choices import (
 )
 from ..errors import ConfigError
 from .pairs import check_num_pairs, default_num_pairs
+from .scoring import PRECISIONS
 
 #: The interaction fit and the search check compose the validation split held in memory as uint8; a larger split
 #: is refused for ``fitness = interaction`` (``fitness = linear`` needs only f_T's logits) and skips the check.
 VALIDATION_MAX_BYTES = 1 << 30
+
+#: ``effort``: default (the settings as given) | fast (the fit's masks per draw and the check's draws capped at
+#: :data:`FAST_MASKS_PER_DRAW` and :data:`FAST_CHECK_DRAWS`: about 4x fewer forward passes for the table, 2x for
+#: the check; docs/search.md measures what it costs in fidelity).
+EFFORTS = ("default", "fast")
+FAST_MASKS_PER_DRAW = 16
+FAST_CHECK_DRAWS = 16
 
 #: The mutation operators, in the order of ``mutation_weights``.
 MUTATIONS = ("flip_tails", "transpose", "flip_heads", "random_tails")
@@ -114,6 +122,12 @@ class SearchConfig:
     ridge: float = 10.0
     #: fitness (interaction): half | spread, the fill of the random masks the model is fitted on.
     mask_distribution: str = "half"
+    #: fitness: default | fast, trading the table's and the check's fidelity for time (:data:`EFFORTS`).
+    effort: str = "default"
+    #: fitness: auto | float32 | bfloat16, the forward passes of f_T for the table, the exact fitness and the check
+    #: (auto: bfloat16 autocast where the device computes it natively, a CPU with AVX512-BF16 or AMX or a CUDA
+    #: device; float32 elsewhere; docs/search.md measures the fidelity either way).
+    precision: str = "auto"
     #: solver: ga (the DEAP search) | exhaustive (the optimum itself: every mask of every pair scored; patch-only
     #: fitness, ``P <= 4`` for the interaction table).
     solver: str = "ga"
@@ -131,6 +145,8 @@ class SearchConfig:
         check_choice("search.fitness", self.fitness, FITNESSES, ConfigError)
         check_choice("search.mask_distribution", self.mask_distribution, MASK_DISTRIBUTIONS, ConfigError)
         check_choice("search.solver", self.solver, SOLVERS, ConfigError)
+        check_choice("search.effort", self.effort, EFFORTS, ConfigError)
+        check_choice("search.precision", self.precision, PRECISIONS, ConfigError)
         if not self.ridge > 0 or self.ridge == float("inf"):
             raise ConfigError(f"search.ridge must be a finite number > 0, got {self.ridge}")
         for name, low in (("population", 2), ("generations", 0), ("tournament_size", 1), ("num_draws", 1),
@@ -185,6 +201,14 @@ class SearchConfig:
             return int(self.num_pairs)
         return default_num_pairs(num_classes, self.same_class)
 
+    def fit_masks(self) -> int:
+        """``M``, the masks per draw the interaction table is fitted on at this ``effort``."""
+        return self.masks_per_draw if self.effort == "default" else min(self.masks_per_draw, FAST_MASKS_PER_DRAW)
+
+    def check_draws(self, requested: int) -> int:
+        """The search check's draws per pair at this ``effort``, ``requested`` being ``run.fidelity_draws``."""
+        return requested if self.effort == "default" else min(requested, FAST_CHECK_DRAWS)
+
     @property
     def num_offspring(self) -> int:
         """Offspring bred per generation: ``population - elite`` (generational), ``offspring_ratio * population``
@@ -194,4 +218,5 @@ class SearchConfig:
         return max(1, int(round(self.offspring_ratio * self.population)))
 
 
-__all__ = ["MUTATIONS", "PAPER_OPERATORS", "VALIDATION_MAX_BYTES", "SearchConfig"]
+__all__ = ["EFFORTS", "FAST_CHECK_DRAWS", "FAST_MASKS_PER_DRAW", "MUTATIONS", "PAPER_OPERATORS",
+           "VALIDATION_MAX_BYTES", "SearchConfig"]

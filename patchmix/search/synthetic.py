@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fitness import CachedLogits
+from .cache import CachedLogits
 
 
 def synthetic_cache(

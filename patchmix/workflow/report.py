@@ -51,6 +51,9 @@ def _fidelity_section(search: dict, summary: dict | None, figures: dict[str, str
                      f"{fid.get('seconds', 0):.1f} |")
         if eff:
             verdicts.append(f"- seed {seed}: {eff['verdict']}.")
+        low = _low_ceiling(fid)
+        if low:
+            verdicts.append(f"- seed {seed}: {low}")
     lines += [""] + verdicts + [""]
     if summary and summary.get("not_effective"):
         lines += [f"**Not harder than random policies** on seed(s) {', '.join(map(str, summary['not_effective']))}: "
@@ -167,7 +170,18 @@ def fidelity_text(fid: dict) -> str:
     return (f"fidelity of the {fid.get('table', '?')} fitness (Spearman with f_T's exact fitness): random policies "
             f"{rho(fid.get('random'))}, final population {rho(fid.get('final'))}{linear}. Efficacy: "
             f"{eff.get('verdict', 'n/a')} (percentile {_fmt(eff.get('percentile'), '.1f')}, "
-            f"{eff.get('uniform_masks')} of {eff.get('masks')} masks uniform); {fid.get('seconds', 0):.1f} s")
+            f"{eff.get('uniform_masks')} of {eff.get('masks')} masks uniform); {fid.get('seconds', 0):.1f} s"
+            + (f". {_low_ceiling(fid)}" if _low_ceiling(fid) else ""))
+
+
+def _low_ceiling(fid: dict) -> str:
+    """A sentence when the check's ceiling is under its ``min_ceiling`` (too few draws to resolve the goal)."""
+    c, floor = (fid.get("random") or {}).get("ceiling"), fid.get("min_ceiling")
+    if c is None or floor is None or c >= floor:
+        return ""
+    need = fid.get("draws_needed")
+    more = f"; about {need} draws per pair would reach it (--set run.fidelity_draws={need})" if need else ""
+    return f"the check's ceiling {_fmt(c)} is under {floor}: too few draws to resolve the fidelity{more}."
 
 
 FIDELITY_BELOW_GOAL = (

@@ -83,8 +83,8 @@ _LAST_TABLE: dict = {}
 def _table_key(net, cfg: Config, draw_seed: int, rt: Runtime) -> tuple:
     s = cfg.search
     checksum = float(sum(p.detach().double().sum() for p in net.parameters()))  # the same weights, not just object
-    return (id(net), checksum, draw_seed, s.num_draws, s.objective, s.masks_per_draw, s.ridge, s.mask_distribution,
-            cfg.model.grid_size, rt.rank, rt.world)
+    return (id(net), checksum, draw_seed, s.num_draws, s.objective, s.fit_masks(), s.ridge, s.mask_distribution,
+            s.precision, cfg.model.grid_size, rt.rank, rt.world)
 
 
 def build_fitness(cfg: Config, ds: data_mod.Dataset, net, cache, seed: int, rt: Runtime, log: Log, images):
@@ -94,6 +94,7 @@ def build_fitness(cfg: Config, ds: data_mod.Dataset, net, cache, seed: int, rt: 
     exact fitness (:class:`patchmix.search.ExactFitness`: ``f_T`` on every composed sample; under ``torchrun``
     each rank scores its share of every population). A table's ``build`` holds what the fit cost."""
     from ..search import CachedFitness, ExactFitness, build_interaction_table, draw_pairs, pair_classes
+    from ..search.cache import draw_period
 
     s = cfg.search
     draw_seed = derive_seed(seed, "draws") % 2**32
@@ -110,28 +111,32 @@ def build_fitness(cfg: Config, ds: data_mod.Dataset, net, cache, seed: int, rt: 
             # composed where f_T runs: grid_mix on the device (the uint8 split is small next to the forward passes)
             part, stats = build_interaction_table(
                 net, images.to(rt.device), draws, pair_classes(K), cfg.model.grid_size, objective=s.objective,
-                masks_per_draw=s.masks_per_draw, ridge=s.ridge, distribution=s.mask_distribution, seed=draw_seed,
-                device=rt.device, pair_range=(lo, hi), progress=not log.quiet and rt.is_main)
+                masks_per_draw=s.fit_masks(), ridge=s.ridge, distribution=s.mask_distribution, seed=draw_seed,
+                device=rt.device, pair_range=(lo, hi), precision=s.precision,
+                progress=log.progress if rt.is_main else False)
             table = torch.cat(rt.gather_objects(part)) if rt.distributed else part
-            stats["forward_passes"] = Q * s.num_draws * s.masks_per_draw
+            stats["forward_passes"] = int(draw_period(draws).sum()) * s.fit_masks()  # every rank's share
             _LAST_TABLE.clear()
             _LAST_TABLE.update(key=key, table=table, stats=stats)
     fitness = CachedFitness(cache, num_draws=s.num_draws, objective=s.objective, seed=draw_seed, table=table)
     if s.fitness == "exact":  # the paper's fitness: f_T on every composed sample, on the same draws
         log.info(f"exact fitness: f_T runs on {s.num_draws} composed images per slot of every individual")
-        return ExactFitness(net, images.to(rt.device), fitness)
+        return ExactFitness(net, images.to(rt.device), fitness, precision=s.precision)
     if table is not None:
-        fitness.build = dict(stats, masks_per_draw=s.masks_per_draw, ridge=s.ridge, distribution=s.mask_distribution)
+        fitness.build = dict(stats, masks_per_draw=s.fit_masks(), ridge=s.ridge, distribution=s.mask_distribution,
+                             effort=s.effort, precision=s.precision)
         how = "reused from the previous search" if stats.get("reused") else f"fitted in {stats['seconds']:.1f} s"
         log.info(f"interaction fitness: {fitness.build['forward_passes']} composed images scored by f_T, {how} "
                  f"(in-sample R^2 {stats['r2']:.2f})")
     return fitness
 
 
-def check_search(cfg: Config, ds: data_mod.Dataset, net, fitness, result, seed: int, images) -> dict:
+def check_search(cfg: Config, ds: data_mod.Dataset, net, fitness, result, seed: int, images,
+                 log: Log | None = None) -> dict:
     """The search check (:func:`patchmix.search.search_check`): the fitness's fidelity and the search's efficacy
     against ``net`` (``f_T``) with ``run.fidelity_individuals`` random policies and ``run.fidelity_draws`` draws of
-    its own; ``{"skipped": why}`` when the validation split is too large to hold."""
+    its own (capped by ``search.effort``), with a progress bar on ``log``; ``{"skipped": why}`` when the validation
+    split is too large to hold."""
     from ..search import search_check
 
     if images is None:
@@ -140,8 +145,9 @@ def check_search(cfg: Config, ds: data_mod.Dataset, net, fitness, result, seed: 
     final = [result.population, result.offspring] if result.population else None
     return search_check(fitness, net, images, chosen=(result.best_pairs, result.best_masks),
                         num_pairs=s.resolved_pairs(ds.num_classes), final=final, same_class=s.same_class,
-                        direction=s.direction, num_draws=cfg.run.fidelity_draws,
-                        random_policies=cfg.run.fidelity_individuals, seed=derive_seed(seed, "fidelity") % 2**32)
+                        direction=s.direction, num_draws=s.check_draws(cfg.run.fidelity_draws),
+                        random_policies=cfg.run.fidelity_individuals, seed=derive_seed(seed, "fidelity") % 2**32,
+                        precision=s.precision, progress=(log or Log.silent()).progress)
 
 
 def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *, checkpoint: str | None = None,
@@ -173,8 +179,11 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
               evaluations=result.evaluations, seconds=round(result.time_total, 3),
               pairs=[list(p) for p in result.policy.named_pairs()])
     if rt.is_main and cfg.run.fidelity_individuals:
-        fid = result.extra["fidelity"] = check_search(cfg, ds, net, fitness, result, seed, images)
+        fid = result.extra["fidelity"] = check_search(cfg, ds, net, fitness, result, seed, images, log)
         log.event("fidelity", seed=seed, **report.fidelity_event(fid))
+        if "seconds" in fid:
+            log.info(f"search check: {fid['forward_passes']} composed images scored by f_T in {fid['seconds']:.1f} s "
+                     f"({fid['forward_passes'] / max(fid['seconds'], 1e-9):.0f} images/s)")
         log.info(f"search seed {seed}: {report.fidelity_text(fid)}")
     return result
 
