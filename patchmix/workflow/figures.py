@@ -51,10 +51,40 @@ def _label_text(a: int, b: int, lam: float, names: Sequence[str]) -> str:
     return f"{lam:.2f} {na}\n{1 - lam:.2f} {nb}"
 
 
+# the two sources of a grid sample: each cell's frame and its title line share the colour of the cell's label
+SOURCE_COLORS = ("#ff9f1c", "#2ec4ff")
+
+
+def _cell_edges(size: int, P: int) -> list[int]:
+    """First pixel of each of the ``P`` cells along a side of ``size`` pixels, and ``size``: pixel ``h`` is in cell
+    ``floor(h * P / size)`` (the ops' integer cell rule), so cell ``r`` starts at ``ceil(r * size / P)``."""
+    return [-(-r * size // P) for r in range(P)] + [size]
+
+
+def _patch_labels(ax, mask, H: int, W: int, a: str, b: str, lam: float) -> None:
+    """Frame every cell of a ``(P, P)`` grid mask in its source's colour (per-patch labels: ``a`` where the mask is
+    True), and title the axes with the soft label, each line in its source's colour."""
+    patches = require("matplotlib.patches", "workflow", "patchmix's figures")
+    P = mask.shape[-1]
+    rows, cols = _cell_edges(H, P), _cell_edges(W, P)
+    inset = 0.25 + 0.02 * max(H, W) / P  # half a frame's width in pixels: neighbouring frames do not overlap
+    for r in range(P):
+        for c in range(P):
+            ax.add_patch(patches.Rectangle((cols[c] - 0.5 + inset, rows[r] - 0.5 + inset),
+                                           cols[c + 1] - cols[c] - 2 * inset, rows[r + 1] - rows[r] - 2 * inset,
+                                           fill=False, lw=1.2, edgecolor=SOURCE_COLORS[0 if mask[r, c] else 1]))
+    ax.text(0.5, 1.17, f"{lam:.2f} {a}", color=SOURCE_COLORS[0], transform=ax.transAxes, ha="center",
+            va="bottom", fontsize=7, fontweight="bold")
+    ax.text(0.5, 1.03, f"{1 - lam:.2f} {b}", color=SOURCE_COLORS[1], transform=ax.transAxes, ha="center",
+            va="bottom", fontsize=7, fontweight="bold")
+
+
 def mixed_samples_figure(batch, class_names: Sequence[str], path: str, title: str = "", columns: int = 8,
                          grid_lines: bool = True) -> str:
     """A grid of the samples of a :class:`patchmix.MixedBatch` (images in ``[0, 1]``), each titled with its
-    soft label ``lam * a + (1 - lam) * b``; grid masks are outlined when present."""
+    soft label ``lam * a + (1 - lam) * b``. With ``grid_lines``, a grid sample of two classes frames each cell in
+    the colour of its label (the class of the image it comes from) and colours the title's two lines alike; other
+    grid samples show the grid."""
     plt = pyplot()
     images = batch.images.detach().float().cpu().clamp(0, 1)
     n = images.shape[0]
@@ -62,6 +92,8 @@ def mixed_samples_figure(batch, class_names: Sequence[str], path: str, title: st
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.85 * rows + 0.5), squeeze=False)
     H, W = images.shape[-2:]
+    mask = None if batch.mask is None else batch.mask.detach().cpu()
+    has_grid = None if batch.has_grid is None else batch.has_grid.detach().cpu()
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k >= n:
@@ -71,13 +103,18 @@ def mixed_samples_figure(batch, class_names: Sequence[str], path: str, title: st
             ax.imshow(img[0].numpy(), cmap="gray_r" if H <= 16 else "gray", vmin=0, vmax=1, interpolation="nearest")
         else:
             ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
-        if grid_lines and batch.mask is not None:
-            P = batch.mask.shape[-1]
+        a, b, lam = int(batch.target_a[k]), int(batch.target_b[k]), float(batch.lam[k])
+        label = _label_text(a, b, lam, class_names)
+        grid = grid_lines and mask is not None and (has_grid is None or bool(has_grid[k]))
+        if grid and "\n" in label:
+            _patch_labels(ax, mask[k], H, W, class_names[a], class_names[b], lam)
+            continue
+        if grid:
+            P = mask.shape[-1]
             for i in range(1, P):
                 ax.axhline(i * H / P - 0.5, color="#00a0ff", lw=0.5, alpha=0.6)
                 ax.axvline(i * W / P - 0.5, color="#00a0ff", lw=0.5, alpha=0.6)
-        lam = float(batch.lam[k])
-        ax.set_title(_label_text(int(batch.target_a[k]), int(batch.target_b[k]), lam, class_names), fontsize=7)
+        ax.set_title(label, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(hspace=0.3, wspace=0.15, top=1 - 0.5 / (1.85 * rows + 0.5))
@@ -296,7 +333,8 @@ def render_samples(cfg, ds, method: str, path: str, n: int = 16, seed: int = 0, 
     """A PNG grid of ``n`` samples of ``split`` mixed by ``method`` (:func:`.samples.draw_samples`)."""
     mb = draw_samples(cfg, ds, method, n, seed, policy, split)
     title = "original samples" if method == "base" else METHOD_LABELS[method]
-    return mixed_samples_figure(mb, list(ds.classes), path, title=f"{title} on {ds.name} (title: soft label)")
+    legend = "title: soft label" + ("; frame: each patch's label" if mb.mask is not None else "")
+    return mixed_samples_figure(mb, list(ds.classes), path, title=f"{title} on {ds.name} ({legend})")
 
 
 def make_figures(cfg, ds, out: str, results, summary, policy, policies, logbooks, searches=None,
