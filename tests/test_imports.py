@@ -174,6 +174,18 @@ def test_kernels_depend_only_downward():
         assert not bad, f"{mod} imports {bad}"
 
 
+def test_localization_depends_only_on_ops_and_models():
+    """patchmix.localization (CAMs and the WSOL metrics) sits above the ops and the models and below training and
+    the workflow, which call it: it imports nothing else of the package."""
+    g = import_graph()
+    allowed = ("patchmix.localization", "patchmix.ops", "patchmix.models")
+    mods = [m for m in g if m.startswith("patchmix.localization")]
+    assert "patchmix.localization.metrics" in mods
+    for mod in mods:
+        bad = sorted(t for t in g[mod] if not t.startswith(allowed))
+        assert not bad, f"{mod} imports {bad}"
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

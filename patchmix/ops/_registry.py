@@ -77,12 +77,15 @@ def define_op(
     *,
     kernel_module: str | None = None,
     cpp: bool = True,
+    cuda_impl: tuple[Callable, str] | None = None,
 ) -> torch._ops.OpOverloadPacket:
     """Define ``patchmix::<name>`` (or check the compiled definition) and register its kernels.
 
     ``schema`` is the part after the op name, e.g. ``"(Tensor x) -> Tensor"``. ``cuda_launcher`` names the
     host function in ``patchmix._kernels.<kernel_module>`` (default: the op's name). ``cpp=False``: the op has
-    no C++ kernel; the reference serves the CPU. Returns ``torch.ops.patchmix.<name>``.
+    no C++ kernel; the reference serves the CPU. ``cuda_impl = (kernel, description)``: an op without a Triton
+    kernel serves CUDA tensors with ``kernel`` instead of the reference (e.g. its CPU kernel on host copies).
+    Returns ``torch.ops.patchmix.<name>``.
     """
     qualname = f"{NAMESPACE}::{name}"
     expected = torch._C.parse_schema(qualname + schema)
@@ -103,7 +106,10 @@ def define_op(
         cpu = "reference (PyTorch)" if not cpp else "reference (PyTorch, extension not built)"
 
     cuda = "reference (PyTorch, Triton not installed)"
-    if cuda_launcher is not None and HAS_TRITON:
+    if cuda_impl is not None:
+        _lib_impl.impl(name, cuda_impl[0], "CUDA")
+        cuda = cuda_impl[1]
+    elif cuda_launcher is not None and HAS_TRITON:
         module_name = kernel_module or name
         module = importlib.import_module(f"patchmix._kernels.{module_name}")
         _lib_impl.impl(name, getattr(module, cuda_launcher), "CUDA")
