@@ -36,6 +36,9 @@ AUGMENTATIONS = ("auto", "crop-flip", "crop", "none")
 #: The three splits of a dataset.
 SPLITS = ("train", "val", "test")
 
+#: The classifiers whose class activation maps a localisation score reads (patchmix.localization).
+CAM_HEADS = ("image", "patch")
+
 #: ``train.schedule``: the learning-rate schedule.
 SCHEDULES = ("cosine", "step", "constant")
 #: ``run.channels_last``: "auto" is on for CUDA devices.

@@ -23,6 +23,7 @@ import sys
 
 from .choices import (
     ABLATIONS,
+    CAM_HEADS,
     CHANNELS_LAST,
     DATA_FORMATS,
     FITNESSES,
@@ -237,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--localization", action="store_true",
+                   help="also weakly supervised localisation from the CAMs (a dataset with boxes: fmnist-loc or a "
+                        "wsolevaluation-layout folder): MaxBoxAccV2 (IoU 30/50/70), MaxBoxAcc, top-1 localisation, "
+                        "PxAP where masks exist; CAM thresholds chosen on val (docs/localization.md)")
+    p.add_argument("--cam-head", default="image", choices=CAM_HEADS,
+                   help="whose classifier weights the CAMs: the image classifier's or the patch classifier's")
+    p.add_argument("--cam-curve-interval", type=float, default=0.01,
+                   help="CAM thresholds 0, x, 2x, ... < 1 (wsolevaluation: 0.01; its training default 0.001)")
     p.add_argument("--quiet", "-q", action="store_true", help="accepted for symmetry; eval prints only its table")
     return parser
 
@@ -352,7 +361,9 @@ def cmd_eval(args) -> int:
     from .workflow.commands import eval_command
 
     _print(eval_command([*args.checkpoints, *args.checkpoint_opt], epsilons=args.epsilons, split=args.split,
-                        data=args.data, batch_size=args.batch_size, device=args.device, json_path=args.json))
+                        data=args.data, batch_size=args.batch_size, device=args.device, json_path=args.json,
+                        localization=args.localization, cam_head=args.cam_head,
+                        cam_curve_interval=args.cam_curve_interval))
     return 0
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 from .choices import (
     AUGMENTATIONS,
+    CAM_HEADS,
     CHANNELS_LAST,
     DATA_FORMATS,
     METHODS,
@@ -192,6 +193,12 @@ class RunConfig:
     fidelity_individuals: int = 200
     #: Validation pairs per class pair of that check (it runs f_T on (policies + 33) x N x draws composed images).
     fidelity_draws: int = 32
+    #: On a dataset with boxes (fmnist-loc, a wsolevaluation-layout folder): which classifiers' CAMs every job is
+    #: scored by (image | patch; patch only for the patch-supervised methods), thresholds chosen on val, scores
+    #: on test (patchmix.workflow.localize).
+    cam_heads: tuple[str, ...] = ("image",)
+    #: The CAM thresholds of those scores: np.arange(0, 1, cam_curve_interval) (wsolevaluation's default 0.01).
+    cam_curve_interval: float = 0.01
 
 
 @dataclass
@@ -271,6 +278,9 @@ class Config:
         _need(r.show_samples >= 0, "run.show_samples", ">= 0", r.show_samples)
         _need(r.fidelity_individuals == 0 or r.fidelity_individuals >= 3, "run.fidelity_individuals",
               "0 (no search check) or >= 3 random policies", r.fidelity_individuals)
+        _need(r.cam_heads and all(h in CAM_HEADS for h in r.cam_heads) and len(set(r.cam_heads)) == len(r.cam_heads),
+              "run.cam_heads", f"distinct names from {', '.join(CAM_HEADS)}", ",".join(r.cam_heads))
+        _need(0 < r.cam_curve_interval < 1, "run.cam_curve_interval", "in (0, 1)", r.cam_curve_interval)
         _need(r.fidelity_draws >= 2, "run.fidelity_draws", ">= 2 (the ceiling compares two halves)", r.fidelity_draws)
 
     def _validate_transfer(self) -> None:
@@ -406,6 +416,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                "train": {"epochs": 80, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
                "run": {"threads": 2, "seeds": (0, 1, 2, 3, 4)},
                "search": {"population": 500, "generations": 250}},
+    # weakly supervised localisation on the cluttered Fashion-MNIST set (64 x 64; docs/localization.md): the five
+    # methods, CAMs of the image classifier and, for Random PatchMix, of the patch classifier, scored on the 10,000
+    # test canvases with thresholds chosen on the 500 box-labelled val canvases; the budget is in
+    # docs/localization.md
+    "fmnist-loc": {"data": {"source": "fmnist-loc", "train_subset": 10000, "augment": "crop"},
+                   "model": {"name": "small_resnet", "grid_size": 4},
+                   "train": {"epochs": 30, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
+                   "run": {"threads": 2, "seeds": (0, 1, 2), "fgsm_epsilons": (), "cam_heads": ("image", "patch")},
+                   "search": {"population": 500, "generations": 250}},
     # wsolevaluation's ResNet-50 CAM setting on CUB (docs/transfer.md: the recipe and where each number comes from):
     # ImageNet weights from --init, layer4 at stride 1 (14 x 14 CAMs at 224), layer4 and the classifiers at 10x the
     # learning rate, SGD Nesterov, 50 epochs, batch 32, x0.1 every 15 epochs; the data from --data DIR

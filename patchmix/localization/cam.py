@@ -33,21 +33,27 @@ def _patch_model(model: nn.Module) -> PatchModel:
     return found[0]
 
 
-@torch.no_grad()
-def feature_maps(model: nn.Module, images: Tensor) -> Tensor:
-    """The backbone's last feature map ``(N, F, h, w)`` for ``images (N, C, H, W)``, captured by a forward hook
-    on the PatchModel's backbone during ``model(images)``, so that whatever a wrapper does first (the
-    normalisation of ``training.build_model``) applies."""
+def _features_and_output(model: nn.Module, images: Tensor):
+    """``(feature map (N, F, h, w), model(images))``: the backbone's output captured by a forward hook on the
+    PatchModel's backbone during ``model(images)``, so that whatever a wrapper does first (the normalisation of
+    ``training.build_model``) applies."""
     inner = _patch_model(model)
     captured = []
     handle = inner.backbone.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
-        model(images)
+        output = model(images)
     finally:
         handle.remove()
     if len(captured) != 1 or not isinstance(captured[0], Tensor) or captured[0].dim() != 4:
         raise ValueError("the PatchModel's backbone must run once per forward and return a feature map (N, F, h, w)")
-    return captured[0]
+    return captured[0], output
+
+
+@torch.no_grad()
+def feature_maps(model: nn.Module, images: Tensor) -> Tensor:
+    """The backbone's last feature map ``(N, F, h, w)`` for ``images (N, C, H, W)`` (one forward pass of
+    ``model``, a wrapper's normalisation included)."""
+    return _features_and_output(model, images)[0]
 
 
 def normalize_maps(cams: Tensor) -> Tensor:
@@ -75,7 +81,7 @@ def _resize_opencv(cams: Tensor, size: tuple[int, int]) -> Tensor:
 
 @torch.no_grad()
 def class_activation_maps(model: nn.Module, images: Tensor, labels: Tensor, size=None, *, head: str = "image",
-                          resize: str = "torch") -> Tensor:
+                          resize: str = "torch", return_logits: bool = False):
     """GT-known CAMs of ``labels`` for ``images``, normalised to ``[0, 1]`` per image.
 
     Args:
@@ -94,8 +100,11 @@ def class_activation_maps(model: nn.Module, images: Tensor, labels: Tensor, size
             (at most 1.3e-6 measured at 8 x 8 -> 224 x 224; after quantisation 0.005% of the pixels one level
             apart; ``tests/test_localization.py``).
 
+        return_logits: also return the image logits ``(N, K)`` of the same forward pass (top-1 and the maps
+            from one pass).
+
     Returns:
-        float32 ``(N, H, W)`` in ``[0, 1]`` on ``images``' device.
+        float32 ``(N, H, W)`` in ``[0, 1]`` on ``images``' device; with ``return_logits``, ``(maps, logits)``.
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -120,11 +129,15 @@ def class_activation_maps(model: nn.Module, images: Tensor, labels: Tensor, size
         raise ValueError(f"labels must be class indices in [0, {inner.num_classes}), got values in "
                          f"[{int(labels.min())}, {int(labels.max())}]")
     fc = inner.head.patch_fc if head == "patch" and inner.head.patch_fc is not None else inner.head.fc
-    features = feature_maps(model, images).float()  # (N, F, h, w)
+    features, output = _features_and_output(model, images)
+    features = features.float()  # (N, F, h, w)
     weights = fc.weight.float()[labels.long()]  # (N, F)
     cams = (weights[:, :, None, None] * features).mean(1)  # (N, h, w)
     if resize == "opencv":
         cams = _resize_opencv(cams, size)
     else:
         cams = F.interpolate(cams[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
-    return normalize_maps(cams).float()
+    maps = normalize_maps(cams).float()
+    if return_logits:
+        return maps, (output[0] if isinstance(output, (tuple, list)) else output)
+    return maps

@@ -175,9 +175,12 @@ def parse_epsilons(text: str) -> list[float]:
 
 
 def eval_command(paths: Sequence[str], *, epsilons: str, split: str, data: str | None, batch_size: int,
-                 device: str, json_path: str | None) -> str:
+                 device: str, json_path: str | None, localization: bool = False, cam_head: str = "image",
+                 cam_curve_interval: float = 0.01) -> str:
     """``patchmix eval``: top-1 and FGSM accuracy of each checkpoint (every one read and checked against its data
-    before any is evaluated); the table, and the rows as JSON in ``json_path``."""
+    before any is evaluated), with ``localization`` also the CAM scores of
+    :func:`patchmix.workflow.localize.model_localization` (thresholds chosen on val, scores on ``split``); the
+    table, and the rows as JSON in ``json_path``."""
     import torch
 
     from ..files import write_json
@@ -191,6 +194,10 @@ def eval_command(paths: Sequence[str], *, epsilons: str, split: str, data: str |
     eps = parse_epsilons(epsilons)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if localization and split == "train":
+        raise ConfigError("--localization scores the val or test split (the train split has labels only)")
+    if localization and not 0 < cam_curve_interval < 1:
+        raise ConfigError(f"--cam-curve-interval must be in (0, 1), got {cam_curve_interval}")
     Config().override({"run.device": device}).check_device()
     if json_path:
         check_writable(json_path, "--json", folder=False)
@@ -204,10 +211,13 @@ def eval_command(paths: Sequence[str], *, epsilons: str, split: str, data: str |
         key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
         if key not in datasets:
             datasets[key] = load_data(cfg)
+        if localization and getattr(datasets[key], split).boxes is None:
+            raise ConfigError(f"--localization: {path}'s dataset ({datasets[key].name}) has no boxes; pass --data with "
+                              "a localisation set (fmnist-loc, or a folder in wsolevaluation's layout)")
         net, _, _ = model_from_checkpoint(ckpt, datasets[key], name=path)
-        jobs.append((path, ckpt, net.to(rt.device), getattr(datasets[key], split)))
-    rows = []
-    for path, ckpt, net, part in jobs:
+        jobs.append((path, ckpt, net.to(rt.device), getattr(datasets[key], split), datasets[key]))
+    rows, loc_lines = [], []
+    for path, ckpt, net, part, ds in jobs:
         row = {"checkpoint": path, "method": ckpt["method"], "seed": ckpt["seed"], "epoch": ckpt["epoch"],
                "complete": bool(ckpt.get("complete")), "split": split}
         if eps:
@@ -216,11 +226,18 @@ def eval_command(paths: Sequence[str], *, epsilons: str, split: str, data: str |
             row["fgsm"] = {k: v for k, v in acc.items() if k != "0"}
         else:
             row["top1"] = evaluate(net, part, batch_size, rt)["acc"]
+        if localization:
+            from .localize import localization_line, model_localization
+
+            row["localization"] = model_localization(net, ds, rt.device, split=split, head=cam_head,
+                                                     batch_size=batch_size, cam_curve_interval=cam_curve_interval)
+            loc_lines.append(f"{path[-40:]:<40} {cam_head} CAM {localization_line(row['localization'])}")
         rows.append(row)
     lines = [f"{'checkpoint':<40} {'method':>7} {'seed':>4} {'top-1':>7}" + "".join(f" {'eps=' + f'{e:g}':>9}" for e in eps)]
     for r in rows:
         lines.append(f"{r['checkpoint'][-40:]:<40} {r['method']:>7} {r['seed']:>4} {100 * r['top1']:>6.2f}%"
                      + "".join(f" {100 * r['fgsm'][f'{e:g}']:>8.2f}%" for e in eps))
+    lines += loc_lines
     if json_path:
         try:
             write_json(json_path, rows)

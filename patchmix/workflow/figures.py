@@ -328,6 +328,41 @@ def ablation_figure(doc: dict, path: str) -> str:
 
 
 
+def cam_figure(rows: dict, class_names: Sequence[str], path: str, title: str = "") -> str:
+    """Class activation maps with their boxes, one row per model (``rows``: ``{label: examples}`` from
+    :func:`patchmix.workflow.localize.cam_examples`, the same images in every row): the image in grey under its
+    CAM (jet), the GT boxes in white, the predicted box (the largest contour's at MaxBoxAcc's threshold chosen on
+    val) in red."""
+    plt = pyplot()
+    from matplotlib.patches import Rectangle
+
+    labels = list(rows)
+    cols = max(len(r["cams"]) for r in rows.values())
+    fig, axes = plt.subplots(len(labels), cols, figsize=(1.45 * cols + 1.2, 1.5 * len(labels) + 0.4), squeeze=False)
+    for i, label in enumerate(labels):
+        ex = rows[label]
+        for j, ax in enumerate(axes[i]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(ex["cams"]):
+                ax.axis("off")
+                continue
+            img = ex["images"][j].float().div(255)
+            ax.imshow(img.mean(0).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(ex["cams"][j].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+            for color, boxes in (("white", ex["gt"][j]), ("red", ex["pred"][j])):
+                for x0, y0, x1, y1 in np.asarray(boxes).reshape(-1, 4).tolist():
+                    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color=color,
+                                           lw=1.2))
+            if i == 0 and "labels" in ex:
+                ax.set_title(class_names[int(ex["labels"][j])], fontsize=7)
+        axes[i][0].set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(wspace=0.05, hspace=0.08)
+    return _save(fig, path)
+
+
 def render_samples(cfg, ds, method: str, path: str, n: int = 16, seed: int = 0, policy=None,
                    split: str = "train") -> str:
     """A PNG grid of ``n`` samples of ``split`` mixed by ``method`` (:func:`.samples.draw_samples`)."""

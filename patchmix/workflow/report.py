@@ -238,6 +238,57 @@ def paired_section(paired: dict | None) -> list[str]:
     return lines
 
 
+#: The localisation table's columns: (metrics key, header).
+LOCALIZATION_COLUMNS = (("top1", "top-1"), ("maxboxacc_v2", "MaxBoxAccV2"), ("maxboxacc_v2_30", "IoU 30"),
+                        ("maxboxacc_v2_50", "IoU 50"), ("maxboxacc_v2_70", "IoU 70"),
+                        ("boxacc_v2_val_tau", "V2 at val's thresholds"), ("maxboxacc", "MaxBoxAcc"),
+                        ("top1_loc", "top-1 loc"), ("pxap", "PxAP"))
+
+
+def localization_section(loc: dict | None, figures: dict[str, str]) -> list[str]:
+    """report.md's "Localisation" section: per CAM head, each method's scores (mean ± std over seeds) beside the
+    centre baseline, and the paired differences of MaxBoxAccV2 and top-1 localisation."""
+    if not loc:
+        return []
+    from .stats import BASELINES
+
+    lines = ["## Weakly supervised localisation", "",
+             "Class activation maps of the true class (GT-known), scored as clovaai/wsolevaluation scores them "
+             "(docs/localization.md): MaxBoxAccV2 (every contour's box, IoU 30/50/70), MaxBoxAcc (the largest "
+             "contour's box, IoU 50), each at the best CAM threshold on the test split; \"V2 at val's thresholds\" "
+             "and top-1 localisation use the thresholds chosen on the box-labelled val split. Percent, mean ± std "
+             "over seeds.", ""]
+    centre = loc.get("centre") or {}
+    for head, part in loc["heads"].items():
+        rows = part["summary"]
+        cols = [(k, h) for k, h in LOCALIZATION_COLUMNS if any(k in r for r in rows.values()) or k in centre]
+        lines += [f"### CAM of the {head} classifier", "",
+                  "| method | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---|" * len(cols)]
+        for m, r in rows.items():
+            lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(
+                f"{r[k]['mean']:.2f} ± {r[k]['std']:.2f}" if k in r else "-" for k, _ in cols) + " |")
+        if centre and head == "image":
+            lines.append("| centre baseline | " + " | ".join(f"{centre[k]:.2f}" if k in centre else "-"
+                                                           for k, _ in cols) + " |")
+        lines.append("")
+        for key, name in (("maxboxacc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 localisation")):
+            table = part["paired"].get(key) or {}
+            bases = [b for b in BASELINES if b in table]
+            if not bases:
+                continue
+            methods = list(dict.fromkeys(m for b in bases for m in table[b]))
+            lines += [f"Paired differences of {name} (points, {100 * loc['confidence']:.0f}% interval over seeds):",
+                      "", "| method | " + " | ".join(f"minus {METHOD_LABELS.get(b, b)}" for b in bases) + " |",
+                      "|---|" + "---|" * len(bases)]
+            for m in methods:
+                lines.append(f"| {METHOD_LABELS.get(m, m)} | "
+                             + " | ".join(diff_cell(table[b].get(m), scale=1.0) for b in bases) + " |")
+            lines.append("")
+    if "cams" in figures:
+        lines += [f"![class activation maps]({figures['cams']})", ""]
+    return lines
+
+
 def write_report(out: str, metrics: dict, figures: dict[str, str]) -> str:
     """``report.md`` in ``out``, linking the figures (paths relative to ``out``) and files."""
     cfg = metrics.get("config", {})
@@ -258,6 +309,7 @@ def write_report(out: str, metrics: dict, figures: dict[str, str]) -> str:
               "phase one's f_T (trained with L_T); Guided PatchMix is phase four's f_O (L_O on original + "
               "random + guided samples).", ""]
     lines += paired_section(metrics.get("paired"))
+    lines += localization_section(metrics.get("localization"), figures)
     if "accuracy" in figures:
         lines += [f"![accuracy]({figures['accuracy']})", ""]
     if "curves" in figures:

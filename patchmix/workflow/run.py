@@ -20,7 +20,7 @@ import time
 import torch
 
 from .. import data as data_mod
-from ..choices import METHODS
+from ..choices import METHOD_LABELS, METHODS, PATCH_SUPERVISED
 from ..config import Config
 from ..files import read_json, write_json
 from ..training import (
@@ -200,7 +200,26 @@ def train_job(cfg: Config, ds: data_mod.Dataset, out: str, rt: Runtime, log: Log
     if fgsm and cfg.run.fgsm_epsilons:
         res["fgsm"] = fgsm_evaluate(net, ds.test, cfg.run.fgsm_epsilons, 256, rt)
     log.info(f"{desc}: test top-1 {100 * res['test_acc']:.2f}%  ({res['train_seconds']:.1f} s)")
+    if ds.test.boxes is not None and rt.is_main:
+        res["localization"] = job_localization(cfg, ds, net, method, rt, log, desc)
     return net, res, ck
+
+
+def job_localization(cfg: Config, ds: data_mod.Dataset, net, method: str, rt: Runtime, log: Log, desc: str) -> dict:
+    """``{head: scores}``: :func:`patchmix.workflow.localize.model_localization` of a trained job for each of
+    ``run.cam_heads`` (the patch head's only for the methods that train it)."""
+    from .localize import localization_line, model_localization
+
+    out = {}
+    for head in cfg.run.cam_heads:
+        if head == "patch" and method not in PATCH_SUPERVISED:
+            continue
+        t0 = time.perf_counter()
+        scores = model_localization(net, ds, rt.device, head=head, cam_curve_interval=cfg.run.cam_curve_interval)
+        scores["seconds"] = round(time.perf_counter() - t0, 2)
+        out[head] = scores
+        log.info(f"{desc}: {head} CAM {localization_line(scores)} ({scores['seconds']:.1f} s)")
+    return out
 
 
 def stop_if_requested(checkpoint: str) -> None:
@@ -346,6 +365,7 @@ class Workflow:
         paired = paired_summary(results, self.methods)
         drawn = figures.make_figures(cfg, ds, out, results, summary, first_policy, policies, self.logbooks,
                                      self.searches, paired)
+        localization = self.localization(drawn)
         files = {"config": "config.json", "metrics": "metrics.json", "log": "log.jsonl", "checkpoints": "checkpoints/"}
         if first_policy is not None:
             first_policy.save(os.path.join(out, "policy.json"))
@@ -357,13 +377,44 @@ class Workflow:
                    "threads": torch.get_num_threads(), "summary": summary, "fgsm_summary": fgsm_summary,
                    "ema_summary": report.summarize(results, self.methods, key="ema_test_acc"),
                    "paired": paired, "results": results, "search": self.searches,
-                   "fidelity": report.fidelity_summary(self.searches),
+                   "fidelity": report.fidelity_summary(self.searches), "localization": localization,
                    "figures": drawn, "files": files,
                    "wall_seconds": round(time.perf_counter() - t_start, 2)}
         rundir.write_metrics(os.path.join(out, "metrics.json"), metrics)
         report.write_report(out, metrics, drawn)
         self.log.event("done", summary=summary, wall_seconds=metrics["wall_seconds"])
         return metrics
+
+    def localization(self, drawn: dict) -> dict | None:
+        """On a dataset with boxes: the localisation summary (:func:`.localize.localization_summary`, the centre
+        baseline included) and the CAM figure of the first seed's models (``figures/cams.png``, added to
+        ``drawn``); None otherwise."""
+        from ..training.checkpoint import model_from_checkpoint
+        from .localize import cam_examples, centre_baseline, centre_examples, example_indices, localization_summary
+
+        cfg, ds, rt = self.cfg, self.ds, self.rt
+        if ds.test.boxes is None or not any(r.get("localization") for r in self.results):
+            return None
+        interval = cfg.run.cam_curve_interval
+        centre = centre_baseline(ds, cam_curve_interval=interval)
+        summary = localization_summary(self.results, self.methods, centre)
+        seed, idx, rows = cfg.run.seeds[0], example_indices(ds.test), {}
+        for m in self.methods:
+            res = next((r for r in self.results if r["method"] == m and r["seed"] == seed), None)
+            ck = rundir.checkpoint_path(self.out, m, seed)
+            if res is None or "image" not in (res.get("localization") or {}) or not os.path.exists(ck):
+                continue
+            net, _, _ = model_from_checkpoint(ck, ds, name=ck)
+            tau = res["localization"]["image"]["thresholds"]["v1"]
+            rows[METHOD_LABELS.get(m, m)] = cam_examples(net.to(rt.device), ds.test, idx, tau, rt.device)
+        if rows:
+            rows["centre baseline"] = centre_examples(next(iter(rows.values())), centre["thresholds"]["v1"])
+            path = os.path.join(self.out, "figures", "cams.png")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            figures.cam_figure(rows, list(ds.classes), path, title=f"CAMs of seed {seed}'s models (test images): "
+                               "GT box white, predicted box red (MaxBoxAcc's threshold chosen on val)")
+            drawn["cams"] = os.path.join("figures", "cams.png")
+        return summary
 
 
 __all__ = ["DistributedFitness", "Workflow", "build_fitness", "check_search", "run_search", "run_workflow",

@@ -65,7 +65,7 @@ RUN_FILES = re.compile(
     r"|checkpoints/search((-[A-Za-z0-9]+)*-seed-?\d+)?\.(npz|pkl)"
     r"|policies/([A-Za-z0-9]+-)*seed-?\d+\.json"
     r"|search/(([A-Za-z0-9]+-)*seed-?\d+-)?logbook\.json"
-    r"|figures/(samples|guided_samples|fitness|pairs|accuracy|curves|fidelity|table[67])\.png)(\.tmp\d+)?"
+    r"|figures/(samples|guided_samples|fitness|pairs|accuracy|curves|fidelity|cams|table[67])\.png)(\.tmp\d+)?"
 )
 
 #: Settings that may change between a run and its resume without changing its results.
