@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from .training import Interrupted, reset_stop_request
+    from .training import Interrupted
+    from .training.interrupt import reset_stop_request
 
     reset_stop_request()
     try:

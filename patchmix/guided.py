@@ -307,4 +307,4 @@ def guided_loader(dataset, guided: GuidedPatchMix, counts: tuple[int, int, int],
                                        **loader_kwargs)
 
 
-__all__ = ["GuidedPatchMix", "GuidedBatchSampler", "GuidedCollate", "concat_batches", "guided_loader", "phase_four_counts"]
+__all__ = ["GuidedBatchSampler", "GuidedCollate", "GuidedPatchMix", "guided_loader", "phase_four_counts"]

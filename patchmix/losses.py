@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .mixing import checks
 from .mixing.batch import MixedBatch
 from .ops import patchmix_cross_entropy
+from .ops.contracts.patchmix_cross_entropy import leading_logits
 from .ops.patchmix_cross_entropy import REDUCTIONS, _patch_rows
 
 
@@ -61,7 +62,7 @@ def soft_patchmix_cross_entropy(image_logits: Tensor | None, patch_logits: Tenso
     ``(1 - eps) * t + eps / K``), then ``reduction``. Patch ``p`` takes ``target_a`` where the mask is True, else
     ``target_b``. Logits of another ``N`` or ``K`` than the labels: ``ValueError`` (:func:`check_soft_labels`)."""
     check_soft_labels(image_logits, patch_logits, batch)
-    ref = image_logits if image_logits is not None else patch_logits
+    ref = leading_logits(image_logits, patch_logits)
     acc = torch.float64 if ref.dtype == torch.float64 else torch.float32
     K = batch.target_a.shape[1]
     loss = torch.zeros(len(batch), dtype=acc, device=ref.device)

@@ -8,8 +8,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import patchmix.mixing.batch
 from patchmix import EpochBatchSampler, GuidedPatchMix, KeyedDataset, Mix, MixCollate, MixedBatch, RandomPatchMix
+from patchmix.data.batch import BatchKey
 from patchmix.guided import guided_loader
-from patchmix.mixing.collate import BatchKey, KeyedIndices, KeyedSamples, stack_batch, worker_output
+from patchmix.mixing.collate import KeyedIndices, KeyedSamples, stack_batch, worker_output
 from patchmix.search import Policy
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -389,7 +389,7 @@ def test_mnist5k_csv_is_padded_to_32_and_split_per_class(tmp_path):
 
 def test_mnist5k_plain_csv_with_format_and_the_model_it_gets(tmp_path):
     from patchmix import config
-    from patchmix.training import model_name
+    from patchmix.training.model import model_name
 
     path = write_mnist_csv(tmp_path / "digits.txt", per_class=4, gz=False)
     ds = data.load_dataset(path, "mnist5k")  # any name, with the format named

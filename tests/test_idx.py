@@ -49,7 +49,7 @@ def test_idx_folder_is_padded_split_and_kept_uint8(tmp_path, gz):
     assert "t10k" in ds.split_rule and "0.2 of the 100 training images" in ds.split_rule
     assert ds.default_augment == data.IDX_AUGMENT and data.augment_mode("auto", ds) == data.IDX_AUGMENT
     from patchmix import config
-    from patchmix.training import model_name
+    from patchmix.training.model import model_name
 
     assert model_name(config.Config(), ds) == "small_resnet"
     again = data.load_dataset(root, val_fraction=0.2, split_seed=1)

@@ -216,6 +216,29 @@ def test_patchmix_train_is_a_shim_over_patchmix_training():
     import patchmix.train
     import patchmix.training
 
+    assert list(patchmix.train.__all__) == list(patchmix.training.__all__)
     for name in patchmix.training.__all__:
         assert getattr(patchmix.train, name) is getattr(patchmix.training, name)
     assert patchmix.__version__
+
+
+#: The packages whose ``__all__`` is their public API (docs/architecture.md, "Public API").
+PUBLIC_PACKAGES = ("patchmix", "patchmix.mixing", "patchmix.ops", "patchmix.models", "patchmix.training",
+                   "patchmix.train")
+
+
+def test_packages_export_exactly_their_all():
+    """A package's namespace holds its ``__all__`` and its submodules, nothing else public: internal names are
+    imported from their submodule (``patchmix.training.methods``), not through the package."""
+    import __future__
+
+    import importlib
+    import types
+
+    for pkg in PUBLIC_PACKAGES:
+        mod = importlib.import_module(pkg)
+        missing = [n for n in mod.__all__ if not hasattr(mod, n)]
+        assert not missing, f"{pkg}.__all__ names what it lacks: {missing}"
+        extra = sorted(n for n, v in vars(mod).items() if not n.startswith("_") and n not in mod.__all__
+                       and not isinstance(v, (types.ModuleType, __future__._Feature)))
+        assert not extra, f"{pkg} exports names outside its __all__: {extra}"

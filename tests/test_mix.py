@@ -287,6 +287,21 @@ def test_cutmix_cross_checks_kornia_random_cutmix_v2():
         assert torch.equal(batch.target_a, y) and torch.equal(batch.target_b, y[pairs])
 
 
+def test_compose_refuses_a_number_blend_with_a_grid_or_box():
+    """One number blends the whole batch only when the blend is the composition's one step."""
+    from patchmix.mixing.batch import compose
+
+    x, _ = make_batch(B=4, H=8, W=8)
+    partners = torch.tensor([1, 0, 3, 2])
+    mask = torch.ones(4, 2, 2, dtype=torch.bool)
+    box = torch.tensor([[0, 4, 0, 4]] * 4)
+    for step in ({"mask": mask}, {"box": box}):
+        with pytest.raises(TypeError, match="blend"):
+            compose(x, None, partners, blend=0.5, **step)
+    ours, _ = compose(x, None, partners, blend=0.25)  # alone, a number is the weight of every sample
+    torch.testing.assert_close(ours, compose(x, None, partners, blend=torch.full((4,), 0.25))[0], rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------------------------
 # apply: other per-sample tensors
 # ------------------------------------------------------------------------------------------------

@@ -18,12 +18,11 @@ from patchmix.models import (
     MODEL_NAMES,
     PatchHead,
     PatchModel,
-    cell_pooling_matrix,
     create_model,
     from_timm,
     from_torchvision,
-    region_pool,
 )
+from patchmix.models.head import cell_pooling_matrix, region_pool
 
 # name -> (num_classes, in_channels, input side, last map side, published parameter count of backbone +
 # image classifier). ResNet-32 and ResNet-56: He et al. 2016, Table 6 (0.46M, 0.85M; the pre-activation

@@ -10,6 +10,13 @@ import torch
 from patchmix import config, data, training
 from patchmix.choices import METHODS
 from patchmix.errors import ConfigError
+from patchmix.training.checkpoint import CHECKPOINT_FORMAT
+from patchmix.training.interrupt import StopCheck
+from patchmix.training.methods import Method, make_loss, make_mixer
+from patchmix.training.model import build_model
+from patchmix.training.optim import build_optimizer, lr_at
+from patchmix.training.pipeline import TrainLoader
+from patchmix.training.streams import EpochStreams
 
 TINY = {"data.limit_train": 192, "train.epochs": 2, "train.batch_size": 32, "model.width": 8,
         "run.fgsm_epsilons": "", "run.seeds": "0"}
@@ -53,9 +60,9 @@ def test_paper_cifar_preset_is_the_papers_recipe():
     with pytest.raises(ConfigError, match="--preset paper-cifar needs a CIFAR folder"):
         config.resolve("paper-cifar", None, {"train.epochs": "2"})
     # the schedule of the preset: cosine from 0.1 to 0 over 400 epochs
-    assert training.lr_at(cfg, 0, 400 * 500, 500) == pytest.approx(0.1)
-    assert training.lr_at(cfg, 200 * 500, 400 * 500, 500) == pytest.approx(0.05)
-    assert training.lr_at(cfg, 400 * 500 - 1, 400 * 500, 500) < 1e-6
+    assert lr_at(cfg, 0, 400 * 500, 500) == pytest.approx(0.1)
+    assert lr_at(cfg, 200 * 500, 400 * 500, 500) == pytest.approx(0.05)
+    assert lr_at(cfg, 400 * 500 - 1, 400 * 500, 500) < 1e-6
 
 
 def test_mnist5k_preset_runs_the_comparison_on_real_digits():
@@ -116,9 +123,9 @@ def test_every_method_trains(digits, method):
 def test_guided_batches_hold_three_parts(digits):
     cfg = tiny_cfg(**{"train.guided_fractions": "0.25,0.25,0.5"})
     policy = tiny_policy(digits)
-    method = training.Method("guided", cfg, digits, training.Runtime(torch.device("cpu")), policy)
+    method = Method("guided", cfg, digits, training.Runtime(torch.device("cpu")), policy)
     assert method.counts == (8, 8, 16) and method.load_size == 16 and method.batch_size == 32
-    index_batches, mixer = method.epoch(training.EpochStreams(0, 0))
+    index_batches, mixer = method.epoch(EpochStreams(0, 0))
     assert len(index_batches) == method.steps_per_epoch == 6
     idx = index_batches[0]
     assert idx.shape == (16 + 2 * 16,)
@@ -244,7 +251,7 @@ def test_a_crafted_checkpoint_is_refused_and_runs_no_code(digits, tmp_path):
     from tests.conftest import CodeRunningPayload
 
     marker = tmp_path / "code-ran"
-    blob = {"format": training.CHECKPOINT_FORMAT, "method": "base", "seed": 0, "epoch": 1, "step": 0,
+    blob = {"format": CHECKPOINT_FORMAT, "method": "base", "seed": 0, "epoch": 1, "step": 0,
             "complete": False, "model": CodeRunningPayload(marker)}
     torch.save(blob, tmp_path / "evil.pt")  # torch's zip format
     with open(tmp_path / "evil-pickle.pt", "wb") as f:  # a plain pickle
@@ -276,15 +283,15 @@ def test_train_one_epoch_reads_nothing_from_the_device(digits, method):
     and the metric sums on the meta device, where any read of a tensor's value raises."""
     cfg = tiny_cfg(**{"data.limit_train": 64, "train.batch_size": 16})
     rt = training.Runtime(torch.device("meta"))
-    net = training.build_model(cfg, digits).to(rt.device)
-    plan = training.Method(method, cfg, digits, rt, tiny_policy(digits) if method == "guided" else None)
-    index_batches = plan.index_batches(training.EpochStreams(0, 0), 0)
+    net = build_model(cfg, digits).to(rt.device)
+    plan = Method(method, cfg, digits, rt, tiny_policy(digits) if method == "guided" else None)
+    index_batches = plan.index_batches(EpochStreams(0, 0), 0)
     ema = training.ModelEma(net, 0.99, warmup=True)
-    with training.TrainLoader(plan, seed=0) as loader:  # uint8 batches mixed in the loader, then moved to meta
+    with TrainLoader(plan, seed=0) as loader:  # uint8 batches mixed in the loader, then moved to meta
         batches = loader.epoch(0, index_batches)
         meter = training.TrainMeter(rt.device)
-        done = training.train_one_epoch(net, batches, plan.loss, training.build_optimizer(cfg, net),
-                                        schedule=plan.schedule(0), meter=meter, rt=rt, stop=training.StopCheck(rt),
+        done = training.train_one_epoch(net, batches, plan.loss, build_optimizer(cfg, net),
+                                        schedule=plan.schedule(0), meter=meter, rt=rt, stop=StopCheck(rt),
                                         after_step=lambda step: ema.update(net, step + 1))
     assert done is None and meter.n == len(index_batches) * plan.batch_size and meter.sums.is_meta
     with pytest.raises((RuntimeError, NotImplementedError)):  # the meta device does catch a read
@@ -311,12 +318,12 @@ def test_loader_workers_do_not_change_the_training(digits):
 @pytest.mark.parametrize("method", ["random", "guided"])
 def test_mix_off_epoch_trains_on_unmixed_batches_from_that_epoch(digits, method):
     cfg = tiny_cfg(**{"train.mix_off_epoch": 1})
-    plan = training.Method(method, cfg, digits, training.Runtime(torch.device("cpu")),
+    plan = Method(method, cfg, digits, training.Runtime(torch.device("cpu")),
                            tiny_policy(digits) if method == "guided" else None)
-    with training.TrainLoader(plan, seed=0) as loader:
+    with TrainLoader(plan, seed=0) as loader:
         assert loader.collate.switch is plan.switch, "one switch decides for the index batches and the collate"
         for epoch, mixing in ((0, True), (1, False)):
-            index_batches = plan.index_batches(training.EpochStreams(0, epoch), epoch)
+            index_batches = plan.index_batches(EpochStreams(0, epoch), epoch)
             loaded = plan.load_size + (2 * plan.counts[2] if method == "guided" else 0)  # + the guided pairs
             assert all(len(b) == (loaded if mixing else plan.batch_size) for b in index_batches)
             batch = next(iter(loader.epoch(epoch, index_batches)))
@@ -413,14 +420,14 @@ def test_an_infinite_alpha_is_a_configuration_error_not_a_hang(tmp_path, capsys,
     cfg.train.alpha = float("inf")  # past the configuration's own checks: the mixers refuse it too
     for method in ("mixup", "cutmix", "random", "mix"):
         with pytest.raises(config.ConfigError, match=rf"method '{method}': Mix: \w+_alpha must be a finite number"):
-            training.make_mixer(method, cfg)
+            make_mixer(method, cfg)
     for method, key, bad in (("random", "label_smoothing", 1.0), ("base", "label_smoothing", float("nan")),
                              ("random", "patch_weight", float("inf"))):
         bad_cfg = tiny_cfg()
         setattr(bad_cfg.train, key, bad)  # past the configuration's checks, as above
         with pytest.raises(config.ConfigError, match=f"method '{method}': PatchMixLoss: {key} must be a finite"):
-            training.make_loss(method, bad_cfg)
-    plan = training.Method("guided", cfg, digits, training.Runtime(torch.device("cpu")), tiny_policy(digits))
+            make_loss(method, bad_cfg)
+    plan = Method("guided", cfg, digits, training.Runtime(torch.device("cpu")), tiny_policy(digits))
     with pytest.raises(config.ConfigError, match=r"method 'guided': RandomPatchMix: alpha must be a finite number"):
         plan.mixer()
 
@@ -428,12 +435,12 @@ def test_an_infinite_alpha_is_a_configuration_error_not_a_hang(tmp_path, capsys,
 def test_mixing_knobs_reach_the_methods():
     cfg = tiny_cfg(**{"train.mix_mode": "batch", "train.mixup_alpha": 0.4, "train.cutmix_minmax": "0.2,0.8",
                       "train.mix_weights": "1,2,0", "train.mix_prob": 0.5})
-    mix = training.make_mixer("mix", cfg)
+    mix = make_mixer("mix", cfg)
     assert mix.mode == "batch" and mix.alphas["mixup"] == 0.4 and mix.cutmix_minmax == (0.2, 0.8)
     assert mix.methods == ("mixup", "cutmix") and mix.weights[1] == pytest.approx(2 / 3) and mix.prob == 0.5
-    assert training.make_mixer("cutmix", cfg).methods == ("cutmix",)
+    assert make_mixer("cutmix", cfg).methods == ("cutmix",)
     with pytest.raises(config.ConfigError, match="method 'mixup'"):
-        training.make_mixer("mixup", tiny_cfg(**{"train.mixup_alpha": 0}))
+        make_mixer("mixup", tiny_cfg(**{"train.mixup_alpha": 0}))
     for bad in ({"train.mix_mode": "half"}, {"train.mix_weights": "0,0,0"}, {"train.cutmix_minmax": "0.8,0.2"},
                 {"train.ema_decay": 1.0}, {"train.mix_off_epoch": -1}, {"data.prefetch_factor": 0}):
         with pytest.raises(config.ConfigError):

@@ -8,13 +8,15 @@ Modules: :mod:`.batch` (:class:`MixedBatch`, the composition rule, dense-target 
 ``MixCollate(mix_off_epoch=)`` and ``train.mix_off_epoch``) and :mod:`.checks` (the hyperparameter checks). The
 ops they call live in :mod:`patchmix.ops`; guided samples from a searched policy, which sit above the search, in
 :mod:`patchmix.guided`.
+
+Public: what ``__all__`` lists, the mixing names :mod:`patchmix` exports too. The submodules' other names are
+internal (docs/architecture.md, "Public API").
 """
 
 from .batch import MixedBatch
 from .collate import EpochBatchSampler, KeyedDataset, MixCollate
 from .mix import Mix
 from .mixers import CutMixMixer, MixupMixer, RandomPatchMix
-from .switch import MixSwitch
 
-__all__ = ["CutMixMixer", "EpochBatchSampler", "KeyedDataset", "Mix", "MixCollate", "MixSwitch", "MixedBatch",
-           "MixupMixer", "RandomPatchMix"]
+__all__ = ["CutMixMixer", "EpochBatchSampler", "KeyedDataset", "Mix", "MixCollate", "MixedBatch", "MixupMixer",
+           "RandomPatchMix"]

@@ -27,6 +27,7 @@ import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,6 +65,8 @@ def blend_pixels(a: Tensor, b: Tensor, w: Tensor | float, discrete: bool = False
     dtype = a.dtype if a.is_floating_point() else torch.float32
     if not isinstance(w, Tensor) and dtype in (torch.float16, torch.bfloat16):  # add_(alpha=) rounds otherwise there
         w = torch.full((a.shape[0],), w, dtype=torch.float32, device=a.device)
+    wa: Tensor | float
+    wb: Tensor | float
     if isinstance(w, Tensor):
         w = w.view(-1, *([1] * (a.dim() - 1)))
         if discrete or a.dtype == torch.bool:
@@ -73,12 +76,11 @@ def blend_pixels(a: Tensor, b: Tensor, w: Tensor | float, discrete: bool = False
         if discrete or a.dtype == torch.bool:
             return a.clone() if w >= 0.5 else b
         wa, wb = (to_dtype(v, dtype) for v in (w, 1.0 - w))  # rounded to the dtype, as above
-    scalar = not isinstance(wa, Tensor)
     if a.is_floating_point():
-        return b.mul_(wb).add_(a, alpha=wa) if scalar else b.mul_(wb).addcmul_(a, wa)
+        return b.mul_(wb).addcmul_(a, wa) if isinstance(wa, Tensor) else b.mul_(wb).add_(a, alpha=wa)
     # the two float32 products in a scratch buffer kept per thread: fresh batch-sized temporaries cost a page
-    # fault per 4 KiB on every call (740 faults, 4.3 ms against 1.0 ms for 256x3x32x32, measured); converting
-    # before multiplying keeps the multiply vectorised (0.08 against 0.12 ms)
+    # fault per 4 KiB on every call, several times the arithmetic; converting before multiplying keeps the
+    # multiply vectorised
     f = _scratch((2, *a.shape), a.device)
     f[0].copy_(a).mul_(wa)
     f[1].copy_(b).mul_(wb)
@@ -86,7 +88,8 @@ def blend_pixels(a: Tensor, b: Tensor, w: Tensor | float, discrete: bool = False
     out = torch.empty_like(a) if out is None else out
     if a.dtype == torch.uint8 and a.device.type == "cpu":
         # round half to even by adding 2**23 (the float32 sum's last bit is then the units place; exact for
-        # |v| < 2**22) and keep the low byte: 0.12 ms against 0.10 ms round_ + 0.41 ms float32 -> uint8
+        # |v| < 2**22) and keep the low byte: one pass, where round_ and a float32 -> uint8 conversion take two
+        # and the conversion is the slow one
         return out.copy_(blended.add_(8388608.0).view(torch.int32))
     return out.copy_(blended.round_())
 
@@ -110,8 +113,8 @@ def _scratch(shape: tuple[int, ...], device) -> Tensor:
 
 
 def to_dtype(value: float, dtype: torch.dtype) -> float:
-    """``value`` rounded to float32 (``struct``, ~0.3 us against ~3 us for a tensor round trip) or kept for
-    float64; other dtypes through a tensor."""
+    """``value`` rounded to float32 (``struct``: a tenth of a tensor round trip's cost) or kept for float64; other
+    dtypes through a tensor."""
     if dtype == torch.float64:
         return float(value)
     if dtype == torch.float32:
@@ -121,8 +124,7 @@ def to_dtype(value: float, dtype: torch.dtype) -> float:
 
 def rows(x: Tensor, index: Tensor | None, out: Tensor | None = None) -> Tensor:
     """``x[index]`` along the first dimension, a new tensor (or ``out``) in ``x``'s memory format
-    (``index_select``: 5 to 20x faster than advanced indexing for a 256-image batch on the CPU, 0.09 vs 0.45 ms
-    for float32 3x32x32); ``x`` itself for None."""
+    (``index_select``: several times faster than advanced indexing on the CPU); ``x`` itself for None."""
     if index is None:
         return x if out is None else out.copy_(x)
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
@@ -138,7 +140,7 @@ _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 def select(cond: Tensor, if_true: Tensor, if_false: Tensor, out: Tensor | None = None) -> Tensor:
     """``torch.where(cond, if_true, if_false)`` for two tensors of one shape and dtype (``cond`` broadcasting), into
     ``out`` when given. On the CPU as bit operations on an integer view, ``f ^ ((f ^ t) & -cond)``: vectorised
-    where ``where`` is not (256x3x32x32: 0.08 against 1.3 ms for uint8, 0.37 against 1.03 ms for float32)."""
+    where ``where`` is not, an order of magnitude faster for uint8 images."""
     if if_true.device.type != "cpu" or if_true.dtype.is_complex or if_true.shape != if_false.shape:
         return torch.where(cond, if_true, if_false, out=out) if out is not None else torch.where(cond, if_true, if_false)
     bits = torch.bool if if_true.dtype == torch.bool else _BITS[if_true.element_size()]
@@ -161,15 +163,18 @@ def compose(x: Tensor, index_a: Tensor | None, index_b: Tensor, *, mask: Tensor 
     spatial = mask is not None or box is not None
     if spatial and x.dim() not in (3, 4):
         raise ValueError(f"compose: a grid or box needs a (B, C, H, W) or (B, H, W) tensor, got {tuple(x.shape)}")
+    if spatial and blend is not None and not isinstance(blend, Tensor):
+        raise TypeError(f"compose: blend with a grid or box must be a (N,) tensor, got {type(blend).__name__}")
     if x.dim() == 3 and spatial:
-        res, lam = compose(x[:, None], index_a, index_b, mask=mask, box=box, blend=blend, discrete=discrete,
-                           out=None if out is None else out[:, None])
-        return res[:, 0], lam
+        mixed, lam = compose(x[:, None], index_a, index_b, mask=mask, box=box, blend=blend, discrete=discrete,
+                             out=None if out is None else out[:, None])
+        return mixed[:, 0], lam
     # x[index_a] and x[index_b], each gathered once and only by a step that reads it (grid_mix takes the
     # indices itself); the blend, the last step, scales its b in place
     a = functools.cache(lambda: rows(x, index_a))
     b = functools.cache(lambda: rows(x, index_b))
-    res, grid_lam = None, None
+    res: Tensor | None = None
+    grid_lam: Tensor | None = None
     # the last step writes straight into `out` (a shared-memory buffer in a DataLoader worker)
     if mask is not None:
         last = out if box is None and blend is None else None
@@ -183,6 +188,8 @@ def compose(x: Tensor, index_a: Tensor | None, index_b: Tensor, *, mask: Tensor 
                      out=out if blend is None else None)
     if blend is not None:
         if spatial:
+            # the grid or box step ran; blend is a number only without them (checked above)
+            assert res is not None and isinstance(blend, Tensor)
             blended = blend_pixels(a(), b(), blend, discrete)
             res = select((blend < 1).view(-1, *([1] * (x.dim() - 1))), blended, res, out=out)
         else:  # b gathered into `out` when the blend is computed in place there
@@ -340,7 +347,8 @@ class MixedBatch:
 
     def map(self, fn) -> MixedBatch:
         """The same batch with ``fn`` applied to every tensor."""
-        return replace(self, **{k: None if v is None else fn(v) for k, v in self.tensors().items()})
+        changed: dict[str, Any] = {k: None if v is None else fn(v) for k, v in self.tensors().items()}
+        return replace(self, **changed)
 
     def to(self, device, non_blocking: bool = False) -> MixedBatch:
         """The same batch with every tensor on ``device`` (``non_blocking`` from pinned memory)."""
@@ -356,8 +364,8 @@ class MixedBatch:
     def __reduce__(self):
         """Pickled (e.g. from a ``DataLoader`` worker to the main process) with the images as a tensor (shared
         memory) and every other CPU tensor as a numpy array inside the message: sharing a tensor costs a shared
-        memory segment and a file descriptor each, about 0.8 ms, so seven small tensors cost 6x the batch's
-        images (measured: 5.7 against 0.7 ms per 256x3x32x32 uint8 batch)."""
+        memory segment and a file descriptor each, so seven small shared tensors would cost several times what
+        the batch's images do."""
         small = {k: v.numpy() if v.device.type == "cpu" and not v.requires_grad else v
                  for k, v in self.tensors().items() if v is not None and k != "images"}
         return _rebuild_batch, (self.images, small, self.label_smoothing)
@@ -385,17 +393,21 @@ class MixedBatch:
         def ones(b, dtype):
             return torch.ones(len(b), dtype=dtype, device=b.lam.device)
 
-        index = {}
-        for name in ("index_a", "index_b"):
+        def shifted(name):  # input rows, moved by each part's offset; None unless every part knows them
             parts = [getattr(b, name) for b in batches]
-            index[name] = None if any(p is None for p in parts) else torch.cat(
-                [p + o for p, o in zip(parts, offsets, strict=True)])
-        has_grid = joined("has_grid", lambda b: ones(b, torch.bool))
-        return cls(*(torch.cat([getattr(b, f) for b in batches]) for f in ("images", "target_a", "target_b", "lam")),
-                   mask=joined("mask", None), has_grid=has_grid, box=joined("box", lambda b: torch.zeros(
-                       len(b), 4, dtype=torch.int64, device=b.lam.device)),
+            if any(p is None for p in parts):
+                return None
+            return torch.cat([p + o for p, o in zip(parts, offsets, strict=True)])
+
+        def stacked(name):
+            return torch.cat([getattr(b, name) for b in batches])
+
+        return cls(stacked("images"), stacked("target_a"), stacked("target_b"), stacked("lam"),
+                   mask=joined("mask", None), index_a=shifted("index_a"), index_b=shifted("index_b"),
+                   has_grid=joined("has_grid", lambda b: ones(b, torch.bool)),
+                   box=joined("box", lambda b: torch.zeros(len(b), 4, dtype=torch.int64, device=b.lam.device)),
                    blend=joined("blend", lambda b: ones(b, torch.float32)),
-                   label_smoothing=batches[0].label_smoothing, **index)
+                   label_smoothing=batches[0].label_smoothing)
 
 
 def _rebuild_batch(images: Tensor, small: dict, label_smoothing: float) -> MixedBatch:

@@ -114,9 +114,9 @@ def _method_weights(alphas: dict[str, float], switch_prob, weights) -> tuple[flo
         raise ValueError("Mix: switch_prob switches between Mixup and CutMix only; with PatchMix too, give weights")
     elif active == ["mixup", "cutmix"]:
         sp = 0.5 if switch_prob is None else switch_prob
-        w = [1.0 - sp, sp, 0.0]
+        w = (1.0 - sp, sp, 0.0)
     else:
-        w = [1.0 if m in active else 0.0 for m in MIX_METHODS]
+        w = tuple(1.0 if m in active else 0.0 for m in MIX_METHODS)
     total = sum(w)
     return tuple(v / total for v in w)
 
@@ -347,7 +347,9 @@ class Mix(nn.Module):
             lam0 = host_beta(rng, self.alphas["patchmix"])
             cells = torch.rand(self.grid_size, self.grid_size, generator=self.draw_generator(dev, g), device=dev) < lam0
             mask = cells.expand(B, -1, -1)
-            images, lam = compose(x, None, index_b, mask=mask, out=out)
+            images, grid_lam = compose(x, None, index_b, mask=mask, out=out)
+            assert grid_lam is not None  # check_batch: floating or uint8 images, whose grids grid_mix measures
+            lam = grid_lam
         return MixedBatch(images, y, rows(y, index_b), lam, mask, torch.arange(B, device=dev), index_b, None, box,
                           blend, self.label_smoothing)
 

@@ -15,10 +15,10 @@ with :meth:`patchmix.MixedBatch.patch_targets`.
 
 from __future__ import annotations
 
-from torch import nn
+import typing
 
 from .adapters import from_timm, from_torchvision
-from .head import PatchHead, PatchModel, cell_pooling_matrix, region_pool
+from .head import PatchHead, PatchModel
 from .mobilenetv2 import MobileNetV2CIFAR
 from .resnet import ResNetImageNet
 from .resnet_cifar import PreActResNetCIFAR, ResNetCIFAR
@@ -26,9 +26,15 @@ from .small_cnn import SmallCNN
 from .small_resnet import SmallResNet
 from .weights import LoadReport, load_weights
 
+if typing.TYPE_CHECKING:  # for the annotation only: the package's namespace is its API
+    from collections.abc import Callable
+
 MODEL_NAMES = ("resnet32", "preact_resnet56", "preact_resnet164", "mobilenetv2", "resnet50", "small_cnn", "small_resnet")
 
-_BACKBONES = {
+#: The backbones written here; each sets ``feature_channels`` (an int) for its patch head.
+_Backbone = ResNetCIFAR | PreActResNetCIFAR | MobileNetV2CIFAR | ResNetImageNet | SmallCNN | SmallResNet
+
+_BACKBONES: dict[str, Callable[..., _Backbone]] = {
     "resnet32": lambda c, **kw: ResNetCIFAR(32, in_channels=c, **kw),
     "preact_resnet56": lambda c, **kw: PreActResNetCIFAR(56, bottleneck=False, in_channels=c, **kw),
     "preact_resnet164": lambda c, **kw: PreActResNetCIFAR(164, bottleneck=True, in_channels=c, **kw),
@@ -59,12 +65,11 @@ def create_model(name: str, num_classes: int, grid_size: int = 4, in_channels: i
     key = canonical.get(name.lower().replace("-", "").replace("_", ""))
     if key is None:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    backbone: nn.Module = _BACKBONES[key](in_channels, **kw)
+    backbone = _BACKBONES[key](in_channels, **kw)
     return PatchModel(backbone, backbone.feature_channels, num_classes, grid_size, separate_patch_classifier)
 
 
 __all__ = [
     "MODEL_NAMES", "LoadReport", "MobileNetV2CIFAR", "PatchHead", "PatchModel", "PreActResNetCIFAR", "ResNetCIFAR",
-    "ResNetImageNet", "SmallCNN", "SmallResNet", "cell_pooling_matrix", "create_model", "from_timm", "from_torchvision",
-    "load_weights", "region_pool",
+    "ResNetImageNet", "SmallCNN", "SmallResNet", "create_model", "from_timm", "from_torchvision", "load_weights",
 ]

@@ -3,7 +3,7 @@ the pure-PyTorch reference, fake and autograd registration. ``backends()`` says 
 ``check_errors()`` raises what the CUDA kernels found wrong in the data (they report it on the device instead
 of syncing, see ``patchmix.ops.errors``)."""
 
-from ._registry import backends, build_info
+from ._registry import backends
 from .box_iou_sweep import box_iou_sweep, box_iou_sweep_reference
 from .errors import check_errors
 from .grid_mix import grid_mix, grid_mix_reference
@@ -15,6 +15,6 @@ from .patchmix_cross_entropy import (
 from .population_fitness import population_fitness, population_fitness_reference
 from .targets import patch_targets, soft_targets
 
-__all__ = ["backends", "box_iou_sweep", "box_iou_sweep_reference", "build_info", "check_errors", "grid_mix",
-           "grid_mix_reference", "patch_targets", "soft_targets", "population_fitness", "population_fitness_reference",
+__all__ = ["backends", "box_iou_sweep", "box_iou_sweep_reference", "check_errors", "grid_mix", "grid_mix_reference",
+           "patch_targets", "soft_targets", "population_fitness", "population_fitness_reference",
            "patchmix_cross_entropy", "patchmix_cross_entropy_eager", "patchmix_cross_entropy_reference"]

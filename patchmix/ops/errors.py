@@ -164,6 +164,7 @@ def poll(device) -> None:
     state = _STATES.get(_canonical(device))
     if state is None or state.event is None or _capturing(device) or not state.event.query():
         return
+    assert state.host is not None  # an event is recorded only after the copy into host
     value = int(state.host[0])
     state.event = None
     if value:

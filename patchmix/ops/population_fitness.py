@@ -60,6 +60,7 @@ def population_fitness_reference(
     m = masks.reshape(n_ind, N, PP)
     slot = _patch_term(table, q, m) / PP  # (I, N)
     if float(image_weight) != 0.0:
+        assert logits is not None and draws is not None and pair_classes is not None  # check_args required them
         a = draws[q][..., 0]  # (I, N, S)
         b = draws[q][..., 1]
         u = torch.where(m[:, :, None, :, None], logits[a], logits[b]).mean(-2)  # (I, N, S, K)

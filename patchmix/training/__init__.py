@@ -14,26 +14,24 @@ One concern per module:
 * :mod:`.checkpoint`: saving and safely loading training checkpoints;
 * :mod:`.interrupt`: Ctrl-C handling and :class:`Interrupted`;
 * :mod:`.loop`: :func:`train_one_epoch` and :func:`train_model`.
+
+Public (what ``__all__`` lists, docs/architecture.md "Public API"): :func:`train_model` (one training from a
+:class:`patchmix.config.Config`, as ``patchmix train`` runs it) and :class:`Interrupted` (what it raises on Ctrl-C);
+for a loop of one's own, :func:`train_one_epoch` with its :class:`TrainMeter` and :func:`end_of_epoch`, the
+:class:`Runtime` they run under (:func:`setup_runtime`, :func:`teardown_runtime`, :func:`runtime_session`),
+:class:`ModelEma`, :func:`evaluate` and :func:`fgsm_evaluate`; and reading what a training wrote
+(:func:`load_checkpoint`, :func:`model_from_checkpoint`). Everything else is internal: the workflow, the tests and
+the benchmarks import it from its submodule (``patchmix.training.methods``, ``.streams``, ...).
 """
 
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointSaver, TrainState, load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .ema import ModelEma
 from .evaluate import evaluate, fgsm_evaluate
-from .interrupt import Interrupted, StopCheck, StopFlag, reset_stop_request, stop_requested
-from .log import Log
-from .loop import TrainMeter, compile_model, end_of_epoch, train_model, train_one_epoch
-from .methods import Method, make_loss, make_mixer
-from .model import NormalizedModel, build_model, image_logits, model_name
-from .optim import build_optimizer, build_scaler, lr_at, set_lr
-from .pipeline import EpochBatches, TrainLoader, to_device
-from .runtime import Runtime, autocast, runtime_session, setup_runtime, shutdown_distributed, teardown_runtime
-from .streams import EpochStreams, derive_seed, loader_seed
+from .interrupt import Interrupted
+from .loop import TrainMeter, end_of_epoch, train_model, train_one_epoch
+from .runtime import Runtime, runtime_session, setup_runtime, teardown_runtime
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CheckpointSaver", "EpochBatches", "EpochStreams", "Interrupted", "Log", "Method",
-    "ModelEma", "NormalizedModel", "Runtime", "StopCheck", "StopFlag", "TrainLoader", "TrainMeter", "TrainState",
-    "autocast", "build_model", "build_optimizer", "build_scaler", "compile_model", "derive_seed", "end_of_epoch",
-    "evaluate", "fgsm_evaluate", "image_logits", "load_checkpoint", "loader_seed", "lr_at", "make_loss", "make_mixer",
-    "model_from_checkpoint", "model_name", "reset_stop_request", "runtime_session", "set_lr", "setup_runtime",
-    "shutdown_distributed", "stop_requested", "teardown_runtime", "to_device", "train_model", "train_one_epoch",
+    "Interrupted", "ModelEma", "Runtime", "TrainMeter", "end_of_epoch", "evaluate", "fgsm_evaluate", "load_checkpoint",
+    "model_from_checkpoint", "runtime_session", "setup_runtime", "teardown_runtime", "train_model", "train_one_epoch",
 ]

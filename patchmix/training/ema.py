@@ -46,7 +46,7 @@ class ModelEma(nn.Module):
 
     def _tensors(self, model: nn.Module) -> tuple[list, list, list]:
         """(EMA floats, model floats, integer (EMA, model) pairs) of the two state dicts, built once per model and
-        placement: ``state_dict()`` costs about 0.3 ms on ResNet-32, twice a step, and its tensors share storage
+        placement: ``state_dict()`` walks every module, twice a step, and its tensors share storage
         with the parameters and buffers (a move to another device is seen through the first parameter)."""
         key = (id(model), *(next(m.parameters(), torch.empty(0)).data_ptr() for m in (model, self.module)))
         if getattr(self, "_key", None) != key:

@@ -23,16 +23,11 @@ from .. import data as data_mod
 from ..choices import METHOD_LABELS, METHODS, PATCH_SUPERVISED
 from ..config import Config
 from ..files import read_json, write_json
-from ..training import (
-    Interrupted,
-    Log,
-    Runtime,
-    derive_seed,
-    fgsm_evaluate,
-    model_name,
-    stop_requested,
-    train_model,
-)
+from ..seeding import derive_seed
+from ..training import Interrupted, Runtime, fgsm_evaluate, train_model
+from ..training.interrupt import stop_requested
+from ..training.log import Log
+from ..training.model import model_name
 from . import figures, report, rundir
 from .stats import paired_summary
 

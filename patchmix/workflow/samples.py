@@ -13,7 +13,7 @@ def draw_samples(cfg, ds, method: str, n: int = 16, seed: int = 0, policy=None, 
     from .. import data as data_mod
     from ..mixing.batch import MixedBatch
     from ..seeding import seeded_generator
-    from ..training import make_mixer
+    from ..training.methods import make_mixer
 
     g = seeded_generator(seed, "show")
     sp = getattr(ds, split)

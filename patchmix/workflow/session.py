@@ -29,7 +29,9 @@ from typing import Any
 from .. import data as data_mod
 from ..config import PRESET_NEEDS_DATA, Config
 from ..errors import BY_NAME, ConfigError, DatasetError, PatchmixError
-from ..training import Log, Runtime, compile_model, runtime_session
+from ..training import Runtime, runtime_session
+from ..training.log import Log
+from ..training.loop import compile_model
 from ..training.model import check_model, resolve_init
 from .rundir import RunFolder
 

@@ -42,9 +42,9 @@ def cell_starts(size: int, grid_size: int) -> list[int]:
 def check_args(x: Tensor, mask: Tensor, index_a: Tensor | None, index_b: Tensor, *, batch: int | None = None) -> None:
     """Shape, dtype and device checks (no data is read). Raises ``TypeError``/``ValueError``. ``batch``: the
     number of source images when ``x`` is not the images themselves (the backward's ``grad``)."""
-    for name, t in (("x", x), ("mask", mask), ("index_b", index_b)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"grid_mix: {name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, arg in (("x", x), ("mask", mask), ("index_b", index_b)):
+        if not isinstance(arg, Tensor):
+            raise TypeError(f"grid_mix: {name} must be a torch.Tensor, got {type(arg).__name__}")
     if index_a is not None and not isinstance(index_a, Tensor):
         raise TypeError(f"grid_mix: index_a must be a torch.Tensor or None, got {type(index_a).__name__}")
     if x.dim() != 4:

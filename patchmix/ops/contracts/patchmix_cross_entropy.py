@@ -53,6 +53,16 @@ def patch_strides(t: Tensor, P: int) -> tuple[int, int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
 
+def leading_logits(image_logits: Tensor | None, patch_logits: Tensor | None) -> Tensor:
+    """The logits that fix the loss's ``N``, dtype and device: ``image_logits``, else ``patch_logits``; both None
+    is a ``ValueError`` (:func:`check_args` raises it first)."""
+    if image_logits is not None:
+        return image_logits
+    if patch_logits is not None:
+        return patch_logits
+    raise ValueError(f"{OP}: image_logits and patch_logits are both None; give at least one")
+
+
 def check_args(
     image_logits: Tensor | None,
     patch_logits: Tensor | None,
@@ -78,10 +88,9 @@ def check_args(
     for arg, t in (("target_a", target_a), ("target_b", target_b), ("lam", lam)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
-    if image_logits is None and patch_logits is None:
-        raise ValueError(f"{name}: image_logits and patch_logits are both None; give at least one")
-    ref = image_logits if image_logits is not None else patch_logits
-    K = P = None
+    ref = leading_logits(image_logits, patch_logits)
+    K: int | None = None
+    P: int | None = None
     if image_logits is not None:
         if image_logits.dim() != 2:
             raise ValueError(f"{name}: image_logits must have shape (N, K), got {tuple(image_logits.shape)}")
@@ -118,6 +127,7 @@ def check_args(
         K = Kp
         if mask is None:
             raise ValueError(f"{name}: patch_logits needs mask, a bool (N, P, P) tensor; got None")
+    assert K is not None  # set by whichever of the logits is given
     if K < 1:
         raise ValueError(f"{name}: the logits have K = {K} classes; need at least one")
     if mask is not None:

@@ -69,9 +69,9 @@ def check_args(
     image_weight: float,
 ) -> None:
     """Shape, dtype and device checks (no data is read). Raises ``TypeError``/``ValueError``."""
-    for name, t in (("table", table), ("pairs", pairs), ("masks", masks)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"population_fitness: {name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, arg in (("table", table), ("pairs", pairs), ("masks", masks)):
+        if not isinstance(arg, Tensor):
+            raise TypeError(f"population_fitness: {name} must be a torch.Tensor, got {type(arg).__name__}")
     for name, t in (("logits", logits), ("draws", draws), ("pair_classes", pair_classes)):
         if t is not None and not isinstance(t, Tensor):
             raise TypeError(f"population_fitness: {name} must be a torch.Tensor or None, got {type(t).__name__}")
@@ -143,6 +143,7 @@ def check_data(
     Q = table.shape[0]
     ranges = [Range("pairs", pairs, -1, Q - 1, f"for a table of Q = {Q} pairs (-1 marks an inactive slot)")]
     if float(image_weight) != 0.0:
+        assert logits is not None and draws is not None and pair_classes is not None  # check_args required them
         V, K = logits.shape[0], logits.shape[2]
         ranges += [
             Range("draws", draws, 0, V - 1, f"for logits of V = {V} validation images"),
