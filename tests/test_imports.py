@@ -122,6 +122,7 @@ LAYERS = (
     ("data", ("patchmix.data",)),
     ("mixing, loss", ("patchmix.mixing", "patchmix.losses")),
     ("models", ("patchmix.models",)),
+    ("localization", ("patchmix.localization",)),
     ("search", ("patchmix.search",)),
     ("guided", ("patchmix.guided",)),
     ("config", ("patchmix.config",)),
