@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor
 
+from .._optional import require
 from ._registry import define_op
 from .contracts import _common
 from .contracts.box_iou_sweep import SCHEMA, check_args, check_data
 
 _EIGHT = np.ones((3, 3), dtype=bool)
-_FOUR = ndimage.generate_binary_structure(2, 1)
+_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
 # --------------------------------------------------------------------------------------------------
 # reference
@@ -60,6 +60,7 @@ def contour_boxes(foreground: np.ndarray) -> np.ndarray:
     foreground pixels around it: the hole's bounding box grown by one pixel. ``boundingRect`` gives ``(x, y, w,
     h)`` with ``w = x1 - x0 + 1``, and wsolevaluation keeps ``(x, y, min(x + w, W - 1), min(y + h, H - 1))``.
     """
+    ndimage = require("scipy.ndimage", "localization", "the box_iou_sweep reference")
     fg = np.asarray(foreground, dtype=bool)
     H, W = fg.shape
     out = []
