@@ -125,7 +125,7 @@ LAYERS = (
     ("localization", ("patchmix.localization",)),
     ("search", ("patchmix.search",)),
     ("guided", ("patchmix.guided",)),
-    ("config", ("patchmix.config",)),
+    ("config", ("patchmix.presets", "patchmix.config_keys", "patchmix.config")),
     ("training", ("patchmix.training", "patchmix.train")),
     ("application", ("patchmix.workflow", "patchmix.cli", "patchmix.__main__")),
     ("package", ("patchmix",)),
