@@ -187,6 +187,17 @@ def test_localization_depends_only_on_ops_and_models():
         assert not bad, f"{mod} imports {bad}"
 
 
+#: The most lines a module of the package may have (the Triton kernels and C++ sources live outside ``patchmix/``).
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_is_over_500_lines():
+    """A module past this length holds more than one concern: split it along its seams."""
+    long = {str(f.relative_to(ROOT)): n for f in (ROOT / "patchmix").rglob("*.py")
+            if (n := len(f.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
