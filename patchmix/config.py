@@ -4,27 +4,8 @@ Every command writes the resolved configuration to ``<out>/config.json``; ``patc
 <out>/config.json`` runs the same thing again. Keys are dotted on the command line
 (``--set train.epochs=10``) and nested in the file (``{"train": {"epochs": 10}}``).
 
-Presets:
-
-* ``digits`` (the default): scikit-learn's bundled 8x8 digits, the small CNN, a budget that runs the whole
-  four-phase workflow with five methods and three seeds in a few minutes on a 2-core CPU (a search of
-  population 200 for at most 100 generations).
-* ``mnist5k``: the paper's comparison on real digits at the paper's geometry (5,000 MNIST digits padded to
-  32x32, ``P = 4`` gives 8x8-pixel cells), sized for a 2-core CPU: ``small_resnet``, a small random crop, batch
-  128, SGD lr 0.1 with cosine annealing, the paper's search (population 500, 250 generations). The epoch
-  budget is the one at which the mixing methods' validation accuracy stops rising (docs/results.md).
-* ``fmnist``: the same comparison on Fashion-MNIST (read from its idx files, :func:`patchmix.data.load_idx`): a
-  class-balanced 10,000 of the 60,000 training images (``data.train_subset``; val 1,000 of them, test the 10,000
-  ``t10k`` images), ``small_resnet``, the mnist5k training recipe, a crop without flips, 80 epochs, 5 seeds; the
-  augmentation (whether to flip) and the epoch budget were measured so that the whole comparison fits 90
-  minutes on a 2-core CPU (docs/results.md, "Fashion-MNIST: data and budget").
-* ``wsol-cub``: wsolevaluation's ResNet-50 CAM setting on CUB (docs/transfer.md): ImageNet weights from
-  ``--init``, stride 1 in the last stage, ``layer4`` and the classifiers at 10x the learning rate, 50 epochs, batch
-  32, SGD Nesterov lr 2e-4 x0.1 every 15 epochs, weight decay 1e-4, ImageNet normalisation; it needs ``--data DIR``.
-* ``paper-cifar``: the paper's CIFAR recipe (section 4.2): 400 epochs, batch 100, SGD with Nesterov
-  momentum 0.9, weight decay 5e-4, learning rate 0.1 with cosine annealing, ``P = 4``, ``alpha = 1``,
-  ResNet-32, and the paper's search (population 500, 250 generations, crossover 0.5, mutation 0.3). It names no
-  data source: the command line needs ``--data`` with a CIFAR folder (:data:`PRESET_NEEDS_DATA`).
+The presets (``--preset NAME``) are :mod:`patchmix.presets`; the dotted keys and the conversion of their values,
+:mod:`patchmix.config_keys`.
 
 The ``search`` section is :class:`patchmix.search.SearchConfig` itself: its keys are the keyword arguments of
 :func:`patchmix.search.search` (one vocabulary, no translation).
@@ -51,8 +32,10 @@ from .choices import (
     WORKFLOW_METHODS,
     check_choice,
 )
+from .config_keys import flatten, leaves, set_key
 from .errors import ConfigError
 from .files import atomic_write_text
+from .presets import PRESET_NEEDS_DATA, preset_settings
 from .search.settings import SearchConfig
 
 
@@ -224,8 +207,8 @@ class Config:
     def override(self, updates: dict[str, Any]) -> Config:
         """A copy with ``updates`` (nested dict or dotted keys) applied, validated."""
         cfg = self.copy()
-        for key, value in _flatten(updates).items():
-            _set(cfg, key, value)
+        for key, value in flatten(updates).items():
+            set_key(cfg, key, value)
         cfg.validate()
         return cfg
 
@@ -239,7 +222,7 @@ class Config:
         check_choice("train.schedule", t.schedule, SCHEDULES, ConfigError)
         check_choice("run.channels_last", r.channels_last, CHANNELS_LAST, ConfigError)
         check_choice("train.mix_mode", t.mix_mode, MIX_MODES, ConfigError)
-        for key, value in _leaves(self.to_dict()):  # NaN and inf first: a comparison with NaN is always False
+        for key, value in leaves(self.to_dict()):  # NaN and inf first: a comparison with NaN is always False
             if isinstance(value, float) and not math.isfinite(value):
                 _need(False, key, "a finite number", value)
         self.search.validate()
@@ -388,74 +371,9 @@ def _device_ok(spec: str) -> bool:
     return True
 
 
-def _leaves(d: dict, prefix: str = ""):
-    """``(dotted key, value)`` of every setting (the items of tuples and lists too)."""
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _leaves(v, f"{prefix}{k}.")
-        elif isinstance(v, (list, tuple)):
-            for item in v:
-                yield f"{prefix}{k}", item
-        else:
-            yield f"{prefix}{k}", v
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # tiny 8x8 convolutions: one intra-op thread beats two (and is far faster on a busy machine)
-    "digits": {"model": {"width": 16}, "run": {"threads": 1},
-               "search": {"population": 200, "generations": 100, "patience": 30, "checkpoint_every": 5}},
-    # the epoch budget: see docs/results.md ("How the mnist5k budget was chosen")
-    "mnist5k": {"data": {"source": "mnist5k"}, "model": {"grid_size": 4},
-                "train": {"epochs": 100, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
-                "run": {"threads": 2},
-                "search": {"population": 500, "generations": 250}},
-    # Fashion-MNIST from its idx files: the epoch budget at which the mixing methods flatten within the time target,
-    # and the crop alone, since a flip did not help (measured: docs/results.md, "Fashion-MNIST: data and budget")
-    "fmnist": {"data": {"source": "fashion-mnist", "train_subset": 10000, "augment": "crop"},
-               "model": {"name": "small_resnet", "grid_size": 4},
-               "train": {"epochs": 80, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
-               "run": {"threads": 2, "seeds": (0, 1, 2, 3, 4)},
-               "search": {"population": 500, "generations": 250}},
-    # weakly supervised localisation on the cluttered Fashion-MNIST set (64 x 64; docs/localization.md): the five
-    # methods, CAMs of the image classifier and, for Random PatchMix, of the patch classifier, scored on the 10,000
-    # test canvases with thresholds chosen on the 500 box-labelled val canvases; the budget is in
-    # docs/localization.md
-    "fmnist-loc": {"data": {"source": "fmnist-loc", "train_subset": 10000, "augment": "crop"},
-                   "model": {"name": "small_resnet", "grid_size": 4},
-                   "train": {"epochs": 30, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
-                   "run": {"threads": 2, "seeds": (0, 1, 2), "fgsm_epsilons": (), "cam_heads": ("image", "patch")},
-                   "search": {"population": 500, "generations": 250}},
-    # wsolevaluation's ResNet-50 CAM setting on CUB (docs/transfer.md: the recipe and where each number comes from):
-    # ImageNet weights from --init, layer4 at stride 1 (14 x 14 CAMs at 224), layer4 and the classifiers at 10x the
-    # learning rate, SGD Nesterov, 50 epochs, batch 32, x0.1 every 15 epochs; the data from --data DIR
-    "wsol-cub": {"data": {"source": "", "image_size": 224, "augment": "crop-flip"},
-                 "model": {"name": "resnet50", "grid_size": 4, "last_stride": 1, "normalize": "imagenet"},
-                 "train": {"epochs": 50, "batch_size": 32, "lr": 2e-4, "momentum": 0.9, "nesterov": True,
-                           "weight_decay": 1e-4, "schedule": "step", "lr_step_epochs": 15,
-                           "lr_mult": ("layer4:10", "classifier:10")}},
-    "paper-cifar": {
-        "data": {"source": "", "augment": "crop-flip"},
-        "model": {"name": "resnet32", "grid_size": 4},
-        "train": {"epochs": 400, "batch_size": 100, "lr": 0.1, "momentum": 0.9, "nesterov": True,
-                  "weight_decay": 5e-4, "schedule": "cosine", "alpha": 1.0},
-        "search": {"population": 500, "generations": 250, "cxpb": 0.5, "mutpb": 0.3},
-    },
-}
-
-
-#: The presets that name no data source, and what ``--data`` must give them: without it such a preset would train
-#: its recipe on the default 8x8 digits.
-PRESET_NEEDS_DATA = {"paper-cifar": "a CIFAR folder (--data path/to/cifar-10-batches-py or cifar-100-python)",
-                     "wsol-cub": "a folder in wsolevaluation's layout (--data DIR holding metadata/{train,val,test}/ "
-                                 "and the images)"}
-
-
 def preset(name: str) -> Config:
     """The configuration of a named preset (on top of the defaults)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    cfg = Config(preset=name)
-    return cfg.override(PRESETS[name])
+    return Config(preset=name).override(preset_settings(name))
 
 
 def load(path: str | os.PathLike) -> Config:
@@ -499,78 +417,3 @@ def _plain(obj):
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and "." not in k and key.count(".") < 1 and key in _SECTIONS:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-_SECTIONS = ("data", "model", "train", "search", "run")
-
-
-def _fields(obj) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(obj)}
-
-
-#: Keys that were renamed: the old key -> the new one, named in the error an old config file or ``--set`` gets.
-RENAMED_KEYS = {"search.table": "search.fitness"}
-
-
-def _set(cfg: Config, key: str, value: Any) -> None:
-    if key in RENAMED_KEYS:
-        new = RENAMED_KEYS[key]
-        raise ConfigError(f"config key {key!r} was renamed {new!r}: write {new}={value}")
-    if key == "preset":
-        cfg.preset = str(value)
-        return
-    section, _, name = key.partition(".")
-    if section not in _SECTIONS or not name:
-        raise ConfigError(f"unknown config key {key!r}; keys look like train.epochs, search.population, "
-                          f"data.source (sections: {', '.join(_SECTIONS)})")
-    sub = getattr(cfg, section)
-    fields = _fields(sub)
-    if name not in fields:
-        raise ConfigError(f"unknown config key {key!r}; {section} has: {', '.join(fields)}")
-    setattr(sub, name, _coerce(key, fields[name], getattr(sub, name), value))
-
-
-def _coerce(key: str, fld: dataclasses.Field, current: Any, value: Any) -> Any:
-    """Convert ``value`` (possibly a string from the command line) to the field's type."""
-    typ = str(fld.type)
-    try:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "None" in typ):
-            if "None" not in typ:
-                raise ConfigError(f"{key} cannot be None", key=key)
-            return None
-        if typ.startswith("tuple"):
-            items = value.split(",") if isinstance(value, str) else list(value)
-            items = [i.strip() if isinstance(i, str) else i for i in items if not (isinstance(i, str) and not i.strip())]
-            if "int" in typ:
-                return tuple(int(i) for i in items)
-            if "float" in typ:
-                return tuple(float(i) for i in items)
-            return tuple(str(i) for i in items)
-        if typ.startswith("bool"):
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if typ.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if typ.startswith("float"):
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"bad value for {key}: {value!r} (expected {typ})", key=key) from None

@@ -433,7 +433,7 @@ def test_exit_codes_follow_the_error_type(monkeypatch, capsys):
 def test_choices_come_from_one_place():
     from patchmix.choices import DATA_FORMATS, METHOD_LABELS, METHODS, OBJECTIVES, SPLITS
     from patchmix.cli import build_parser
-    from patchmix.config import PRESETS
+    from patchmix.presets import PRESETS
 
     def choices(command, flag):
         sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]

@@ -125,7 +125,7 @@ LAYERS = (
     ("localization", ("patchmix.localization",)),
     ("search", ("patchmix.search",)),
     ("guided", ("patchmix.guided",)),
-    ("config", ("patchmix.config",)),
+    ("config", ("patchmix.presets", "patchmix.config_keys", "patchmix.config")),
     ("training", ("patchmix.training", "patchmix.train")),
     ("application", ("patchmix.workflow", "patchmix.cli", "patchmix.__main__")),
     ("package", ("patchmix",)),
@@ -185,6 +185,17 @@ def test_localization_depends_only_on_ops_and_models():
     for mod in mods:
         bad = sorted(t for t in g[mod] if not t.startswith(allowed))
         assert not bad, f"{mod} imports {bad}"
+
+
+#: The most lines a module of the package may have (the Triton kernels and C++ sources live outside ``patchmix/``).
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_is_over_500_lines():
+    """A module past this length holds more than one concern: split it along its seams."""
+    long = {str(f.relative_to(ROOT)): n for f in (ROOT / "patchmix").rglob("*.py")
+            if (n := len(f.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -27,16 +27,9 @@ from patchmix.search import (
     search,
 )
 from patchmix.search.exact import fitness_rank_correlation, rank_correlation
-from patchmix.search.genetic import (
-    Genome,
-    crossover,
-    flip_heads,
-    flip_tails,
-    individual_class,
-    random_tails,
-    slot_pools,
-    transpose,
-)
+from patchmix.search.genetic import individual_class
+from patchmix.search.operators import Genome, crossover, flip_heads, flip_tails, random_tails, transpose
+from patchmix.search.pairs import slot_pools
 from patchmix.search.synthetic import synthetic_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -246,7 +239,7 @@ def test_uniform_crossover_takes_each_cell_of_a_shared_pair_from_either_parent()
 
 
 def test_shared_slots_by_lookup_match_intersect1d():
-    from patchmix.search.genetic import coin_flips, shared_slots
+    from patchmix.search.operators import coin_flips, shared_slots
 
     rng = np.random.default_rng(0)
     scratch = np.zeros(500, np.int32)
@@ -312,7 +305,7 @@ def test_flip_heads_swaps_free_pairs_for_absent_ones_and_keeps_masks():
 
 
 def test_flip_heads_near_keeps_one_class_and_the_cells_it_supplies():
-    from patchmix.search.genetic import PairNeighbours
+    from patchmix.search.operators import PairNeighbours
 
     rng = np.random.default_rng(0)
     K = 10

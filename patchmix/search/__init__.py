@@ -15,10 +15,12 @@ the one vocabulary of search settings), :mod:`.scoring` (``f_T`` on composed ima
 ``f_T``'s logits and the validation draws), :mod:`.fitness` (the cached fitness and its tables, the per-pair
 optimum), :mod:`.exact` (the exact fitness and the rank correlation), :mod:`.interaction` (the interaction-aware
 table, fitted on ``f_T``), :mod:`.fidelity` (the search check: fidelity and efficacy against the exact fitness),
-:mod:`.genetic` (the DEAP search and the exhaustive solver), :mod:`.policy` (its result as JSON) and
-:mod:`.synthetic` (stand-ins for tests and benchmarks: a synthetic cache and ``f_T``).
+:mod:`.operators` (the individual and the variation operators, numpy), :mod:`.genetic` (the DEAP search and
+``search``, the one call for either solver), :mod:`.checkpoint` (the search's checkpoint file), :mod:`.exhaustive`
+(the exact solver), :mod:`.result` (:class:`SearchResult`, what both return), :mod:`.policy` (the chosen policy as
+JSON) and :mod:`.synthetic` (stand-ins for tests and benchmarks: a synthetic cache and ``f_T``).
 
-The DEAP search is imported on first use of one of its names (``search``, ``GeneticSearch``, ...), so that
+The DEAP search is imported on first use of one of its names (``search``, ``GeneticSearch``), so that
 ``import patchmix`` does not import DEAP.
 """
 
@@ -26,14 +28,16 @@ import importlib
 
 from .cache import CachedLogits, draw_pairs
 from .exact import ExactFitness
+from .exhaustive import exhaustive_search
 from .fidelity import search_check
 from .fitness import CachedFitness, OptimumResult, random_population
 from .interaction import build_interaction_table, interaction_fitness
 from .pairs import pair_classes, pair_id
 from .policy import Policy, PolicyError
+from .result import SearchResult
 from .settings import MUTATIONS, PAPER_OPERATORS, SearchConfig
 
-_GENETIC = ("GeneticSearch", "SearchResult", "exhaustive_search", "search")
+_GENETIC = ("GeneticSearch", "search")
 
 
 def __getattr__(name: str):

@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import data as data_mod
-from ..config import PRESET_NEEDS_DATA, Config
+from ..config import Config
 from ..errors import BY_NAME, ConfigError, DatasetError, PatchmixError
+from ..presets import PRESET_NEEDS_DATA
 from ..training import Runtime, runtime_session
 from ..training.log import Log
 from ..training.loop import compile_model
