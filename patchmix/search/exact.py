@@ -9,9 +9,9 @@ import warnings
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 from torch import Tensor, nn
 
+from .._optional import require
 from .cache import draw_period
 from .fitness import CachedFitness, random_population
 from .pairs import default_num_pairs
@@ -133,6 +133,7 @@ def rank_correlation(x, y) -> float:
         raise ValueError(f"rank_correlation: need two sequences of the same length >= 2, got {x.size} and {y.size}")
     with warnings.catch_warnings():  # a constant sequence: NaN is the answer, not a warning
         warnings.simplefilter("ignore")
+        spearmanr = require("scipy.stats", "search", "the search check's rank correlation").spearmanr
         return float(spearmanr(x, y).statistic)
 
 
