@@ -75,9 +75,9 @@ def main(argv=None) -> list[dict]:
     def evaluate(name: str, fitness: CachedFitness, build: dict | None = None) -> None:
         row = {"fitness": name, **(build or {})}
         row["spearman"] = round(rank_correlation(fitness(pairs, masks).numpy(), e), 3)
-        kw = dict(fitness=fitness.table_kind, num_draws=fitness.num_draws, seed=0, progress=False)
+        kw = dict(fitness=fitness.fitness_kind, num_draws=fitness.num_draws, seed=0, progress=False)
         results = {"ga": search(fitness, s, **kw)}
-        if fitness.table_kind == "interaction" and P <= 4:
+        if fitness.fitness_kind == "interaction" and P <= 4:
             results["optimum"] = search(fitness, s, solver="exhaustive", **kw)
         for key, r in results.items():
             value = float(exact(torch.from_numpy(r.best_pairs)[None], torch.from_numpy(r.best_masks)[None])[0])

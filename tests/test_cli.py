@@ -51,7 +51,7 @@ def test_run_end_to_end(finished_run, capsys):
     # the search check (fidelity with its ceiling, efficacy), per seed and summarised, in metrics.json and report.md
     for seed in ("0", "1"):
         fid = m["search"][seed]["fidelity"]
-        assert fid["random"]["n"] == 12 and fid["draws"] == 4 and fid["final"]["n"] >= 1 and fid["table"] == "interaction"
+        assert fid["random"]["n"] == 12 and fid["draws"] == 4 and fid["final"]["n"] >= 1 and fid["fitness"] == "interaction"
         assert fid["random"]["spearman"] is None or -1 <= fid["random"]["spearman"] <= 1
         assert 0 <= fid["efficacy"]["percentile"] <= 100 and fid["efficacy"]["masks"] == 20
         assert fid["linear_spearman"] is None or -1 <= fid["linear_spearman"] <= 1

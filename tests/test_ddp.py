@@ -64,10 +64,10 @@ def test_ddp_search_with_the_papers_exact_fitness_matches_one_process(tmp_path):
     torchrun([*args, "--out", str(tmp_path / "ddp")], tmp_path)
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     ddp, one = (json.load(open(tmp_path / d / "policy.json")) for d in ("ddp", "one"))
-    assert ddp["search"]["table"] == "exact" and ddp["pairs"] == one["pairs"] and ddp["masks"] == one["masks"]
+    assert ddp["search"]["fitness"] == "exact" and ddp["pairs"] == one["pairs"] and ddp["masks"] == one["masks"]
     assert ddp["fitness"] == pytest.approx(one["fitness"], abs=1e-5)
     m = json.load(open(tmp_path / "ddp" / "metrics.json"))
-    assert m["search"]["0"]["fitness_build"]["table"] == "exact"
+    assert m["search"]["0"]["fitness_build"]["fitness"] == "exact"
 
 
 RESUME_SCRIPT = r'''

@@ -133,7 +133,7 @@ def test_interaction_fitness_scores_policies_by_the_model():
     model = CellModel(mix=1.0)
     cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
     f = interaction_fitness(cache, model, images, num_draws=3, masks_per_draw=8, ridge=1.0, seed=2)
-    assert f.table_kind == "interaction" and f.table.shape == (10, 4, 2, 4)
+    assert f.fitness_kind == "interaction" and f.table.shape == (10, 4, 2, 4)
     assert f.build["forward_passes"] == 10 * 3 * 8
     assert torch.equal(f.draws, draw_pairs(labels, 4, 3, 2))  # the draws the table was fitted on
     pairs, masks = random_population(5, 6, f, "forced", seed=0)
@@ -203,7 +203,7 @@ def test_exhaustive_solver_is_the_optimum_and_the_ga_gets_close():
     opt = f.optimum(6)
     ex = search(f, solver="exhaustive", num_pairs=6, seed=0, progress=False)
     assert ex.best_fitness == pytest.approx(opt.fitness) and ex.generations == 0 and ex.logbook == []
-    assert ex.policy.search["solver"] == "exhaustive" and ex.policy.search["table"] == "interaction"
+    assert ex.policy.search["solver"] == "exhaustive" and ex.policy.search["fitness"] == "interaction"
     assert float(f(torch.from_numpy(ex.best_pairs)[None], torch.from_numpy(ex.best_masks)[None])[0]) == \
         pytest.approx(opt.fitness)
     ga = search(f, population=60, generations=60, num_pairs=6, seed=0, progress=False, patience=None)
@@ -261,7 +261,7 @@ def test_search_check_of_a_per_patch_model_on_the_search_draws_is_exact():
     r = search(f, population=12, generations=3, num_pairs=6, seed=0, progress=False, patience=None)
     check = search_check(f, model, images, chosen=(r.best_pairs, r.best_masks), num_pairs=6,
                          final=[r.population, r.offspring], num_draws=4, random_policies=30, seed=9)
-    assert check["table"] == "linear" and check["linear_spearman"] is None
+    assert check["fitness"] == "linear" and check["linear_spearman"] is None
     assert check["random"]["n"] == 30 and check["random"]["spearman"] == pytest.approx(1.0)
     assert check["final"]["spearman"] == pytest.approx(1.0)
     np.testing.assert_allclose(check["random"]["proxy"], check["random"]["exact"], rtol=1e-4, atol=1e-4)
@@ -275,7 +275,7 @@ def test_search_check_of_a_per_patch_model_on_the_search_draws_is_exact():
     inter = interaction_fitness(cache, model, images, num_draws=4, masks_per_draw=4, seed=9)
     c2 = search_check(inter, model, images, chosen=(r.best_pairs, r.best_masks), num_pairs=6, num_draws=4,
                       random_policies=10, seed=1)
-    assert c2["table"] == "interaction" and c2["linear_spearman"] is not None and c2["final"] is None
+    assert c2["fitness"] == "interaction" and c2["linear_spearman"] is not None and c2["final"] is None
     with pytest.raises(ValueError, match="num_draws must be >= 2"):
         search_check(f, model, images, chosen=(r.best_pairs, r.best_masks), num_pairs=6, num_draws=1)
 
@@ -286,9 +286,9 @@ def test_the_papers_exact_fitness_drives_the_search_and_resumes(tmp_path):
     model = CellModel(num_classes=3, mix=1.0)
     cache = CachedLogits.from_model(model, images, labels, dtype=torch.float32)
     exact = ExactFitness(model, images, CachedFitness(cache, num_draws=2, seed=4))
-    assert exact.table_kind == "exact" and exact.num_pairs == 6 and exact.cache is cache
+    assert exact.fitness_kind == "exact" and exact.num_pairs == 6 and exact.cache is cache
     r = search(exact, population=6, generations=2, num_pairs=4, seed=0, progress=False, patience=None)
-    assert r.policy.search["table"] == "exact"
+    assert r.policy.search["fitness"] == "exact"
     again = float(exact(torch.from_numpy(r.best_pairs)[None], torch.from_numpy(r.best_masks)[None])[0])
     assert again == pytest.approx(r.best_fitness)
     # resume: the checkpoint's fingerprint holds f_T's weights; another f_T is refused
@@ -457,7 +457,7 @@ def test_draws_for_ceiling_is_the_spearman_brown_rule():
 def test_the_report_asks_for_draws_when_the_ceiling_is_low():
     from patchmix.workflow.report import fidelity_text
 
-    fid = {"table": "interaction", "random": {"spearman": 0.7, "ceiling": 0.85, "n": 200}, "final": None,
+    fid = {"fitness": "interaction", "random": {"spearman": 0.7, "ceiling": 0.85, "n": 200}, "final": None,
            "efficacy": {"verdict": "v", "percentile": 0.0, "uniform_masks": 0, "masks": 20},
            "min_ceiling": 0.9, "draws_needed": 45, "seconds": 1.0}
     assert "run.fidelity_draws=45" in fidelity_text(fid)

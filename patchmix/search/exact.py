@@ -24,7 +24,7 @@ class ExactFitness:
     target with the fitness's objective, and the image-level term (when ``fitness.image_weight != 0``) scores
     the model's image logits against the soft label with the exact pixel ``lam``. The ground truth the cached
     tables approximate, and the paper's own fitness: the search can use it directly (``search.fitness = exact``,
-    ``table_kind == "exact"``), at ``I * N * S`` forward passes per generation (split across the ranks under
+    ``fitness_kind == "exact"``), at ``I * N * S`` forward passes per generation (split across the ranks under
     ``torchrun``).
 
     ``__call__(pairs (I, N), masks (I, N, P, P)) -> (I,)`` float64; :meth:`per_draw` keeps the draws apart.
@@ -38,7 +38,7 @@ class ExactFitness:
             (:func:`draw_pairs` with another seed) score a proxy on images it was not fitted on.
     """
 
-    table_kind = "exact"
+    fitness_kind = "exact"
 
     def __init__(self, model: nn.Module, images: Tensor, fitness: CachedFitness, *, draws: Tensor | None = None,
                  batch_size: int = 256, device=None, precision: str = "float32"):

@@ -31,10 +31,10 @@ def exhaustive_search(fitness: CachedFitness, config: SearchConfig, *, seed: int
     K = fitness.num_classes
     names = list(class_names or fitness.cache.class_names or [str(k) for k in range(K)])
     cls = fitness.classes.numpy()
-    evaluations = fitness.num_pairs * (2 ** (fitness.grid_size ** 2) if fitness.table_kind == "interaction" else 2)
+    evaluations = fitness.num_pairs * (2 ** (fitness.grid_size ** 2) if fitness.fitness_kind == "interaction" else 2)
     meta = {"objective": fitness.objective, "direction": config.direction, "image_weight": fitness.image_weight,
             "num_draws": fitness.num_draws, "draw_seed": fitness.seed, "same_class": config.same_class,
-            "num_pairs": N, "table": fitness.table_kind, "solver": "exhaustive"}
+            "num_pairs": N, "fitness": fitness.fitness_kind, "solver": "exhaustive"}
     policy = Policy(cls[opt.pairs], opt.masks.copy(), names, fitness.grid_size, opt.fitness, seed, search=meta)
     return SearchResult(policy, opt.pairs.copy(), opt.masks.copy(), float(opt.fitness), [], 0, False, evaluations,
                         seconds, seconds)

@@ -168,7 +168,7 @@ def search_check(fitness: CachedFitness, model: nn.Module, images: Tensor, *, ch
     draws = draw_pairs(fitness.cache.labels, fitness.num_classes, num_draws, seed)
     exact = ExactFitness(model, images, fitness, draws=draws, batch_size=batch_size, device=device,
                          precision=precision)
-    out = {"draws": num_draws, "table": fitness.table_kind, "goal": GOAL}
+    out = {"draws": num_draws, "fitness": fitness.fitness_kind, "goal": GOAL}
     pairs, masks = random_population(random_policies, num_pairs, fitness, same_class, seed)
     groups = [(pairs, masks)]
     parts = [f for f in final or [] if len(f.get("pairs", ()))]
@@ -188,7 +188,7 @@ def search_check(fitness: CachedFitness, model: nn.Module, images: Tensor, *, ch
                               progress=progress).split([len(g[0]) for g in groups])
     out["random"] = _compare(fitness, pairs, masks, per_draw[0])
     out["linear_spearman"] = None
-    if fitness.table_kind != "linear":
+    if fitness.fitness_kind != "linear":
         linear = CachedFitness(fitness.cache, num_draws=fitness.num_draws, objective=fitness.objective,
                                image_weight=fitness.image_weight, seed=fitness.seed)
         out["linear_spearman"] = _spearman(linear(pairs, masks).double().numpy(), np.asarray(out["random"]["exact"]))

@@ -120,7 +120,7 @@ class CachedFitness:
         self._classes_dev = self.classes.to(self.device)
 
     @property
-    def table_kind(self) -> str:
+    def fitness_kind(self) -> str:
         """``"linear"`` (a ``(Q, P*P, 2)`` table) or ``"interaction"`` (``(Q, P*P, 2, P*P)``)."""
         return "linear" if self.table.dim() == 3 else "interaction"
 
@@ -153,7 +153,7 @@ class CachedFitness:
         score each patch against its patch target (docs/semantics.md) and the image term on the composed sample,
         then average. Memory ``I * N * S * P*P * K``: for small checks only. float64 ``(I,)``. Linear table only
         (an interaction table is a fit to ``f_T`` on composed images: :class:`ExactFitness` is its ground truth)."""
-        if self.table_kind != "linear":
+        if self.fitness_kind != "linear":
             raise ValueError("exact_reference: only the linear table is computed from the cache; compare an "
                              "interaction table with ExactFitness")
         pairs = torch.as_tensor(pairs).cpu()
@@ -197,7 +197,7 @@ class CachedFitness:
         :data:`MAX_ENUMERATED_GRID`; ties go to the lowest mask number (bit ``n`` is cell ``n``)."""
         check_choice("direction", direction, DIRECTIONS)
         P, PP = self.grid_size, self.grid_size ** 2
-        if self.table_kind == "linear":
+        if self.fitness_kind == "linear":
             t = self.table.double().cpu().numpy()
             take_a = t[..., 1] < t[..., 0] if direction == "min" else t[..., 1] > t[..., 0]
             vals = np.where(take_a, t[..., 1], t[..., 0]).mean(-1)

@@ -75,7 +75,7 @@ class GeneticSearch:
                  callback: Callable[[int, dict], bool | None] | None = None, save_checkpoint: bool = True):
         self.fitness = fitness
         self.config = config or SearchConfig(objective=fitness.objective, num_draws=fitness.num_draws,
-                                             fitness=fitness.table_kind)
+                                             fitness=fitness.fitness_kind)
         K = fitness.num_classes
         self.config.validate(K)
         check_fitness_settings(fitness, self.config)
@@ -302,7 +302,7 @@ class GeneticSearch:
         f, c = self.fitness, self.config
         return {"objective": f.objective, "direction": c.direction, "image_weight": f.image_weight,
                 "num_draws": f.num_draws, "draw_seed": f.seed, "same_class": c.same_class, "num_pairs": self.N,
-                "table": f.table_kind, "solver": "ga",
+                "fitness": f.fitness_kind, "solver": "ga",
                 "population": c.population, "generations": gen, "cxpb": c.cxpb, "mutpb": c.mutpb,
                 "crossover": c.crossover, "replacement": c.replacement}
 
@@ -327,7 +327,7 @@ def search(fitness: CachedFitness, config: SearchConfig | None = None, /, *, see
     if unknown:
         raise TypeError(f"search: unknown settings {sorted(unknown)}; see SearchConfig")
     base_config = config or SearchConfig(objective=fitness.objective, num_draws=fitness.num_draws,
-                                         fitness=fitness.table_kind)
+                                         fitness=fitness.fitness_kind)
     config = dataclasses.replace(base_config, **settings)
     if config.solver == "exhaustive":
         return exhaustive_search(fitness, config, seed=seed, class_names=class_names)

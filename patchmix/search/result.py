@@ -50,7 +50,7 @@ def population_arrays(individuals: list) -> dict[str, np.ndarray]:
 def check_fitness_settings(fitness: CachedFitness, config: SearchConfig) -> None:
     """The fitness settings of ``config`` are those the fitness object was built with."""
     for name, built in (("objective", fitness.objective), ("num_draws", fitness.num_draws),
-                        ("fitness", fitness.table_kind)):
+                        ("fitness", fitness.fitness_kind)):
         if getattr(config, name) != built:
             raise ConfigError(f"search.{name} = {getattr(config, name)!r} but the fitness was built with {built!r}")
 

@@ -278,7 +278,7 @@ def fidelity_figure(searches: dict, path: str) -> str:
             left.scatter([eff["proxy"]], [eff["exact"]], s=120, color=color, marker="*", edgecolor="black", zorder=4)
             right.axvline(eff["exact"], color=color, lw=2,
                           label=f"seed {seed}: chosen (percentile {eff['percentile']:.0f})")
-    kind = next((s["fidelity"].get("table") for s in searches.values() if (s.get("fidelity") or {}).get("table")), "")
+    kind = next((s["fidelity"].get("fitness") for s in searches.values() if (s.get("fidelity") or {}).get("fitness")), "")
     left.set_xlabel(f"search's fitness ({kind} table)" if kind else "search's fitness")
     left.set_ylabel("exact fitness (f_T on composed images)")
     left.set_title("Fidelity: does the fitness rank policies as f_T does?", fontsize=9)

@@ -44,7 +44,7 @@ def _fidelity_section(search: dict, summary: dict | None, figures: dict[str, str
             continue
         rnd, fin, eff = fid.get("random") or {}, fid.get("final"), fid.get("efficacy") or {}
         final = f"{_fmt(fin['spearman'])} ({_fmt(fin.get('ceiling'))}), n = {fin['n']}" if fin else "n/a"
-        lines.append(f"| {seed} | {fid.get('table', '?')} | {_fmt(rnd.get('spearman'))} ({_fmt(rnd.get('ceiling'))}), "
+        lines.append(f"| {seed} | {fid.get('fitness', '?')} | {_fmt(rnd.get('spearman'))} ({_fmt(rnd.get('ceiling'))}), "
                      f"n = {rnd.get('n')} | {_fmt(fid.get('linear_spearman'))} | {final} | "
                      f"{_fmt(eff.get('exact'), '.4f')} | {_fmt(eff.get('percentile'), '.1f')} "
                      f"({_fmt(eff.get('random_median'), '.4f')}) | {eff.get('uniform_masks')} / {eff.get('masks')} | "
@@ -129,7 +129,7 @@ def fidelity_summary(searches: dict) -> dict | None:
     if not checks:
         return None
     first = next(iter(checks.values()))
-    out: dict = {"goal": GOAL, "draws": first["draws"], "policies": first["random"]["n"], "table": first.get("table")}
+    out: dict = {"goal": GOAL, "draws": first["draws"], "policies": first["random"]["n"], "fitness": first.get("fitness")}
     for key in ("random", "final"):
         parts = [c[key] for c in checks.values() if c.get(key) and c[key]["spearman"] is not None]
         rhos = [p["spearman"] for p in parts]
@@ -149,7 +149,7 @@ def fidelity_event(fid: dict) -> dict:
     if "skipped" in fid:
         return {"skipped": fid["skipped"]}
     eff = fid.get("efficacy") or {}
-    return {"table": fid.get("table"), "draws": fid.get("draws"), "seconds": fid.get("seconds"),
+    return {"fitness": fid.get("fitness"), "draws": fid.get("draws"), "seconds": fid.get("seconds"),
             "random": (fid.get("random") or {}).get("spearman"), "final": (fid.get("final") or {}).get("spearman"),
             "ceiling": (fid.get("random") or {}).get("ceiling"), "linear": fid.get("linear_spearman"),
             "percentile": eff.get("percentile"), "uniform_masks": eff.get("uniform_masks")}
@@ -167,7 +167,7 @@ def fidelity_text(fid: dict) -> str:
 
     eff = fid.get("efficacy") or {}
     linear = f"; the linear cache {_fmt(fid['linear_spearman'])}" if fid.get("linear_spearman") is not None else ""
-    return (f"fidelity of the {fid.get('table', '?')} fitness (Spearman with f_T's exact fitness): random policies "
+    return (f"fidelity of the {fid.get('fitness', '?')} fitness (Spearman with f_T's exact fitness): random policies "
             f"{rho(fid.get('random'))}, final population {rho(fid.get('final'))}{linear}. Efficacy: "
             f"{eff.get('verdict', 'n/a')} (percentile {_fmt(eff.get('percentile'), '.1f')}, "
             f"{eff.get('uniform_masks')} of {eff.get('masks')} masks uniform); {fid.get('seconds', 0):.1f} s"
@@ -321,7 +321,7 @@ def write_report(out: str, metrics: dict, figures: dict[str, str]) -> str:
             pairs = ", ".join(f"{a}+{b}" for a, b in s.get("pairs", [])[:12])
             more = "" if len(s.get("pairs", [])) <= 12 else f" (+{len(s['pairs']) - 12} more)"
             build = s.get("fitness_build") or {}
-            how = (f"{build.get('table')} table" + (f" fitted on {build['forward_passes']} composed images "
+            how = (f"{build.get('fitness')} fitness" + (f" fitted on {build['forward_passes']} composed images "
                                                    f"({build['seconds']:.1f} s)" if build.get("forward_passes") else "")
                    if build else "")
             lines.append(f"- seed {seed}: fitness {s.get('fitness'):.4f} after {s.get('generations')} generations "

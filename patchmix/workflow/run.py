@@ -169,7 +169,7 @@ def run_search(cfg: Config, ds: data_mod.Dataset, net, seed: int, rt: Runtime, *
     result = search(scorer, s, seed=seed, class_names=list(ds.classes), checkpoint=checkpoint,
                     save_checkpoint=rt.is_main, resume=resume, progress=not log.quiet and rt.is_main)
     result.extra["cache_seconds"] = t_cache
-    result.extra["fitness"] = dict(getattr(fitness, "build", {}), table=fitness.table_kind)
+    result.extra["fitness"] = dict(getattr(fitness, "build", {}), fitness=fitness.fitness_kind)
     log.event("search", seed=seed, fitness=result.best_fitness, generations=result.generations,
               evaluations=result.evaluations, seconds=round(result.time_total, 3),
               pairs=[list(p) for p in result.policy.named_pairs()])
