@@ -322,3 +322,27 @@ def test_the_python_api_example_of_docs_transfer_runs(resnet50_file, capsys):
     assert len(block) == 1
     exec(compile(block[0].replace("resnet50-imagenet.pth", str(resnet50_file[0])), "docs/transfer.md", "exec"), {})
     assert "loaded 318 tensors" in capsys.readouterr().out
+
+
+def test_the_transfer_study_runs_probe_finetune_and_scratch(tmp_path, capsys):
+    """bench/transfer_study.py at toy size: every pretrained checkpoint of a run folder gets a linear probe and a
+    fine-tune on the target, beside a from-scratch row; the tables and the paired differences are written."""
+    from bench.transfer_study import cli as study
+
+    run = str(tmp_path / "run")
+    assert main(["run", "--methods", "base,random", "--seeds", "0,1", "--epochs", "1", "--threads", "1", "--quiet",
+                 "--set", "run.fidelity_individuals=0", "--out", run]) == 0
+    out = str(tmp_path / "transfer")
+    assert study([run, "--out", out, "--seeds", "0,1", "--probe-epochs", "1", "--finetune-epochs", "1",
+                  "--target", "digits", "--threads", "1"]) == 0
+    doc = json.load(open(os.path.join(out, "transfer.json")))
+    assert doc["methods"] == ["base", "random"] and len(doc["rows"]["probe"]) == len(doc["rows"]["finetune"]) == 4
+    assert len(doc["rows"]["scratch"]) == 2
+    assert doc["paired"]["finetune"]["random"]["base"]["n"] == 2  # Base minus Random PatchMix, seed by seed
+    text = open(os.path.join(out, "transfer.md")).read()
+    assert "| Random PatchMix |" in text and "none (from scratch)" in text and "minus Random PatchMix" in text
+    # the probe kept the pretrained backbone: its first convolution equals the checkpoint's
+    probe = torch.load(os.path.join(out, "probe-random-seed0", "checkpoints", "base-seed0.pt"), weights_only=True)
+    pre = torch.load(os.path.join(run, "checkpoints", "random-seed0.pt"), weights_only=True)
+    key = next(k for k in pre["model"] if "backbone" in k and k.endswith("weight"))
+    assert torch.equal(probe["model"][key], pre["model"][key])
