@@ -101,8 +101,9 @@ def test_box_iou_by_hand():
 def test_resize_box_by_hand():
     # (10, 20, 30, 40) in a 100 x 50 (width x height) image, to 224 x 224: x * 2.24, y * 4.48, truncated:
     # 22.4 -> 22, 89.6 -> 89, 67.2 -> 67, 179.2 -> 179
-    assert resize_box((10, 20, 30, 40), (100, 50), (224, 224)) == (22, 89, 67, 179)
-    assert resize_box((1, 2, 1, 2), (3, 3), (3, 3)) == (1, 2, 1, 2)
+    assert resize_box((10, 20, 30, 40), (100, 50), (224, 224)).tolist() == [22, 89, 67, 179]
+    assert resize_box((1, 2, 1, 2), (3, 3), (3, 3)).tolist() == [1, 2, 1, 2]
+    assert resize_box([[10, 20, 30, 40]], (100, 50), (224, 224)).tolist() == [[22, 89, 67, 179]]
     with pytest.raises(ValueError, match="box"):
         resize_box((3, 0, 1, 2), (10, 10), (5, 5))
 

@@ -136,11 +136,24 @@ def find_root(path: str, inner: str, marker: str) -> str:
     return path
 
 
-def resize_box(boxes: np.ndarray, image_size: tuple[int, int], resize_size: tuple[int, int]) -> np.ndarray:
-    """Boxes ``(..., 4)`` ``x0, y0, x1, y1`` of an image of ``image_size = (w, h)`` in the coordinates of that image
-    resized to ``resize_size = (w', h')``: wsolevaluation's ``resize_bbox``, ``int(x * w' / w)`` in float64
-    (multiplied first, then divided, then truncated), so the ground truth matches its evaluator's to the pixel."""
+def resize_box(boxes, image_size, resize_size) -> np.ndarray:
+    """Boxes ``(4,)`` or ``(..., 4)`` ``x0, y0, x1, y1`` of an image of ``image_size = (w, h)`` in the coordinates of
+    that image resized to ``resize_size = (w', h')`` -> int64 of the same shape: wsolevaluation's ``resize_bbox``,
+    ``int(x * w' / w)`` in float64 (multiplied first, then divided, then truncated), so the ground truth matches
+    its evaluator's to the pixel (evaluation resizes every image to 224 x 224 without a crop).
+
+    Raises:
+        ValueError: a negative coordinate, ``x1 < x0`` or ``y1 < y0``, a last axis other than 4, or a size that is
+            not positive.
+    """
     b = np.asarray(boxes, dtype=np.float64)
-    (w, h), (nw, nh) = image_size, resize_size
+    if b.ndim == 0 or b.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape (4,) or (..., 4) (x0, y0, x1, y1), got {b.shape}")
+    if (b < 0).any() or (b[..., 2] < b[..., 0]).any() or (b[..., 3] < b[..., 1]).any():
+        raise ValueError(f"boxes must be (x0, y0, x1, y1) with 0 <= x0 <= x1 and 0 <= y0 <= y1, got {b.tolist()}")
+    (w, h), (nw, nh) = (tuple(float(v) for v in image_size), tuple(float(v) for v in resize_size))
+    if min(w, h, nw, nh) <= 0:
+        raise ValueError(f"image_size and resize_size must be positive (width, height), got {tuple(image_size)}, "
+                         f"{tuple(resize_size)}")
     scaled = b * np.array([nw, nh, nw, nh], dtype=np.float64) / np.array([w, h, w, h], dtype=np.float64)
     return np.trunc(scaled).astype(np.int64)

@@ -2,7 +2,7 @@
 
 * :func:`best_box_ious` ``(N, T)``: per map and CAM threshold, the best IoU between an estimated box and a GT
   box (multi-contour through the op ``patchmix.ops.box_iou_sweep``, all thresholds in one pass per map;
-  single-contour through OpenCV, one labelling per distinct integer level).
+  single-contour through OpenCV, one labelling per distinct foreground, maps split across threads).
 * :class:`BoxAccumulator` counts, per IoU level ``delta`` and threshold, the maps with ``iou >= delta / 100``;
   :meth:`BoxAccumulator.compute` picks, per IoU level, the threshold with the highest accuracy over the whole
   dataset (never per image). :func:`max_box_acc` is the one-shot form.
@@ -16,6 +16,7 @@ Streaming: the accumulators hold counts only (``(len(iou_thresholds), T)`` integ
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,8 +50,16 @@ def best_box_ious(scoremaps, boxes, *, cam_curve_interval: float = 0.01, multi_c
                              torch.from_numpy(thresholds)).numpy()
     cv2 = cv2_module()
     out = np.empty((q.shape[0], thresholds.shape[0]), dtype=np.float64)
-    for n in range(q.shape[0]):
-        out[n] = single_contour_ious(q[n], flat[offsets[n]:offsets[n + 1]], thresholds, cv2)
+
+    def sweep(rows: range) -> None:
+        for n in rows:
+            out[n] = single_contour_ious(q[n], flat[offsets[n]:offsets[n + 1]], thresholds, cv2)
+
+    # findContours releases the GIL, so the maps are split across torch's intra-op threads
+    workers = max(1, min(torch.get_num_threads(), q.shape[0] // 64))
+    bounds = [q.shape[0] * i // workers for i in range(workers + 1)]
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(sweep, [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]))
     return out
 
 
