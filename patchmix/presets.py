@@ -15,7 +15,8 @@ file; the ``search`` section holds :class:`patchmix.search.SearchConfig` field n
   augmentation (whether to flip) and the epoch budget were measured so that the whole comparison fits 90
   minutes on a 2-core CPU (docs/results.md, "Fashion-MNIST: data and budget").
 * ``fmnist-loc``: weakly supervised localisation on cluttered 64x64 Fashion-MNIST canvases (docs/localization.md):
-  the fmnist recipe on 10,000 training canvases for 30 epochs and 3 seeds, scored by the CAMs of the image
+  the fmnist recipe on 10,000 training canvases for 30 epochs and 3 seeds (71 minutes on a 2-core CPU; the budget
+  from a measured curve, docs/localization.md), scored by the CAMs of the image
   classifier and, for the patch-supervised methods, of the patch classifier; no FGSM.
 * ``wsol-cub``: wsolevaluation's ResNet-50 CAM setting on CUB (docs/transfer.md): ImageNet weights from
   ``--init``, stride 1 in the last stage, ``layer4`` and the classifiers at 10x the learning rate, 50 epochs, batch
