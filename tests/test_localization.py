@@ -255,6 +255,24 @@ def test_max_box_acc_equals_opencv_box_evaluator(multi_contour, interval, dtype)
     assert t.per_iou == r.per_iou and np.array_equal(t.curves, r.curves)
 
 
+@needs_cv2
+def test_single_contour_ious_per_map_equal_opencv_per_threshold(monkeypatch):
+    """The V1 sweep groups thresholds by distinct foreground and splits the maps across threads: on maps with few
+    distinct values (where many thresholds share a foreground) and enough maps for two threads, every map's IoU at
+    every threshold is the per-threshold OpenCV loop's."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    rng = np.random.default_rng(7)
+    n, H, W = 130, 13, 17
+    maps = untuned_maps(rng, n, H, W, np.float64)
+    maps[::2] = np.round(maps[::2] * rng.integers(1, 5, (n + 1) // 2)[:, None, None]) / 4  # 2 to 5 values
+    boxes = untuned_boxes(rng, n, H, W)
+    oracle = OpenCVBoxEvaluator(0.01, (50,), multi_contour=False)
+    got = best_box_ious(maps, boxes, cam_curve_interval=0.01, multi_contour=False)
+    for i in (0, 1, 2, 63, 64, 65, 128, 129):  # both threads' shares and their edges
+        expected = [iou_matrix(oracle.boxes(maps[i], tau), boxes[i]).max() for tau in oracle.thresholds]
+        assert got[i].tolist() == expected, i
+
+
 def test_float32_quantises_in_float32():
     # 0.2 * 255 is 51.00000000000001 in float64 but exactly 51 in float32; pick a value whose product truncates
     # differently: the two dtypes must each give their own numpy result

@@ -135,8 +135,8 @@ def single_contour_ious(q: np.ndarray, gt: np.ndarray, thresholds: np.ndarray, c
     """
     levels = threshold_levels(int(q.max()), thresholds)
     groups, inverse = np.unique(np.searchsorted(np.unique(q), levels, side="right"), return_inverse=True)
-    first_level = np.zeros(groups.shape[0], dtype=np.int64)
-    first_level[inverse[::-1]] = levels[::-1]  # any level of the group gives the same foreground
+    level_of_group = np.empty(groups.shape[0], dtype=np.int64)
+    level_of_group[inverse] = levels  # any level of a group gives the same foreground
     boxes = np.concatenate([_single_contour_box(cv2, (q > level).astype(np.uint8) * 255)
-                            for level in first_level.tolist()])
+                            for level in level_of_group.tolist()])
     return box_iou(boxes, gt).max(axis=1)[inverse]

@@ -55,8 +55,11 @@ def best_box_ious(scoremaps, boxes, *, cam_curve_interval: float = 0.01, multi_c
         for n in rows:
             out[n] = single_contour_ious(q[n], flat[offsets[n]:offsets[n + 1]], thresholds, cv2)
 
-    # findContours releases the GIL, so the maps are split across torch's intra-op threads
+    # findContours releases the GIL, so the maps are split across torch's intra-op threads (64 maps at least each)
     workers = max(1, min(torch.get_num_threads(), q.shape[0] // 64))
+    if workers == 1:
+        sweep(range(q.shape[0]))
+        return out
     bounds = [q.shape[0] * i // workers for i in range(workers + 1)]
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(sweep, [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]))
